@@ -1,0 +1,195 @@
+//! Bodies on their way through the host: the request body cut at `--max-body`
+//! ([`LimitedBody`]) and the response body watched to its end ([`ObservedBody`]) so the
+//! deadline, the access log, the metrics and the concurrency permit all see the whole response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::time::{Instant, Sleep};
+
+/// The body type of every response the host sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
+
+/// A complete in-memory response body.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request body that fails once more than `limit` bytes have arrived, and says so in a flag
+/// the request path reads to answer 413 when the guest has not responded yet.
+pub struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<B> LimitedBody<B> {
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        Self { inner, remaining: limit, limit, exceeded }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(
+                            this.limit,
+                        )))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Told when a response body ends, fully sent or not.
+pub trait Completion: Send + Unpin + 'static {
+    /// `bytes` is how much of the body went out; `complete` is false when it was cut (deadline,
+    /// error, or the client went away).
+    fn finish(&mut self, bytes: u64, complete: bool, cut_by_deadline: bool);
+}
+
+/// A response body that stops at the request deadline and reports how it ended.
+pub struct ObservedBody<C: Completion> {
+    first: Option<Frame<Bytes>>,
+    inner: ResponseBody,
+    deadline: Option<Pin<Box<Sleep>>>,
+    bytes: u64,
+    ended: bool,
+    cut_by_deadline: bool,
+    completion: Option<C>,
+}
+
+impl<C: Completion> ObservedBody<C> {
+    /// `first` is a frame already taken from `inner` (the request path peeks at it).
+    pub fn new(
+        first: Option<Frame<Bytes>>,
+        inner: ResponseBody,
+        deadline: Option<Instant>,
+        completion: C,
+    ) -> Self {
+        Self {
+            first,
+            inner,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            bytes: 0,
+            ended: false,
+            cut_by_deadline: false,
+            completion: Some(completion),
+        }
+    }
+
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.len() as u64;
+        }
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        if let Some(mut completion) = self.completion.take() {
+            completion.finish(self.bytes, true, false);
+        }
+    }
+}
+
+impl<C: Completion> Body for ObservedBody<C> {
+    type Data = Bytes;
+    type Error = anyhow::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(frame) = this.first.take() {
+            this.count(&frame);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.cut_by_deadline = true;
+            this.ended = true;
+            return Poll::Ready(Some(Err(anyhow::anyhow!(
+                "the request deadline passed while the response was streaming"
+            ))));
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                this.count(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(error)))
+            }
+            None => {
+                this.end();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.first.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+            let extra = data.len() as u64;
+            hint.set_lower(hint.lower() + extra);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + extra);
+            }
+        }
+        hint
+    }
+}
+
+impl<C: Completion> Drop for ObservedBody<C> {
+    fn drop(&mut self) {
+        if let Some(mut completion) = self.completion.take() {
+            completion.finish(self.bytes, false, self.cut_by_deadline);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! echo-host: serves any `wasi:http/proxy` component on `$PORT` and swaps it while it serves.
+//!
+//! # Layout
+//! - [`config`]: the command line, env vars and defaults, validated into a [`config::ServeConfig`].
+//! - [`runtime`]: the wasmtime engine (pooling allocator, epochs), linker and per-request store.
+//! - [`registry`]: loading a component version and the active one that requests read.
+//! - [`server`]: the accept loop (HTTP/1.1 + h2c), limits, routing and graceful shutdown.
+//! - [`proxy`]: one request through the component, and guest failures turned into responses.
+//! - [`body`]: the request body limit and the observed response body.
+//! - [`app`]: the state requests share, request ids, and the per-request guard (access log).
+//! - [`admin`]: `/.well-known/echo-host/` health, info and metrics.
+//! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics.
+//! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
+//! - [`shutdown`]: SIGTERM/SIGINT.
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod guest_log;
+pub mod outbound;
+pub mod proxy;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::app::App;
+use crate::config::{CompileArgs, ServeConfig};
+use crate::registry::{BUILTIN_ECHO_WASM, Registry, load_component};
+use crate::runtime::{Runtime, RuntimeConfig};
+
+/// The wasmtime version this host embeds (the workspace pins it exactly).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Builds the runtime and loads the initial component. Blocking: compiling takes a while.
+pub fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
+    let started = Instant::now();
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: config.limits.clone(),
+        guest_env: config.guest_env.clone(),
+        allow_outbound: config.allow_outbound.clone(),
+    })?;
+    let (bytes, source) = match &config.component {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the component `{}`", path.display()))?;
+            (std::borrow::Cow::Owned(bytes), format!("file:{}", path.display()))
+        }
+        None => (std::borrow::Cow::Borrowed(BUILTIN_ECHO_WASM), "builtin:echo".to_string()),
+    };
+    let component = load_component(&runtime, &bytes, source.clone(), config.allow_precompiled)
+        .with_context(|| format!("cannot serve the component from `{source}`"))?;
+    tracing::info!(
+        source = %component.source,
+        sha256 = %component.sha256,
+        size = component.size,
+        load_ms = component.load_time.as_millis() as u64,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "loaded component {} from {} in {} ms",
+        component.version_header.to_str().unwrap_or_default(),
+        component.source,
+        component.load_time.as_millis()
+    );
+    let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
+    Ok(App::new(runtime, Registry::new(component), project))
+}
+
+/// `echo-host serve`: load, bind only once ready (Cloud Run's startup probe is the port), serve
+/// until SIGTERM/SIGINT, drain.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let app = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || load_app(&config)).await??
+    };
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on `{}` (is the port in use? set `PORT`)", config.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving HTTP/1.1 and h2c on {}", listener.local_addr()?);
+    server::run(listener, Arc::new(app), shutdown::signal(), config.shutdown_grace).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `echo-host compile`: precompile for exactly the engine `serve` builds.
+pub fn compile(args: &CompileArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bytes =
+        std::fs::read(&args.input).with_context(|| format!("cannot read `{}`", args.input.display()))?;
+    let limits = config::Limits::default();
+    let engine = wasmtime::Engine::new(&runtime::engine_config(&limits)?).map_err(anyhow::Error::from)?;
+    if runtime::is_core_module(&bytes) {
+        anyhow::bail!("`{}` is a core wasm module, not a component", args.input.display());
+    }
+    let compiled = engine
+        .precompile_component(&bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile `{}`", args.input.display()))?;
+    // Write beside and rename: a server may have the old file mapped, and a reader must never
+    // see half a file.
+    let partial = args.output.with_extension("cwasm.partial");
+    std::fs::write(&partial, &compiled).with_context(|| format!("cannot write `{}`", partial.display()))?;
+    std::fs::rename(&partial, &args.output)
+        .with_context(|| format!("cannot write `{}`", args.output.display()))?;
+    eprintln!(
+        "compiled `{}` ({} bytes) to `{}` ({} bytes) in {} ms",
+        args.input.display(),
+        bytes.len(),
+        args.output.display(),
+        compiled.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}

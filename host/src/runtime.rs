@@ -1,0 +1,244 @@
+//! The wasmtime side: the `Engine` (pooling allocator, epochs), the `Linker`, compiling and
+//! pre-instantiating components, and the per-request store state ([`RequestState`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits};
+use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::config::{Limits, OutboundRule};
+use crate::guest_log::GuestLog;
+use crate::outbound::OutboundPolicy;
+
+/// How often the epoch advances. A guest that never yields is checked at this granularity:
+/// it gives up its thread every tick and is stopped at the first tick past its deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Wasm stack per instance. Deep recursion traps here instead of taking the host down.
+pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
+
+/// Instances beyond `--concurrency` the pool keeps room for: requests still finishing after
+/// their permit was released, plus a swap's smoke probe.
+const POOL_HEADROOM: u32 = 16;
+
+/// What the runtime needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub limits: Limits,
+    pub guest_env: Vec<(String, String)>,
+    pub allow_outbound: Vec<OutboundRule>,
+}
+
+/// The engine, linker and guest settings shared by every request and every component version.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RequestState>,
+    config: RuntimeConfig,
+    outbound: Arc<[OutboundRule]>,
+    _epoch_ticker: EpochTicker,
+}
+
+/// The `Config` both `serve` and `compile` use: precompiled components only load into an engine
+/// built from the same settings, so there must be exactly one place that makes it.
+pub fn engine_config(limits: &Limits) -> anyhow::Result<Config> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.max_wasm_stack(DEFAULT_MAX_WASM_STACK);
+    config.memory_init_cow(true);
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+
+    // Size the pool from the limits instead of wasmtime's defaults (1000 instances, ~6 TiB of
+    // reserved address space): a slot per allowed request, and memories no larger than the
+    // per-request memory limit.
+    let instances = u32::try_from(limits.concurrency)
+        .context("`--concurrency` is too large")?
+        .saturating_add(POOL_HEADROOM);
+    let max_memory = usize::try_from(limits.max_memory_bytes).context("`--max-memory` is too large")?;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(max_memory)
+        .max_memories_per_component(2)
+        .max_tables_per_component(4);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(config)
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config.limits)?)
+            .map_err(anyhow::Error::from)
+            .context("failed to create the wasm engine")?;
+        let mut linker = Linker::new(&engine);
+        // Full WASI p2 so components built with std (which import `wasi:cli/environment`,
+        // `wasi:filesystem`, ...) link; the context below grants no preopens and no sockets.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add WASI to the linker")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add wasi:http to the linker")?;
+        Ok(Self {
+            _epoch_ticker: EpochTicker::start(engine.clone()),
+            outbound: config.allow_outbound.clone().into(),
+            engine,
+            linker,
+            config,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Compiles a `.wasm` component. CPU-heavy: call it from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        if is_core_module(bytes) {
+            bail!(
+                "this is a core wasm module, not a component (build with `--target wasm32-wasip2` or `wasm-tools component new`)"
+            );
+        }
+        if !is_component(bytes) {
+            bail!("not a wasm component (no `\\0asm` component header)");
+        }
+        Ok(Component::new(&self.engine, bytes)?)
+    }
+
+    /// Loads a `.cwasm` made by `echo-host compile`.
+    ///
+    /// # Safety
+    /// The bytes are native code that runs unchecked: they must come from a trusted build of
+    /// this same host (see `--allow-precompiled`).
+    pub unsafe fn deserialize(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: the caller vouches for the bytes; wasmtime checks the engine compatibility.
+        Ok(unsafe { Component::deserialize(&self.engine, bytes) }?)
+    }
+
+    /// Links a component against the host's imports and checks it exports
+    /// `wasi:http/incoming-handler`.
+    pub fn pre_instantiate(&self, component: &Component) -> anyhow::Result<ProxyPre<RequestState>> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .context("the component imports something this host does not provide")?;
+        ProxyPre::new(pre).map_err(anyhow::Error::from).context(
+            "the component does not export `wasi:http/incoming-handler` (is it a `wasi:http/proxy` component?)",
+        )
+    }
+
+    /// A fresh store for one request, with its limits and deadline.
+    pub fn new_store(&self, request_id: &str, deadline: Instant) -> Store<RequestState> {
+        let limits = &self.config.limits;
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.config.guest_env)
+            .stdout(GuestLog::new(request_id, "stdout"))
+            .stderr(GuestLog::new(request_id, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let state = RequestState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
+                .build(),
+            outbound: OutboundPolicy::new(self.outbound.clone(), request_id),
+            timed_out: Arc::new(AtomicBool::new(false)),
+        };
+        let timed_out = state.timed_out.clone();
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        // Each tick, give the thread back to the executor; past the deadline, trap.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                timed_out.store(true, Ordering::Relaxed);
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+/// The binary header of a core wasm module: magic, then version 1.
+const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
+/// The binary header of a component: magic, then version 0xd, layer 1.
+const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\0\x01\0";
+
+pub fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.starts_with(&CORE_MODULE_HEADER)
+}
+
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.starts_with(&COMPONENT_HEADER)
+}
+
+/// Everything one request's `Store` holds.
+pub struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    outbound: OutboundPolicy,
+    /// Set when the epoch callback stopped the guest for running past its deadline, so the
+    /// resulting trap is reported as a timeout (504) rather than a crash (500).
+    pub timed_out: Arc<AtomicBool>,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("failed to spawn the epoch thread");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,269 @@
+//! Logs (Cloud Logging's structured JSON on stdout, or text) and Prometheus metrics.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global logger. `RUST_LOG` narrows or widens it (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // A second init (tests start several servers in one process) keeps the first logger.
+    let _ = match format {
+        LogFormat::Json => builder.event_format(CloudLoggingFormat).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
+
+/// One JSON object per line as Cloud Logging reads it: `severity`, `message`, `time`,
+/// `httpRequest` (from an `http_request` field holding JSON), the trace under
+/// `logging.googleapis.com/trace`, and every other field as is.
+pub struct CloudLoggingFormat;
+
+impl<S, N> FormatEvent<S, N> for CloudLoggingFormat
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let metadata = event.metadata();
+        let mut fields = JsonFields(Map::new());
+        event.record(&mut fields);
+        let mut entry = Map::new();
+        let severity = match *metadata.level() {
+            tracing::Level::ERROR => "ERROR",
+            tracing::Level::WARN => "WARNING",
+            tracing::Level::INFO => "INFO",
+            tracing::Level::DEBUG | tracing::Level::TRACE => "DEBUG",
+        };
+        entry.insert("severity".into(), severity.into());
+        entry.insert("message".into(), fields.0.remove("message").unwrap_or(Value::String(String::new())));
+        let now = time::OffsetDateTime::now_utc();
+        if let Ok(stamp) = now.format(&time::format_description::well_known::Rfc3339) {
+            entry.insert("time".into(), stamp.into());
+        }
+        if let Some(Value::String(raw)) = fields.0.remove("http_request")
+            && let Ok(request) = serde_json::from_str::<Value>(&raw)
+        {
+            entry.insert("httpRequest".into(), request);
+        }
+        if let Some(trace) = fields.0.remove("trace") {
+            entry.insert("logging.googleapis.com/trace".into(), trace);
+        }
+        if metadata.target() != "echo_host" && !metadata.target().starts_with("echo_host::") {
+            entry.insert("target".into(), metadata.target().into());
+        }
+        entry.extend(fields.0);
+        let line = serde_json::to_string(&entry).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+struct JsonFields(Map<String, Value>);
+
+impl Visit for JsonFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+/// The Cloud Logging trace name for a request: `projects/PROJECT/traces/TRACE_ID` from a W3C
+/// `traceparent` or Cloud Run's `X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1`. Without a
+/// project id (`GOOGLE_CLOUD_PROJECT`) the bare trace id is returned.
+pub fn trace_name(headers: &HeaderMap, project: Option<&str>) -> Option<String> {
+    let from_traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|v| {
+        let mut parts = v.trim().split('-');
+        let (_version, trace) = (parts.next()?, parts.next()?);
+        let valid = trace.len() == 32
+            && trace.bytes().all(|b| b.is_ascii_hexdigit())
+            && trace.bytes().any(|b| b != b'0');
+        valid.then(|| trace.to_ascii_lowercase())
+    });
+    let trace = from_traceparent.or_else(|| {
+        let value = headers.get("x-cloud-trace-context")?.to_str().ok()?;
+        let trace = value.split('/').next()?.trim();
+        let valid = !trace.is_empty() && trace.len() <= 32 && trace.bytes().all(|b| b.is_ascii_hexdigit());
+        valid.then(|| trace.to_ascii_lowercase())
+    })?;
+    Some(match project {
+        Some(project) => format!("projects/{project}/traces/{trace}"),
+        None => trace,
+    })
+}
+
+/// What the host counts. Cheap to update from the request path (atomics only).
+pub struct Metrics {
+    registry: Registry,
+    /// Responses by status class, indexed 1xx..5xx as 0..4.
+    responses: [Counter; 5],
+    pub request_duration: Histogram,
+    pub in_flight: Gauge,
+    pub traps: Counter,
+    pub timeouts: Counter,
+    pub body_too_large: Counter,
+    pub overloaded: Counter,
+    pub instantiation: Histogram,
+    pub swaps: Counter,
+    pub swap_rejections: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("echo_host");
+        let responses: [Counter; 5] = Default::default();
+        for (i, counter) in responses.iter().enumerate() {
+            let class = format!("{}xx", i + 1);
+            registry.sub_registry_with_label((Cow::Borrowed("class"), Cow::Owned(class))).register(
+                "requests",
+                "Responses sent, by status class",
+                counter.clone(),
+            );
+        }
+        // 100 µs .. ~100 s.
+        let request_duration = Histogram::new(exponential_buckets(0.0001, 2.5, 16));
+        let instantiation = Histogram::new(exponential_buckets(0.00001, 2.5, 14));
+        let metrics = Self {
+            responses,
+            request_duration,
+            in_flight: Gauge::default(),
+            traps: Counter::default(),
+            timeouts: Counter::default(),
+            body_too_large: Counter::default(),
+            overloaded: Counter::default(),
+            instantiation,
+            swaps: Counter::default(),
+            swap_rejections: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            metrics.request_duration.clone(),
+        );
+        registry.register("requests_in_flight", "Requests being served now", metrics.in_flight.clone());
+        registry.register(
+            "guest_traps",
+            "Requests whose guest trapped (including memory and stack exhaustion)",
+            metrics.traps.clone(),
+        );
+        registry.register(
+            "request_timeouts",
+            "Requests stopped at `--request-timeout`",
+            metrics.timeouts.clone(),
+        );
+        registry.register(
+            "body_too_large",
+            "Requests refused or cut for exceeding `--max-body` (413)",
+            metrics.body_too_large.clone(),
+        );
+        registry.register(
+            "overloaded",
+            "Requests refused at `--concurrency` (503)",
+            metrics.overloaded.clone(),
+        );
+        registry.register(
+            "instantiation_seconds",
+            "Time to instantiate the component for a request",
+            metrics.instantiation.clone(),
+        );
+        registry.register("swaps", "Component versions published", metrics.swaps.clone());
+        registry.register(
+            "swap_rejections",
+            "Candidate components rejected by validation",
+            metrics.swap_rejections.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    pub fn record_response(&self, status: http::StatusCode, duration: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.responses[class].inc();
+        self.request_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The OpenMetrics text that Prometheus scrapes.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_name_prefers_traceparent_and_adds_project() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1".parse().unwrap());
+        assert_eq!(
+            trace_name(&headers, Some("proj")).as_deref(),
+            Some("projects/proj/traces/105445aa7843bc8bf206b12000100000")
+        );
+        headers.insert(
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".parse().unwrap(),
+        );
+        assert_eq!(trace_name(&headers, None).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        headers.insert("traceparent", "garbage".parse().unwrap());
+        headers.insert("x-cloud-trace-context", "not hex/1".parse().unwrap());
+        assert_eq!(trace_name(&headers, None), None);
+    }
+
+    #[test]
+    fn metrics_render_counts() {
+        let metrics = Metrics::new();
+        metrics.record_response(http::StatusCode::OK, Duration::from_millis(2));
+        metrics.record_response(http::StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(1));
+        metrics.overloaded.inc();
+        let text = metrics.render();
+        assert!(text.contains("echo_host_requests_total{class=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("echo_host_requests_total{class=\"5xx\"} 1"), "{text}");
+        assert!(text.contains("echo_host_overloaded_total 1"), "{text}");
+        assert!(text.contains("echo_host_request_duration_seconds_count 2"), "{text}");
+    }
+}
