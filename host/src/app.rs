@@ -93,7 +93,7 @@ impl RequestContext {
             id: app.next_request_id(),
             started: Instant::now(),
             method: req.method().clone(),
-            url: req.uri().to_string(),
+            url: absolute_url(req),
             protocol: match req.version() {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
@@ -110,6 +110,20 @@ impl RequestContext {
     pub fn id_header(&self) -> HeaderValue {
         HeaderValue::try_from(self.id.as_str()).expect("request ids are hex")
     }
+}
+
+/// HTTP/1 requests carry only the path; Cloud Logging wants the whole URL.
+fn absolute_url<B>(req: &Request<B>) -> String {
+    let uri = req.uri();
+    if uri.scheme().is_some() {
+        return uri.to_string();
+    }
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = match req.headers().get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(b"https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}{uri}")
 }
 
 /// Held from the moment a request is accepted until its response body ends: keeps the in-flight

@@ -142,6 +142,9 @@ impl<C: Completion> Body for ObservedBody<C> {
         }
         if let Some(frame) = this.first.take() {
             this.count(&frame);
+            if this.inner.is_end_stream() {
+                this.end();
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
         if let Some(deadline) = &mut this.deadline
@@ -156,6 +159,11 @@ impl<C: Completion> Body for ObservedBody<C> {
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 this.count(&frame);
+                // hyper stops polling once `is_end_stream` says so (a body of known length), so
+                // the end is noticed here rather than at a `None` that never comes.
+                if this.inner.is_end_stream() {
+                    this.end();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(error)) => {

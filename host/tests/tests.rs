@@ -1,0 +1,18 @@
+//! The host's one integration-test binary (ripgrep's layout): helpers in `util`, one module per
+//! feature. Every test speaks real HTTP to a real socket.
+
+// Shared helpers: the built components, free ports, peer servers (`wasmtime serve`, Flask).
+mod util;
+
+// The echo component itself: its imports stay in the proxy world, its size, `wit/deps` drift.
+mod guest_component;
+// The echo component under upstream `wasmtime serve`: every echo behaviour over real HTTP.
+mod interop;
+// The seed's Flask app and the component side by side on a table of GET queries.
+mod flask_parity;
+// The host serving components: endpoints, logs, precompiled components, SIGTERM drain.
+mod serving;
+// Every limit flag hit over real HTTP: deadline, memory, body, concurrency, headers, connections.
+mod limits;
+// A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
+mod guest_failures;

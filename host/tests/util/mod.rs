@@ -1,0 +1,235 @@
+//! Helpers shared by the integration tests: the host in-process on port 0 ([`TestServer`]), the
+//! real binary as a child process ([`HostProcess`]), the test components and raw HTTP.
+#![allow(dead_code)] // each test module uses a different subset
+
+pub mod peers;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use echo_host::app::App;
+use echo_host::config::Cli;
+use tokio::sync::oneshot;
+
+/// The echo component built from `guest/` (by host/build.rs).
+pub fn echo_wasm() -> &'static Path {
+    Path::new(env!("ECHO_GUEST_WASM"))
+}
+
+/// The misbehaving test component (`testing/components/misbehave`): behaviour by path.
+pub fn misbehave_wasm() -> &'static Path {
+    Path::new(env!("MISBEHAVE_WASM"))
+}
+
+/// The host in this process, serving on `127.0.0.1:<free port>` with the given flags, exactly
+/// as `echo-host serve FLAGS` would configure it. Stops (gracefully) when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts with `flags` (e.g. `["--component", path, "--request-timeout", "1s"]`).
+    pub async fn start(flags: &[&str]) -> TestServer {
+        Self::try_start(flags).await.unwrap_or_else(|e| panic!("server failed to start: {e:#}"))
+    }
+
+    pub async fn try_start(flags: &[&str]) -> anyhow::Result<TestServer> {
+        let mut argv = vec!["echo-host", "--listen-addr", "127.0.0.1", "--log-format", "text"];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(argv)?;
+        let config = cli.serve.validate()?;
+        echo_host::telemetry::init_logging(config.log_format);
+        let app = {
+            let config = config.clone();
+            Arc::new(tokio::task::spawn_blocking(move || echo_host::load_app(&config)).await??)
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(echo_host::server::run(
+            listener,
+            app.clone(),
+            async move {
+                let _ = stop.await;
+            },
+            config.shutdown_grace,
+        ));
+        Ok(TestServer { addr, app, shutdown: Some(shutdown), task: Some(task) })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Asks the server to stop and waits for `server::run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("stopped once").await?
+    }
+
+    /// The server's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        client().get(self.url("/.well-known/echo-host/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one un-labelled (or fully labelled) sample, e.g. `echo_host_guest_traps_total`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads `name{labels} value` from Prometheus text; panics naming the sample when absent.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("metric `{sample}` not found in:\n{text}"))
+}
+
+/// An HTTP/1.1 client with keep-alive.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// An h2c (HTTP/2 prior knowledge) client.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder().http2_prior_knowledge().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns everything the server sends back
+/// until it closes the connection or `timeout` passes.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response
+}
+
+/// The status code of a raw HTTP/1 response.
+pub fn raw_status(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// The real `echo-host` binary as a child process, with stdout captured line by line.
+pub struct HostProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostProcess {
+    /// Starts `echo-host` with `PORT` set to a free port and `args`, and waits until it answers.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> HostProcess {
+        let port = peers::free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_echo-host"));
+        command
+            .args(args)
+            .env("PORT", port.to_string())
+            .env("ECHO_HOST_LISTEN_ADDR", "127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("failed to start echo-host");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("echo-host exited during start-up with {status}");
+            }
+            assert!(Instant::now() < deadline, "echo-host did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        HostProcess { child, addr, lines }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The stdout lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for a stdout line containing `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return Some(line);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed when dropped.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
