@@ -1,11 +1,22 @@
-//! The host's own endpoints under `/.well-known/echo-host/`: health, info and metrics. They are
-//! answered without calling the component, and every other path goes to the component.
+//! The host's own endpoints under `/.well-known/echo-host/`: health, info, metrics, and the
+//! token-protected admin API (upload, rollback, history). They are answered without calling the
+//! component; every other path goes to the component.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
 
-use crate::app::App;
+use crate::app::{App, RequestContext};
 use crate::body::{ResponseBody, full};
 use crate::proxy::error_response;
+use crate::signing::SIGNATURE_HEADER;
+use crate::swap::{self, Candidate, RollbackError};
+
+const ADMIN: &str = "/admin";
 
 pub const PREFIX: &str = "/.well-known/echo-host";
 
@@ -13,18 +24,18 @@ pub fn owns(path: &str) -> bool {
     path.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub fn handle<B>(app: &App, req: &Request<B>) -> Response<ResponseBody> {
-    let endpoint = req.uri().path()[PREFIX.len()..].trim_end_matches('/');
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut response =
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed here");
-        response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-        return response;
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext) -> Response<ResponseBody> {
+    let endpoint = req.uri().path()[PREFIX.len()..].trim_end_matches('/').to_string();
+    if endpoint == ADMIN || endpoint.starts_with("/admin/") {
+        return admin(app, req, ctx, &endpoint[ADMIN.len()..]).await;
     }
-    match endpoint {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    match endpoint.as_str() {
         // Bound only after the component loaded, so answering at all means ready.
         "/health" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
-        "/info" => text(StatusCode::OK, "application/json", info(app).to_string() + "\n"),
+        "/info" => json(StatusCode::OK, &info(app)),
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -37,6 +48,128 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Response<ResponseBody> {
     }
 }
 
+/// The admin API. Without a configured token it does not exist (404), so probing it reveals
+/// nothing; with one, every call needs `Authorization: Bearer <token>`.
+async fn admin(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext, route: &str) -> Response<ResponseBody> {
+    let Some(token) = &app.admin_token else {
+        return error_response(StatusCode::NOT_FOUND, "not found");
+    };
+    if !authorized(&req, token) {
+        tracing::warn!(remote_ip = %ctx.remote_ip, path = %req.uri().path(), "admin call refused: missing or wrong bearer token");
+        let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong `Authorization: Bearer` token");
+        response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let who = match &ctx.user_agent {
+        Some(agent) => format!("admin:{} ({agent})", ctx.remote_ip),
+        None => format!("admin:{}", ctx.remote_ip),
+    };
+    match (req.method().clone(), route) {
+        // The body is the component; a signature may ride along in a header.
+        (Method::PUT, "/component") => upload(app, req, who).await,
+        (_, "/component") => method_not_allowed("PUT"),
+        (Method::POST, "/rollback") => {
+            let to = req.uri().query().and_then(|q| {
+                q.split('&').find_map(|pair| pair.strip_prefix("to=")).map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+            });
+            match swap::rollback(app, to.as_deref(), &who).await {
+                Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
+                Err(error) => {
+                    let status = match error {
+                        RollbackError::NotKept(_) => StatusCode::NOT_FOUND,
+                        RollbackError::NoPrevious | RollbackError::AlreadyActive(_) => StatusCode::CONFLICT,
+                    };
+                    json_error(status, "rollback_refused", &error.to_string())
+                }
+            }
+        }
+        (_, "/rollback") => method_not_allowed("POST"),
+        (Method::GET | Method::HEAD, "/history") => json(StatusCode::OK, &history(app)),
+        (_, "/history") => method_not_allowed("GET, HEAD"),
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "admin endpoints: PUT component, POST rollback, GET history"),
+    }
+}
+
+fn authorized<B>(req: &Request<B>, token: &str) -> bool {
+    let Some(presented) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Constant time, so response timing does not leak how much of a guess was right.
+    presented.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+async fn upload(app: &Arc<App>, req: Request<Incoming>, who: String) -> Response<ResponseBody> {
+    let limit = app.swap_policy.max_component_size;
+    let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("the upload exceeds the {limit}-byte `--max-component-size`"));
+    }
+    let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
+    let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+    let bytes: Bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("the upload exceeds the {limit}-byte `--max-component-size`"));
+        }
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "upload_failed", &format!("the upload could not be read: {error}")),
+    };
+    if let Some(len) = declared
+        && len != bytes.len() as u64
+    {
+        return json_error(StatusCode::BAD_REQUEST, "upload_truncated", "the upload ended before its Content-Length");
+    }
+    let candidate = Candidate { bytes: bytes.to_vec(), source: who, signature };
+    match swap::submit(app, candidate).await {
+        Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
+        Err(rejection) => json_error(rejection.status(), rejection.kind(), &rejection.to_string()),
+    }
+}
+
+fn history(app: &App) -> serde_json::Value {
+    let active = app.registry.active();
+    let versions: Vec<_> = app
+        .registry
+        .history()
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "sha256": v.sha256,
+                "version": v.version_header.to_str().unwrap_or_default(),
+                "size": v.size,
+                "source": v.source,
+                "loaded_at": rfc3339(v.loaded_at),
+                "active": v.sha256 == active.sha256,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "active": active.sha256,
+        "versions": versions,
+        "swaps": app.registry.swap_count(),
+        "rejections": app.registry.rejection_count(),
+        "last_rejection": app.registry.last_rejection(),
+    })
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, &format!("allowed here: {allow}"));
+    response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    text(status, "application/json", value.to_string() + "\n")
+}
+
+fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody> {
+    json(status, &serde_json::json!({ "error": message, "kind": kind }))
+}
+
 fn info(app: &App) -> serde_json::Value {
     let component = app.registry.active();
     serde_json::json!({
@@ -47,6 +180,13 @@ fn info(app: &App) -> serde_json::Value {
             "loaded_at": rfc3339(component.loaded_at),
             "source": component.source,
             "load_ms": component.load_time.as_secs_f64() * 1000.0,
+        },
+        "swaps": {
+            "count": app.registry.swap_count(),
+            "rejections": app.registry.rejection_count(),
+            "last_rejection": app.registry.last_rejection(),
+            "kept_versions": app.registry.history().len(),
+            "admin_api": app.admin_token.is_some(),
         },
         "host": {
             "version": env!("CARGO_PKG_VERSION"),

@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Completion;
-use crate::config::Limits;
+use crate::config::{Limits, SwapPolicy};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::telemetry::{self, Metrics};
@@ -25,12 +25,24 @@ pub struct App {
     pub started_at: SystemTime,
     /// For trace names in logs (`GOOGLE_CLOUD_PROJECT`).
     pub project_id: Option<String>,
+    /// How candidates are checked before a swap.
+    pub swap_policy: SwapPolicy,
+    /// The admin API's bearer token; `None` means the API does not exist.
+    pub admin_token: Option<String>,
     request_ids: RequestIds,
 }
 
 impl App {
-    pub fn new(runtime: Runtime, registry: Registry, project_id: Option<String>) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        registry: Registry,
+        project_id: Option<String>,
+        swap_policy: SwapPolicy,
+        admin_token: Option<String>,
+    ) -> Self {
         Self {
+            swap_policy,
+            admin_token,
             concurrency: Arc::new(Semaphore::new(runtime.limits().concurrency)),
             runtime,
             registry,

@@ -20,6 +20,13 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: &str = "64KiB";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "9s";
+pub const DEFAULT_POLL_INTERVAL: &str = "2s";
+pub const DEFAULT_KEEP_VERSIONS: usize = 4;
+pub const DEFAULT_MAX_COMPONENT_SIZE: &str = "64MiB";
+pub const DEFAULT_SWAP_PROBE_TIMEOUT: &str = "5s";
+pub const DEFAULT_FETCH_TIMEOUT: &str = "30s";
+/// The env var holding the admin token itself (Cloud Run exposes Secret Manager secrets as env vars).
+pub const ADMIN_TOKEN_ENV: &str = "ECHO_HOST_ADMIN_TOKEN";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +52,41 @@ pub enum Command {
     Serve(ServeArgs),
     /// Precompile a component for this host's exact engine configuration (`.cwasm`).
     Compile(CompileArgs),
+    /// Upload a component to a running host's admin API and print the result.
+    Push(PushArgs),
+    /// Make an ed25519 key pair for signing components (`KEY` and `KEY.pub`).
+    Keygen(KeygenArgs),
+    /// Sign a component with a private key from `keygen`, writing `FILE.sig`.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The host's base URL, e.g. `https://echo-abc-uc.a.run.app`.
+    pub url: String,
+    /// The component to upload (`.wasm`).
+    pub file: PathBuf,
+    /// File holding the admin token.
+    #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Send this detached signature (default: `FILE.sig` when it exists).
+    #[arg(long)]
+    pub signature: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key; the public key goes to `KEY.pub`.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The private key from `keygen`.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The component to sign; the signature is written to `FILE.sig`.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -74,10 +116,52 @@ pub struct ServeArgs {
     #[arg(long, env = "ECHO_HOST_LISTEN_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub listen_addr: IpAddr,
 
-    /// The component to serve: a `.wasm` component, or a `.cwasm` made by `echo-host compile`
-    /// (needs `--allow-precompiled`). Default: the built-in echo component.
+    /// The component to serve: a file (`.wasm`, or a `.cwasm` from `echo-host compile` with
+    /// `--allow-precompiled`) or an `http(s)://` URL. Both are watched and swapped in when they
+    /// change. Default: the built-in echo component.
     #[arg(long, env = "ECHO_HOST_COMPONENT")]
-    pub component: Option<PathBuf>,
+    pub component: Option<String>,
+
+    /// How often `--component` is checked for a new version (file: also watched with inotify
+    /// where the filesystem supports it; Cloud Storage FUSE does not). `0s` turns watching off.
+    #[arg(long, env = "ECHO_HOST_POLL_INTERVAL", default_value = DEFAULT_POLL_INTERVAL, value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Time limit for fetching a URL component.
+    #[arg(long, env = "ECHO_HOST_FETCH_TIMEOUT", default_value = DEFAULT_FETCH_TIMEOUT, value_parser = parse_duration)]
+    pub fetch_timeout: Duration,
+
+    /// File holding the bearer token that enables the admin API
+    /// (`/.well-known/echo-host/admin/`). Or set the token itself in `ECHO_HOST_ADMIN_TOKEN`.
+    /// Without either, the admin API does not exist (404).
+    #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Only ever serve a component with this sha256 (hex, optionally `sha256:`-prefixed).
+    #[arg(long, env = "ECHO_HOST_REQUIRE_SHA256")]
+    pub require_sha256: Option<String>,
+
+    /// An ed25519 public key (from `echo-host keygen`); every new component must carry a valid
+    /// signature: `PATH.sig` beside a file, `URL.sig` beside a URL, or the `echo-host-signature`
+    /// header of an upload.
+    #[arg(long, env = "ECHO_HOST_TRUSTED_KEY")]
+    pub trusted_key: Option<PathBuf>,
+
+    /// A smoke request every candidate must answer with 2xx before it goes live, e.g. `GET /`.
+    #[arg(long, env = "ECHO_HOST_SWAP_PROBE")]
+    pub swap_probe: Option<String>,
+
+    /// Time the smoke request gets.
+    #[arg(long, env = "ECHO_HOST_SWAP_PROBE_TIMEOUT", default_value = DEFAULT_SWAP_PROBE_TIMEOUT, value_parser = parse_duration)]
+    pub swap_probe_timeout: Duration,
+
+    /// Compiled versions kept for instant rollback (including the active one).
+    #[arg(long, env = "ECHO_HOST_KEEP_VERSIONS", default_value_t = DEFAULT_KEEP_VERSIONS)]
+    pub keep_versions: usize,
+
+    /// Largest component accepted from any source.
+    #[arg(long, env = "ECHO_HOST_MAX_COMPONENT_SIZE", default_value = DEFAULT_MAX_COMPONENT_SIZE, value_parser = parse_size)]
+    pub max_component_size: u64,
 
     /// Accept a precompiled `.cwasm` for `--component`. Loading one runs native code from the
     /// file without validation: use it only for files made by your own build.
@@ -150,11 +234,77 @@ impl OutboundRule {
     }
 }
 
+/// Where the served component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// The echo component built into the binary.
+    Builtin,
+    File(PathBuf),
+    Url(String),
+}
+
+impl ComponentSource {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            let uri: http::Uri = text.parse().with_context(|| format!("`--component` `{text}` is not a valid URL"))?;
+            if uri.host().is_none() {
+                bail!("`--component` `{text}` has no host");
+            }
+            return Ok(Self::Url(text.to_string()));
+        }
+        if text.contains("://") {
+            bail!("`--component` `{text}`: only files and http(s) URLs are supported");
+        }
+        let path = PathBuf::from(text);
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("cannot read `--component` `{}`", path.display()))?;
+        if !meta.is_file() {
+            bail!("`--component` `{}` is not a file", path.display());
+        }
+        Ok(Self::File(path))
+    }
+}
+
+impl std::fmt::Display for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Builtin => write!(f, "builtin:echo"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Url(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+/// How new versions are checked before they go live.
+#[derive(Debug, Clone, Default)]
+pub struct SwapPolicy {
+    /// Lowercase hex sha256 every component must have.
+    pub require_sha256: Option<String>,
+    /// Verifies detached signatures when set.
+    pub trusted_key: Option<ed25519_dalek::VerifyingKey>,
+    pub probe: Option<SwapProbe>,
+    pub keep_versions: usize,
+    pub max_component_size: u64,
+}
+
+/// `--swap-probe`: a request the candidate must answer with 2xx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapProbe {
+    pub method: http::Method,
+    pub path: String,
+    pub timeout: Duration,
+}
+
 /// The checked settings `serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub addr: SocketAddr,
-    pub component: Option<PathBuf>,
+    pub component: ComponentSource,
+    pub poll_interval: Duration,
+    pub fetch_timeout: Duration,
+    /// The admin API's bearer token; `None` disables the API.
+    pub admin_token: Option<String>,
+    pub swap: SwapPolicy,
     pub allow_precompiled: bool,
     pub limits: Limits,
     pub shutdown_grace: Duration,
@@ -237,13 +387,44 @@ impl ServeArgs {
         if limits.max_headers == 0 || limits.max_header_bytes < 1024 {
             bail!("`--max-headers` must be at least 1 and `--max-header-bytes` at least 1KiB");
         }
-        if let Some(path) = &self.component {
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("cannot read `--component` `{}`", path.display()))?;
-            if !meta.is_file() {
-                bail!("`--component` `{}` is not a file", path.display());
-            }
+        let component = match &self.component {
+            Some(text) => ComponentSource::parse(text)?,
+            None => ComponentSource::Builtin,
+        };
+        if self.keep_versions == 0 {
+            bail!("`--keep-versions` must be at least 1 (the active version)");
         }
+        let admin_token = match &self.admin_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read `--admin-token-file` `{}`", path.display()))?;
+                Some(token.trim().to_string())
+            }
+            None => lookup(ADMIN_TOKEN_ENV).map(|t| t.trim().to_string()),
+        };
+        if let Some(token) = &admin_token
+            && token.len() < 16
+        {
+            bail!("the admin token must be at least 16 characters (try `openssl rand -hex 32`)");
+        }
+        let require_sha256 = match &self.require_sha256 {
+            Some(pin) => {
+                let hex = pin.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!("`--require-sha256` `{pin}` is not 64 hex digits");
+                }
+                Some(hex)
+            }
+            None => None,
+        };
+        let trusted_key = match &self.trusted_key {
+            Some(path) => Some(crate::signing::read_public_key(path)?),
+            None => None,
+        };
+        let probe = match &self.swap_probe {
+            Some(text) => Some(parse_probe(text, self.swap_probe_timeout)?),
+            None => None,
+        };
         let mut guest_env: Vec<(String, String)> = PASSED_THROUGH_ENV
             .iter()
             .filter_map(|key| lookup(key).map(|value| (key.to_string(), value)))
@@ -254,7 +435,17 @@ impl ServeArgs {
         }
         Ok(ServeConfig {
             addr: SocketAddr::new(self.listen_addr, self.port),
-            component: self.component.clone(),
+            component,
+            poll_interval: self.poll_interval,
+            fetch_timeout: self.fetch_timeout,
+            admin_token,
+            swap: SwapPolicy {
+                require_sha256,
+                trusted_key,
+                probe,
+                keep_versions: self.keep_versions,
+                max_component_size: self.max_component_size,
+            },
             allow_precompiled: self.allow_precompiled,
             limits,
             shutdown_grace: self.shutdown_grace,
@@ -314,6 +505,17 @@ fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
         }
         _ => Ok(OutboundRule { host: text.trim_matches(['[', ']']).to_string(), port: None }),
     }
+}
+
+fn parse_probe(text: &str, timeout: Duration) -> anyhow::Result<SwapProbe> {
+    let (method, path) = text.trim().split_once(' ').unwrap_or(("GET", text.trim()));
+    let method: http::Method =
+        method.parse().with_context(|| format!("`--swap-probe` `{text}`: bad method (try `GET /`)"))?;
+    let path = path.trim();
+    if !path.starts_with('/') {
+        bail!("`--swap-probe` `{text}`: the path must start with `/` (try `GET /`)");
+    }
+    Ok(SwapProbe { method, path: path.to_string(), timeout })
 }
 
 fn parse_env_pair(text: &str) -> Result<(String, String), String> {

@@ -11,6 +11,10 @@
 //! - [`admin`]: `/.well-known/echo-host/` health, info and metrics.
 //! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
+//! - [`swap`]: the validation gate a candidate passes before it goes live, and rollback.
+//! - [`source`]: where candidates come from: a watched file or a polled URL.
+//! - [`signing`]: ed25519 keys and detached signatures (`keygen`, `sign`, `--trusted-key`).
+//! - [`push`]: `echo-host push`, the admin upload from a shell.
 //! - [`shutdown`]: SIGTERM/SIGINT.
 
 pub mod admin;
@@ -20,10 +24,14 @@ pub mod config;
 pub mod guest_log;
 pub mod outbound;
 pub mod proxy;
+pub mod push;
 pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod signing;
+pub mod source;
+pub mod swap;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -33,30 +41,32 @@ use anyhow::Context;
 
 use crate::app::App;
 use crate::config::{CompileArgs, ServeConfig};
-use crate::registry::{BUILTIN_ECHO_WASM, Registry, load_component};
+use crate::registry::{Registry, load_component};
 use crate::runtime::{Runtime, RuntimeConfig};
 
 /// The wasmtime version this host embeds (the workspace pins it exactly).
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
-/// Builds the runtime and loads the initial component. Blocking: compiling takes a while.
-pub fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
+/// Builds the runtime and loads the initial component through the same checks a swap makes.
+pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
     let started = Instant::now();
     let runtime = Runtime::new(RuntimeConfig {
         limits: config.limits.clone(),
         guest_env: config.guest_env.clone(),
         allow_outbound: config.allow_outbound.clone(),
     })?;
-    let (bytes, source) = match &config.component {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read the component `{}`", path.display()))?;
-            (std::borrow::Cow::Owned(bytes), format!("file:{}", path.display()))
-        }
-        None => (std::borrow::Cow::Borrowed(BUILTIN_ECHO_WASM), "builtin:echo".to_string()),
-    };
-    let component = load_component(&runtime, &bytes, source.clone(), config.allow_precompiled)
-        .with_context(|| format!("cannot serve the component from `{source}`"))?;
+    let candidate = source::fetch_initial(&config.component, &watch_config(config)).await?;
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&candidate.bytes));
+    swap::check_policy(&config.swap, &candidate, &sha256)
+        .with_context(|| format!("cannot serve the component from `{}`", candidate.source))?;
+    let allow_precompiled = config.allow_precompiled;
+    let (runtime, component) = tokio::task::spawn_blocking(move || {
+        let component = load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)
+            .with_context(|| format!("cannot serve the component from `{}`", candidate.source));
+        (runtime, component)
+    })
+    .await?;
+    let component = component?;
     tracing::info!(
         source = %component.source,
         sha256 = %component.sha256,
@@ -69,21 +79,36 @@ pub fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         component.load_time.as_millis()
     );
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
-    Ok(App::new(runtime, Registry::new(component), project))
+    let registry = Registry::new(component, config.swap.keep_versions);
+    Ok(App::new(runtime, registry, project, config.swap.clone(), config.admin_token.clone()))
+}
+
+fn watch_config(config: &ServeConfig) -> source::WatchConfig {
+    source::WatchConfig {
+        poll_interval: config.poll_interval,
+        fetch_timeout: config.fetch_timeout,
+        max_component_size: config.swap.max_component_size,
+    }
+}
+
+/// Starts watching the component's source for new versions (nothing for the built-in one).
+pub fn start_watching(app: &Arc<App>, config: &ServeConfig) -> Option<tokio::task::JoinHandle<()>> {
+    source::spawn_watcher(app.clone(), &config.component, watch_config(config))
 }
 
 /// `echo-host serve`: load, bind only once ready (Cloud Run's startup probe is the port), serve
 /// until SIGTERM/SIGINT, drain.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let app = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || load_app(&config)).await??
-    };
+    let app = Arc::new(load_app(&config).await?);
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on `{}` (is the port in use? set `PORT`)", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving HTTP/1.1 and h2c on {}", listener.local_addr()?);
-    server::run(listener, Arc::new(app), shutdown::signal(), config.shutdown_grace).await?;
+    tracing::info!(addr = %listener.local_addr()?, admin_api = app.admin_token.is_some(), "serving HTTP/1.1 and h2c on {}", listener.local_addr()?);
+    let watcher = start_watching(&app, &config);
+    server::run(listener, app, shutdown::signal(), config.shutdown_grace).await?;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -53,7 +53,9 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let deadline = guard.ctx().started + app.limits().request_timeout;
     let body_too_large = Arc::new(AtomicBool::new(false));
-    let outcome = run_guest(app, &component, req, deadline, body_too_large.clone(), &mut guard).await;
+    let req = req.map(|body| LimitedBody::new(body, app.limits().max_body_bytes, body_too_large.clone()));
+    let request_id = guard.ctx().id.clone();
+    let outcome = run_guest(app, &component, req, deadline, &request_id, |task| guard.set_guest_task(task)).await;
     let outcome = match outcome {
         Err(_) if body_too_large.load(Ordering::Relaxed) => Err(GuestFailure::BodyTooLarge),
         other => other,
@@ -72,15 +74,19 @@ pub async fn handle_request(
 
 type GuestResponse = (Response<ResponseBody>, Option<Frame<Bytes>>);
 
-async fn run_guest(
+async fn run_guest<B>(
     app: &Arc<App>,
     component: &ActiveComponent,
-    req: Request<Incoming>,
+    req: Request<B>,
     deadline: Instant,
-    body_too_large: Arc<AtomicBool>,
-    guard: &mut RequestGuard,
-) -> Result<GuestResponse, GuestFailure> {
-    let request_id = guard.ctx().id.clone();
+    request_id: &str,
+    on_spawn: impl FnOnce(tokio::task::AbortHandle),
+) -> Result<GuestResponse, GuestFailure>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let request_id = request_id.to_string();
     let mut store = app.runtime.new_store(&request_id, deadline);
     let timed_out = store.data().timed_out.clone();
     // Cloud Run terminates TLS; the guest should still see the scheme the client used.
@@ -88,7 +94,6 @@ async fn run_guest(
         Some(b"https") => Scheme::Https,
         _ => Scheme::Http,
     };
-    let req = req.map(|body| LimitedBody::new(body, app.limits().max_body_bytes, body_too_large));
     let (sender, receiver) = oneshot::channel();
     let (incoming, outparam) = {
         let mut http = store.data_mut().http();
@@ -117,7 +122,7 @@ async fn run_guest(
         report_task_end(&app_for_task, &request_id, &end);
         end
     });
-    guard.set_guest_task(task.abort_handle());
+    on_spawn(task.abort_handle());
 
     let response = tokio::select! {
         response = receiver => response,
@@ -244,6 +249,31 @@ fn failure_response(
         ObservedBody::new(None, std::mem::replace(response.body_mut(), full(Bytes::new())), None, guard);
     *response.body_mut() = body.boxed_unsync();
     response
+}
+
+/// Sends `probe` to `component` (not yet active) and returns the status it answered with. The
+/// body is not read: a 2xx head is the signal.
+pub async fn probe(
+    app: &Arc<App>,
+    component: &ActiveComponent,
+    probe: &crate::config::SwapProbe,
+) -> anyhow::Result<StatusCode> {
+    let request = Request::builder()
+        .method(probe.method.clone())
+        .uri(format!("http://localhost{}", probe.path))
+        .header(http::header::HOST, "localhost")
+        .header(http::header::USER_AGENT, "echo-host-swap-probe")
+        .body(http_body_util::Empty::<Bytes>::new().map_err(|never| -> wasmtime_wasi_http::Error { match never {} }))?;
+    let deadline = Instant::now() + probe.timeout;
+    let request_id = format!("probe-{}", app.next_request_id());
+    match run_guest(app, component, request, deadline, &request_id, |_| {}).await {
+        Ok((response, _)) => Ok(response.status()),
+        Err(GuestFailure::Timeout) => anyhow::bail!("no response within {:?}", probe.timeout),
+        Err(GuestFailure::Crashed(error)) => Err(error.context("the component failed")),
+        Err(GuestFailure::NoResponse) => anyhow::bail!("the component returned without a response"),
+        Err(GuestFailure::ErrorCode(code)) => anyhow::bail!("the component answered with error code {code:?}"),
+        Err(GuestFailure::BodyTooLarge) => anyhow::bail!("unexpected body limit on an empty probe"),
+    }
 }
 
 /// A plain-text response from the host itself.

@@ -1,7 +1,10 @@
 //! Component versions: loading and validating one ([`load_component`]) and the active version
-//! every new request reads ([`Registry`], an `arc-swap` so a swap never blocks a request).
+//! every new request reads ([`Registry`], an `arc-swap` so a swap never blocks a request), with
+//! the history kept for rollback.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
@@ -85,23 +88,108 @@ pub fn load_component(
     })
 }
 
-/// The version new requests get. Requests keep the `Arc` they started with, so a swap never
-/// changes the component under a request in flight.
+impl ActiveComponent {
+    /// The same compiled version going live again (rollback, or a swap back to known bytes):
+    /// no compile, only new provenance.
+    pub fn reactivated(&self, source: String) -> ActiveComponent {
+        ActiveComponent {
+            pre: self.pre.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            loaded_at: SystemTime::now(),
+            source,
+            load_time: Duration::ZERO,
+            version_header: self.version_header.clone(),
+        }
+    }
+}
+
+/// Why the last candidate was turned away, for `info` and the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectionRecord {
+    pub at: String,
+    pub source: String,
+    pub reason: String,
+}
+
+/// The version new requests get, and the recent versions kept compiled for instant rollback.
+/// Requests keep the `Arc` they started with, so a swap never changes the component under a
+/// request in flight.
 pub struct Registry {
     active: ArcSwap<ActiveComponent>,
+    /// Most recent first; the active version is the first entry. At most `keep` entries, so the
+    /// compiled code held stays bounded.
+    history: Mutex<VecDeque<Arc<ActiveComponent>>>,
+    keep: usize,
+    swaps: AtomicU64,
+    rejections: AtomicU64,
+    last_rejection: Mutex<Option<RejectionRecord>>,
+    /// Candidates are validated and published one at a time, so two sources cannot interleave
+    /// a check and a publish.
+    pub swap_lock: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
-    pub fn new(initial: ActiveComponent) -> Self {
-        Self { active: ArcSwap::from_pointee(initial) }
+    pub fn new(initial: ActiveComponent, keep: usize) -> Self {
+        let initial = Arc::new(initial);
+        Self {
+            active: ArcSwap::new(initial.clone()),
+            history: Mutex::new(VecDeque::from([initial])),
+            keep: keep.max(1),
+            swaps: AtomicU64::new(0),
+            rejections: AtomicU64::new(0),
+            last_rejection: Mutex::new(None),
+            swap_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn active(&self) -> Arc<ActiveComponent> {
         self.active.load_full()
     }
 
-    /// Makes `next` the active version; returns the one it replaced.
+    /// Makes `next` the active version and records it first in the history; returns the version
+    /// it replaced.
     pub fn publish(&self, next: ActiveComponent) -> Arc<ActiveComponent> {
-        self.active.swap(Arc::new(next))
+        let next = Arc::new(next);
+        {
+            let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            history.retain(|v| v.sha256 != next.sha256);
+            history.push_front(next.clone());
+            history.truncate(self.keep);
+        }
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+        self.active.swap(next)
+    }
+
+    /// A kept version by sha256 (full hex, or a prefix of at least 12 hex digits).
+    pub fn find(&self, sha256: &str) -> Option<Arc<ActiveComponent>> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.iter().find(|v| sha256.len() >= 12 && v.sha256.starts_with(sha256)).cloned()
+    }
+
+    /// The version before the active one, if still kept.
+    pub fn previous(&self) -> Option<Arc<ActiveComponent>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).get(1).cloned()
+    }
+
+    pub fn history(&self) -> Vec<Arc<ActiveComponent>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    pub fn record_rejection(&self, record: RejectionRecord) {
+        self.rejections.fetch_add(1, Ordering::Relaxed);
+        *self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
+    }
+
+    pub fn swap_count(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    pub fn rejection_count(&self) -> u64 {
+        self.rejections.load(Ordering::Relaxed)
+    }
+
+    pub fn last_rejection(&self) -> Option<RejectionRecord> {
+        self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

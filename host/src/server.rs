@@ -118,8 +118,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
     let request_id = ctx.id_header();
     let component = app.registry.active();
     let mut response = if admin::owns(req.uri().path()) {
+        let response = admin::handle(&app, req, &ctx).await;
         let mut guard = RequestGuard::new(app.clone(), ctx, None);
-        let response = admin::handle(&app, &req);
         guard.set_status(response.status());
         observe(response, guard)
     } else if let Some(length) = declared_length(&req)

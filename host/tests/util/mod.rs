@@ -33,6 +33,8 @@ pub struct TestServer {
     pub app: Arc<App>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The `--component` source watcher, stopped with the server.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -47,10 +49,7 @@ impl TestServer {
         let cli = Cli::try_parse_from(argv)?;
         let config = cli.serve.validate()?;
         echo_host::telemetry::init_logging(config.log_format);
-        let app = {
-            let config = config.clone();
-            Arc::new(tokio::task::spawn_blocking(move || echo_host::load_app(&config)).await??)
-        };
+        let app = Arc::new(echo_host::load_app(&config).await?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -62,7 +61,8 @@ impl TestServer {
             },
             config.shutdown_grace,
         ));
-        Ok(TestServer { addr, app, shutdown: Some(shutdown), task: Some(task) })
+        let watcher = echo_host::start_watching(&app, &config);
+        Ok(TestServer { addr, app, shutdown: Some(shutdown), task: Some(task), watcher })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -90,6 +90,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

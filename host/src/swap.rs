@@ -1,0 +1,218 @@
+//! The validation gate and the swap: a candidate from any source (file, URL, admin upload) goes
+//! live only after every check passes; anything failing leaves the old version serving.
+//!
+//! Order: size, sha256, pin, signature, compile + link (or reuse a kept compiled version), smoke
+//! probe, publish. The CPU-heavy steps run on blocking threads.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::config::SwapPolicy;
+use crate::registry::{ActiveComponent, RejectionRecord, load_component};
+
+/// A component some source wants to make active.
+pub struct Candidate {
+    pub bytes: Vec<u8>,
+    /// Where it came from, for logs and `info`: `file:/path`, a URL, `admin:<who>`.
+    pub source: String,
+    /// A detached signature (base64 text), when the source had one.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// Why a candidate was turned away. The admin API answers with [`Rejection::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("the component is {size} bytes, over the {limit}-byte `--max-component-size`")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("sha256 `{actual}` is not the pinned `--require-sha256` `{expected}`")]
+    PinMismatch { expected: String, actual: String },
+    #[error("no signature: `--trusted-key` requires one (`PATH.sig`, `URL.sig`, or the `echo-host-signature` header)")]
+    MissingSignature,
+    #[error("bad signature: {0:#}")]
+    BadSignature(anyhow::Error),
+    #[error("invalid component: {0:#}")]
+    Invalid(anyhow::Error),
+    #[error("smoke probe `{probe}` failed: {reason}")]
+    ProbeFailed { probe: String, reason: String },
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PinMismatch { .. } | Self::MissingSignature | Self::BadSignature(_) => StatusCode::FORBIDDEN,
+            Self::Invalid(_) | Self::ProbeFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// A short stable name for logs and JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::PinMismatch { .. } => "sha256_pin",
+            Self::MissingSignature => "missing_signature",
+            Self::BadSignature(_) => "bad_signature",
+            Self::Invalid(_) => "invalid_component",
+            Self::ProbeFailed { .. } => "probe_failed",
+        }
+    }
+}
+
+/// What a successful submission did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwapOutcome {
+    /// `false` when the candidate was already the active version (nothing to do).
+    pub swapped: bool,
+    pub sha256: String,
+    pub version: String,
+    pub previous_sha256: String,
+    /// The compiled version was still kept (rollback, swap back): no compile needed.
+    pub reused: bool,
+    pub elapsed_ms: f64,
+}
+
+/// Runs the gate on `candidate` and publishes it. Rejections are logged and counted here.
+pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome, Rejection> {
+    let _one_at_a_time = app.registry.swap_lock.lock().await;
+    let started = Instant::now();
+    let source = candidate.source.clone();
+    let result = validate_and_publish(app, candidate, started).await;
+    match &result {
+        Ok(outcome) if outcome.swapped => tracing::info!(
+            source = %source,
+            sha256 = %outcome.sha256,
+            previous_sha256 = %outcome.previous_sha256,
+            reused = outcome.reused,
+            elapsed_ms = outcome.elapsed_ms,
+            "swapped to component {} from {source}",
+            outcome.version
+        ),
+        Ok(_) => tracing::debug!(source = %source, "candidate is already the active version"),
+        Err(rejection) => {
+            app.metrics.swap_rejections.inc();
+            app.registry.record_rejection(RejectionRecord {
+                at: crate::admin::rfc3339(std::time::SystemTime::now()),
+                source: source.clone(),
+                reason: rejection.to_string(),
+            });
+            tracing::warn!(source = %source, kind = rejection.kind(), "rejected candidate component, the active version keeps serving: {rejection}");
+        }
+    }
+    result
+}
+
+async fn validate_and_publish(
+    app: &Arc<App>,
+    candidate: Candidate,
+    started: Instant,
+) -> Result<SwapOutcome, Rejection> {
+    let active = app.registry.active();
+    let sha256 = hex::encode(Sha256::digest(&candidate.bytes));
+    let outcome = |swapped, reused, version: &str| SwapOutcome {
+        swapped,
+        sha256: sha256.clone(),
+        version: version.to_string(),
+        previous_sha256: active.sha256.clone(),
+        reused,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    if sha256 == active.sha256 {
+        return Ok(outcome(false, false, active.version_header.to_str().unwrap_or_default()));
+    }
+    check_policy(&app.swap_policy, &candidate, &sha256)?;
+
+    let (next, reused) = match app.registry.find(&sha256) {
+        Some(kept) => (kept.reactivated(candidate.source), true),
+        None => {
+            let app = app.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                // Never precompiled from a swap source: `.cwasm` is native code (see DESIGN.md).
+                load_component(&app.runtime, &candidate.bytes, candidate.source, false)
+            })
+            .await
+            .map_err(|e| Rejection::Invalid(anyhow::anyhow!("the compile task failed: {e}")))?
+            .map_err(Rejection::Invalid)?;
+            (loaded, false)
+        }
+    };
+
+    if let Some(probe) = &app.swap_policy.probe {
+        let described = format!("{} {}", probe.method, probe.path);
+        match crate::proxy::probe(app, &next, probe).await {
+            Ok(status) if status.is_success() => {}
+            Ok(status) => return Err(Rejection::ProbeFailed { probe: described, reason: format!("answered {status}") }),
+            Err(error) => return Err(Rejection::ProbeFailed { probe: described, reason: format!("{error:#}") }),
+        }
+    }
+
+    let version = next.version_header.to_str().unwrap_or_default().to_string();
+    app.registry.publish(next);
+    app.metrics.swaps.inc();
+    Ok(outcome(true, reused, &version))
+}
+
+/// The checks that need only the bytes: size, sha256 pin, signature. The start-up component
+/// passes them too.
+pub fn check_policy(policy: &SwapPolicy, candidate: &Candidate, sha256: &str) -> Result<(), Rejection> {
+    let size = candidate.bytes.len() as u64;
+    if size > policy.max_component_size {
+        return Err(Rejection::TooLarge { size, limit: policy.max_component_size });
+    }
+    if let Some(expected) = &policy.require_sha256
+        && expected != sha256
+    {
+        return Err(Rejection::PinMismatch { expected: expected.clone(), actual: sha256.to_string() });
+    }
+    if let Some(key) = &policy.trusted_key {
+        let signature = candidate.signature.as_deref().ok_or(Rejection::MissingSignature)?;
+        crate::signing::verify(key, &candidate.bytes, signature).map_err(Rejection::BadSignature)?;
+    }
+    Ok(())
+}
+
+/// Why a rollback could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no previous version is kept (only the active one)")]
+    NoPrevious,
+    #[error("no kept version matches `{0}` (see `GET /.well-known/echo-host/admin/history`)")]
+    NotKept(String),
+    #[error("`{0}` is already the active version")]
+    AlreadyActive(String),
+}
+
+/// Makes a kept version active again: instant, nothing is compiled. `to` is a sha256 (or a
+/// prefix of at least 12 hex digits, optionally `sha256:`-prefixed); `None` means the previous one.
+pub async fn rollback(app: &Arc<App>, to: Option<&str>, who: &str) -> Result<SwapOutcome, RollbackError> {
+    let _one_at_a_time = app.registry.swap_lock.lock().await;
+    let started = Instant::now();
+    let target: Arc<ActiveComponent> = match to {
+        Some(sha) => {
+            let sha = sha.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+            app.registry.find(&sha).ok_or(RollbackError::NotKept(sha))?
+        }
+        None => app.registry.previous().ok_or(RollbackError::NoPrevious)?,
+    };
+    let active = app.registry.active();
+    if target.sha256 == active.sha256 {
+        return Err(RollbackError::AlreadyActive(target.sha256.clone()));
+    }
+    let next = target.reactivated(format!("rollback by {who} (was {})", target.source));
+    let version = next.version_header.to_str().unwrap_or_default().to_string();
+    app.registry.publish(next);
+    app.metrics.swaps.inc();
+    let outcome = SwapOutcome {
+        swapped: true,
+        sha256: target.sha256.clone(),
+        version,
+        previous_sha256: active.sha256.clone(),
+        reused: true,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    tracing::info!(who, sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "rolled back to component {}", outcome.version);
+    Ok(outcome)
+}
