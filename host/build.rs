@@ -11,7 +11,14 @@ use std::process::Command;
 const WASM_TARGET: &str = "wasm32-wasip2";
 const WASM_PROFILE: &str = "guest-release";
 /// (package, env var that gets the path of its `.wasm`)
-const COMPONENTS: &[(&str, &str)] = &[("echo-guest", "ECHO_GUEST_WASM"), ("misbehave", "MISBEHAVE_WASM")];
+const COMPONENTS: &[(&str, &str)] = &[
+    ("echo-guest", "ECHO_GUEST_WASM"),
+    ("misbehave", "MISBEHAVE_WASM"),
+    // Swap-rejection cases: a component of another world (`wasi:cli/run`), and one importing an
+    // interface no host provides.
+    ("cli-command", "CLI_COMMAND_WASM"),
+    ("custom-import", "CUSTOM_IMPORT_WASM"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());

@@ -16,3 +16,7 @@ mod serving;
 mod limits;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
+// echo-host and `wasmtime serve` on the same component: same status, type and body.
+mod differential;
+// Hot swap through the admin API: auth, the validation gate, rollback, swaps under load.
+mod swap;
