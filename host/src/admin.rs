@@ -50,14 +50,25 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext
 
 /// The admin API. Without a configured token it does not exist (404), so probing it reveals
 /// nothing; with one, every call needs `Authorization: Bearer <token>`.
-async fn admin(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext, route: &str) -> Response<ResponseBody> {
+async fn admin(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    ctx: &RequestContext,
+    route: &str,
+) -> Response<ResponseBody> {
     let Some(token) = &app.admin_token else {
         return error_response(StatusCode::NOT_FOUND, "not found");
     };
     if !authorized(&req, token) {
         tracing::warn!(remote_ip = %ctx.remote_ip, path = %req.uri().path(), "admin call refused: missing or wrong bearer token");
-        let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong `Authorization: Bearer` token");
-        response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        let mut response = json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong `Authorization: Bearer` token",
+        );
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         return response;
     }
     let who = match &ctx.user_agent {
@@ -70,7 +81,9 @@ async fn admin(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext, rou
         (_, "/component") => method_not_allowed("PUT"),
         (Method::POST, "/rollback") => {
             let to = req.uri().query().and_then(|q| {
-                q.split('&').find_map(|pair| pair.strip_prefix("to=")).map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix("to="))
+                    .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
             });
             match swap::rollback(app, to.as_deref(), &who).await {
                 Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
@@ -86,7 +99,11 @@ async fn admin(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext, rou
         (_, "/rollback") => method_not_allowed("POST"),
         (Method::GET | Method::HEAD, "/history") => json(StatusCode::OK, &history(app)),
         (_, "/history") => method_not_allowed("GET, HEAD"),
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", "admin endpoints: PUT component, POST rollback, GET history"),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin endpoints: PUT component, POST rollback, GET history",
+        ),
     }
 }
 
@@ -105,23 +122,42 @@ fn authorized<B>(req: &Request<B>, token: &str) -> bool {
 
 async fn upload(app: &Arc<App>, req: Request<Incoming>, who: String) -> Response<ResponseBody> {
     let limit = app.swap_policy.max_component_size;
-    let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared =
+        req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("the upload exceeds the {limit}-byte `--max-component-size`"));
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("the upload exceeds the {limit}-byte `--max-component-size`"),
+        );
     }
     let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
     let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
     let bytes: Bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("the upload exceeds the {limit}-byte `--max-component-size`"));
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("the upload exceeds the {limit}-byte `--max-component-size`"),
+            );
         }
-        Err(error) => return json_error(StatusCode::BAD_REQUEST, "upload_failed", &format!("the upload could not be read: {error}")),
+        Err(error) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "upload_failed",
+                &format!("the upload could not be read: {error}"),
+            );
+        }
     };
     if let Some(len) = declared
         && len != bytes.len() as u64
     {
-        return json_error(StatusCode::BAD_REQUEST, "upload_truncated", "the upload ended before its Content-Length");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "upload_truncated",
+            "the upload ended before its Content-Length",
+        );
     }
     let candidate = Candidate { bytes: bytes.to_vec(), source: who, signature };
     match swap::submit(app, candidate).await {

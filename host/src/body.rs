@@ -90,6 +90,9 @@ pub struct ObservedBody<C: Completion> {
     inner: ResponseBody,
     deadline: Option<Pin<Box<Sleep>>>,
     bytes: u64,
+    /// The body's declared length (`Content-Length`, or an exact size hint): hyper stops
+    /// polling once that many bytes went out, so reaching it is the end.
+    expected: Option<u64>,
     ended: bool,
     cut_by_deadline: bool,
     completion: Option<C>,
@@ -103,7 +106,9 @@ impl<C: Completion> ObservedBody<C> {
         deadline: Option<Instant>,
         completion: C,
     ) -> Self {
+        let first_len = first.as_ref().and_then(Frame::data_ref).map_or(0, |d| d.len() as u64);
         Self {
+            expected: inner.size_hint().exact().map(|n| n + first_len),
             first,
             inner,
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
@@ -114,10 +119,22 @@ impl<C: Completion> ObservedBody<C> {
         }
     }
 
+    /// Declares the length the response head announced (`Content-Length`).
+    pub fn with_declared_length(mut self, length: Option<u64>) -> Self {
+        if length.is_some() {
+            self.expected = length;
+        }
+        self
+    }
+
     fn count(&mut self, frame: &Frame<Bytes>) {
         if let Some(data) = frame.data_ref() {
             self.bytes += data.len() as u64;
         }
+    }
+
+    fn reached_declared_length(&self) -> bool {
+        self.expected.is_some_and(|n| self.bytes >= n)
     }
 
     fn end(&mut self) {
@@ -142,7 +159,7 @@ impl<C: Completion> Body for ObservedBody<C> {
         }
         if let Some(frame) = this.first.take() {
             this.count(&frame);
-            if this.inner.is_end_stream() {
+            if this.inner.is_end_stream() || this.reached_declared_length() {
                 this.end();
             }
             return Poll::Ready(Some(Ok(frame)));
@@ -161,7 +178,7 @@ impl<C: Completion> Body for ObservedBody<C> {
                 this.count(&frame);
                 // hyper stops polling once `is_end_stream` says so (a body of known length), so
                 // the end is noticed here rather than at a `None` that never comes.
-                if this.inner.is_end_stream() {
+                if this.inner.is_end_stream() || this.reached_declared_length() {
                     this.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -197,7 +214,9 @@ impl<C: Completion> Body for ObservedBody<C> {
 impl<C: Completion> Drop for ObservedBody<C> {
     fn drop(&mut self) {
         if let Some(mut completion) = self.completion.take() {
-            completion.finish(self.bytes, false, self.cut_by_deadline);
+            let complete =
+                !self.cut_by_deadline && (self.reached_declared_length() || self.expected == Some(0));
+            completion.finish(self.bytes, complete, self.cut_by_deadline);
         }
     }
 }

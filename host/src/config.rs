@@ -246,7 +246,8 @@ pub enum ComponentSource {
 impl ComponentSource {
     fn parse(text: &str) -> anyhow::Result<Self> {
         if text.starts_with("http://") || text.starts_with("https://") {
-            let uri: http::Uri = text.parse().with_context(|| format!("`--component` `{text}` is not a valid URL"))?;
+            let uri: http::Uri =
+                text.parse().with_context(|| format!("`--component` `{text}` is not a valid URL"))?;
             if uri.host().is_none() {
                 bail!("`--component` `{text}` has no host");
             }

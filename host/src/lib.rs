@@ -61,8 +61,9 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         .with_context(|| format!("cannot serve the component from `{}`", candidate.source))?;
     let allow_precompiled = config.allow_precompiled;
     let (runtime, component) = tokio::task::spawn_blocking(move || {
-        let component = load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)
-            .with_context(|| format!("cannot serve the component from `{}`", candidate.source));
+        let component =
+            load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)
+                .with_context(|| format!("cannot serve the component from `{}`", candidate.source));
         (runtime, component)
     })
     .await?;

@@ -9,7 +9,11 @@ fn main() -> std::process::ExitCode {
         Some(Command::Compile(args)) => echo_host::compile(&args),
         Some(Command::Push(args)) => runtime().and_then(|rt| rt.block_on(echo_host::push::push(&args))),
         Some(Command::Keygen(args)) => echo_host::signing::keygen(&args.key).map(|public| {
-            eprintln!("wrote the private key to `{}` and the public key to `{}`", args.key.display(), public.display());
+            eprintln!(
+                "wrote the private key to `{}` and the public key to `{}`",
+                args.key.display(),
+                public.display()
+            );
         }),
         Some(Command::Sign(args)) => echo_host::signing::sign_file(&args.key, &args.file).map(|sig| {
             eprintln!("wrote `{}`", sig.display());

@@ -55,7 +55,8 @@ pub async fn handle_request(
     let body_too_large = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| LimitedBody::new(body, app.limits().max_body_bytes, body_too_large.clone()));
     let request_id = guard.ctx().id.clone();
-    let outcome = run_guest(app, &component, req, deadline, &request_id, |task| guard.set_guest_task(task)).await;
+    let outcome =
+        run_guest(app, &component, req, deadline, &request_id, |task| guard.set_guest_task(task)).await;
     let outcome = match outcome {
         Err(_) if body_too_large.load(Ordering::Relaxed) => Err(GuestFailure::BodyTooLarge),
         other => other,
@@ -65,7 +66,12 @@ pub async fn handle_request(
             guard.set_status(response.status());
             let (mut parts, body) = response.into_parts();
             parts.headers.insert("echo-host-component", component.version_header.clone());
-            let body = ObservedBody::new(first, body, Some(deadline.into()), guard);
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let body =
+                ObservedBody::new(first, body, Some(deadline.into()), guard).with_declared_length(declared);
             Response::from_parts(parts, body.boxed_unsync())
         }
         Err(failure) => failure_response(app, &component, failure, guard),
@@ -263,7 +269,10 @@ pub async fn probe(
         .uri(format!("http://localhost{}", probe.path))
         .header(http::header::HOST, "localhost")
         .header(http::header::USER_AGENT, "echo-host-swap-probe")
-        .body(http_body_util::Empty::<Bytes>::new().map_err(|never| -> wasmtime_wasi_http::Error { match never {} }))?;
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+        )?;
     let deadline = Instant::now() + probe.timeout;
     let request_id = format!("probe-{}", app.next_request_id());
     match run_guest(app, component, request, deadline, &request_id, |_| {}).await {
@@ -271,7 +280,9 @@ pub async fn probe(
         Err(GuestFailure::Timeout) => anyhow::bail!("no response within {:?}", probe.timeout),
         Err(GuestFailure::Crashed(error)) => Err(error.context("the component failed")),
         Err(GuestFailure::NoResponse) => anyhow::bail!("the component returned without a response"),
-        Err(GuestFailure::ErrorCode(code)) => anyhow::bail!("the component answered with error code {code:?}"),
+        Err(GuestFailure::ErrorCode(code)) => {
+            anyhow::bail!("the component answered with error code {code:?}")
+        }
         Err(GuestFailure::BodyTooLarge) => anyhow::bail!("unexpected body limit on an empty probe"),
     }
 }

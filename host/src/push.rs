@@ -11,7 +11,8 @@ use crate::signing::{SIGNATURE_HEADER, sibling};
 pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read the token file `{}`", args.token_file.display()))?;
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
     let signature_path = args.signature.clone().unwrap_or_else(|| sibling(&args.file, "sig"));
     let signature = match std::fs::read_to_string(&signature_path) {
         Ok(text) => Some(text.trim().to_string()),

@@ -23,7 +23,8 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
         .with_context(|| format!("cannot read the public key `{}`", path.display()))?;
     let bytes = decode_exact::<32>(&text, "public key")
         .with_context(|| format!("`{}` is not a key from `echo-host keygen`", path.display()))?;
-    VerifyingKey::from_bytes(&bytes).with_context(|| format!("`{}` is not a valid ed25519 key", path.display()))
+    VerifyingKey::from_bytes(&bytes)
+        .with_context(|| format!("`{}` is not a valid ed25519 key", path.display()))
 }
 
 fn read_private_key(path: &Path) -> anyhow::Result<SigningKey> {
@@ -43,7 +44,8 @@ pub fn parse_signature(text: &[u8]) -> anyhow::Result<Signature> {
 /// Checks `signature` (as text) over `bytes`.
 pub fn verify(key: &VerifyingKey, bytes: &[u8], signature: &[u8]) -> anyhow::Result<()> {
     let signature = parse_signature(signature)?;
-    key.verify(bytes, &signature).map_err(|_| anyhow::anyhow!("the signature does not match this component and key"))
+    key.verify(bytes, &signature)
+        .map_err(|_| anyhow::anyhow!("the signature does not match this component and key"))
 }
 
 /// `echo-host keygen KEY`: writes the private key to `KEY` (mode 0600) and the public key to `KEY.pub`.

@@ -30,7 +30,9 @@ pub enum Rejection {
     TooLarge { size: u64, limit: u64 },
     #[error("sha256 `{actual}` is not the pinned `--require-sha256` `{expected}`")]
     PinMismatch { expected: String, actual: String },
-    #[error("no signature: `--trusted-key` requires one (`PATH.sig`, `URL.sig`, or the `echo-host-signature` header)")]
+    #[error(
+        "no signature: `--trusted-key` requires one (`PATH.sig`, `URL.sig`, or the `echo-host-signature` header)"
+    )]
     MissingSignature,
     #[error("bad signature: {0:#}")]
     BadSignature(anyhow::Error),
@@ -44,7 +46,9 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::PinMismatch { .. } | Self::MissingSignature | Self::BadSignature(_) => StatusCode::FORBIDDEN,
+            Self::PinMismatch { .. } | Self::MissingSignature | Self::BadSignature(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::Invalid(_) | Self::ProbeFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -144,8 +148,15 @@ async fn validate_and_publish(
         let described = format!("{} {}", probe.method, probe.path);
         match crate::proxy::probe(app, &next, probe).await {
             Ok(status) if status.is_success() => {}
-            Ok(status) => return Err(Rejection::ProbeFailed { probe: described, reason: format!("answered {status}") }),
-            Err(error) => return Err(Rejection::ProbeFailed { probe: described, reason: format!("{error:#}") }),
+            Ok(status) => {
+                return Err(Rejection::ProbeFailed {
+                    probe: described,
+                    reason: format!("answered {status}"),
+                });
+            }
+            Err(error) => {
+                return Err(Rejection::ProbeFailed { probe: described, reason: format!("{error:#}") });
+            }
         }
     }
 

@@ -97,8 +97,7 @@ async fn precompiled_components_need_the_explicit_flag() {
     let error = format!("{:#}", refused.err().expect("a .cwasm must be refused without the flag"));
     assert!(error.contains("--allow-precompiled"), "{error}");
 
-    let server =
-        TestServer::start(&["--component", cwasm.to_str().unwrap(), "--allow-precompiled"]).await;
+    let server = TestServer::start(&["--component", cwasm.to_str().unwrap(), "--allow-precompiled"]).await;
     let body = client().get(server.url("/?name=world")).send().await.unwrap().text().await.unwrap();
     assert_eq!(body, SEED_GET);
 }
@@ -182,11 +181,13 @@ fn json_logs_follow_cloud_logging_and_carry_guest_output() {
     );
     assert_eq!(access["request_id"], request_id.as_str());
 
-    let stdout_line = host.wait_for_line("misbehave stdout line", Duration::from_secs(10)).expect("guest stdout");
+    let stdout_line =
+        host.wait_for_line("misbehave stdout line", Duration::from_secs(10)).expect("guest stdout");
     let stdout_line: serde_json::Value = serde_json::from_str(&stdout_line).unwrap();
     assert_eq!(stdout_line["request_id"], request_id.as_str());
     assert_eq!(stdout_line["stream"], "stdout");
-    let stderr_line = host.wait_for_line("misbehave stderr line", Duration::from_secs(10)).expect("guest stderr");
+    let stderr_line =
+        host.wait_for_line("misbehave stderr line", Duration::from_secs(10)).expect("guest stderr");
     let stderr_line: serde_json::Value = serde_json::from_str(&stderr_line).unwrap();
     assert_eq!(stderr_line["severity"], "WARNING");
 
@@ -249,8 +250,10 @@ fn sigterm_cuts_requests_that_outlive_the_grace_period() {
     let slow = std::thread::spawn(move || reqwest::blocking::get(url).map(|r| r.status()));
     let metrics_url = host.url("/.well-known/echo-host/metrics");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric_value(&reqwest::blocking::get(&metrics_url).unwrap().text().unwrap(), "echo_host_requests_in_flight")
-        < 2.0
+    while metric_value(
+        &reqwest::blocking::get(&metrics_url).unwrap().text().unwrap(),
+        "echo_host_requests_in_flight",
+    ) < 2.0
     {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));

@@ -68,7 +68,12 @@ async fn admin_api_is_absent_without_a_token_and_refuses_wrong_ones() {
     let plain = TestServer::start(&[]).await;
     for (method, path) in [("GET", "/history"), ("PUT", "/component"), ("POST", "/rollback"), ("GET", "")] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let response = client().request(method, plain.url(&format!("{ADMIN}{path}"))).bearer_auth(TOKEN).send().await.unwrap();
+        let response = client()
+            .request(method, plain.url(&format!("{ADMIN}{path}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 404, "{path}");
     }
 
@@ -76,10 +81,14 @@ async fn admin_api_is_absent_without_a_token_and_refuses_wrong_ones() {
     let server = start_with_admin(dir.path(), &[]).await;
     let history = server.url(&format!("{ADMIN}/history"));
     assert_eq!(client().get(&history).send().await.unwrap().status(), 401);
-    assert_eq!(client().get(&history).bearer_auth("wrong-token-wrong-token").send().await.unwrap().status(), 401);
+    assert_eq!(
+        client().get(&history).bearer_auth("wrong-token-wrong-token").send().await.unwrap().status(),
+        401
+    );
     assert_eq!(client().get(&history).header("authorization", TOKEN).send().await.unwrap().status(), 401);
     let misbehave = std::fs::read(util::misbehave_wasm()).unwrap();
-    let response = client().put(server.url(&format!("{ADMIN}/component"))).body(misbehave).send().await.unwrap();
+    let response =
+        client().put(server.url(&format!("{ADMIN}/component"))).body(misbehave).send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     // Nothing was swapped by the refused upload.
@@ -107,7 +116,8 @@ async fn upload_swaps_and_rollback_returns_instantly() {
     let (status, outcome) = upload(&server, misbehave.clone(), &[]).await;
     assert_eq!((status, &outcome["swapped"]), (200, &serde_json::Value::Bool(false)));
 
-    let rollback = client().post(server.url(&format!("{ADMIN}/rollback"))).bearer_auth(TOKEN).send().await.unwrap();
+    let rollback =
+        client().post(server.url(&format!("{ADMIN}/rollback"))).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(rollback.status(), 200);
     let outcome: serde_json::Value = rollback.json().await.unwrap();
     assert_eq!(outcome["reused"], true);
@@ -126,8 +136,15 @@ async fn upload_swaps_and_rollback_returns_instantly() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
 
-    let history: serde_json::Value =
-        client().get(server.url(&format!("{ADMIN}/history"))).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    let history: serde_json::Value = client()
+        .get(server.url(&format!("{ADMIN}/history")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let versions = history["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 2);
     assert_eq!(versions[0]["active"], true);
@@ -144,7 +161,8 @@ async fn upload_swaps_and_rollback_returns_instantly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_candidate_is_rejected_and_the_old_version_keeps_serving() {
     let dir = util::scratch_dir();
-    let server = start_with_admin(dir.path(), &["--swap-probe", "GET /probe", "--max-component-size", "4MiB"]).await;
+    let server =
+        start_with_admin(dir.path(), &["--swap-probe", "GET /probe", "--max-component-size", "4MiB"]).await;
     let echo = std::fs::read(util::echo_wasm()).unwrap();
     let misbehave = std::fs::read(util::misbehave_wasm()).unwrap();
     let before = serving_version(&server).await;
@@ -210,21 +228,27 @@ async fn pins_and_signatures_gate_every_candidate() {
     // The start-up component must be signed too: `echo.wasm.sig` sits beside it.
     let unsigned_start = dir.path().join("unsigned.wasm");
     std::fs::write(&unsigned_start, &echo).unwrap();
-    let error = TestServer::try_start(&["--trusted-key", &public, "--component", unsigned_start.to_str().unwrap()])
-        .await
-        .err()
-        .expect("an unsigned start-up component must be refused");
+    let error =
+        TestServer::try_start(&["--trusted-key", &public, "--component", unsigned_start.to_str().unwrap()])
+            .await
+            .err()
+            .expect("an unsigned start-up component must be refused");
     assert!(format!("{error:#}").contains("signature"), "{error:#}");
 
-    let signed = start_with_admin(dir.path(), &["--trusted-key", &public, "--component", echo_copy.to_str().unwrap()]).await;
+    let signed =
+        start_with_admin(dir.path(), &["--trusted-key", &public, "--component", echo_copy.to_str().unwrap()])
+            .await;
     let (status, body) = upload(&signed, misbehave.clone(), &[]).await;
     assert_eq!((status, body["kind"].as_str()), (403, Some("missing_signature")), "{body}");
-    let (status, body) = upload(&signed, misbehave.clone(), &[("echo-host-signature", echo_sig.trim())]).await;
+    let (status, body) =
+        upload(&signed, misbehave.clone(), &[("echo-host-signature", echo_sig.trim())]).await;
     assert_eq!((status, body["kind"].as_str()), (403, Some("bad_signature")), "{body}");
-    let (status, body) = upload(&signed, misbehave.clone(), &[("echo-host-signature", "bm90IGEgc2lnbmF0dXJl")]).await;
+    let (status, body) =
+        upload(&signed, misbehave.clone(), &[("echo-host-signature", "bm90IGEgc2lnbmF0dXJl")]).await;
     assert_eq!((status, body["kind"].as_str()), (403, Some("bad_signature")), "{body}");
     assert_eq!(serving_version(&signed).await, sha12(&echo));
-    let (status, body) = upload(&signed, misbehave.clone(), &[("echo-host-signature", misbehave_sig.trim())]).await;
+    let (status, body) =
+        upload(&signed, misbehave.clone(), &[("echo-host-signature", misbehave_sig.trim())]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(serving_version(&signed).await, sha12(&misbehave));
 }
@@ -361,7 +385,7 @@ async fn fifty_swaps_under_load_fail_no_request() {
         while serving_version(&server).await != expected {
             assert!(started.elapsed() < Duration::from_secs(30), "swap {i} never served");
         }
-        latencies.push((i < 20, started.elapsed()));
+        latencies.push((outcome["reused"] == false, started.elapsed()));
     }
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
@@ -369,15 +393,21 @@ async fn fifty_swaps_under_load_fail_no_request() {
         failures.extend(client.await.unwrap());
     }
     let total = served.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} of {total} requests failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(total > 100, "the load clients barely ran ({total} requests)");
 
-    for (compiled, label) in [(true, "compiled, 20 swaps"), (false, "kept version reused, 30 swaps")] {
+    for (compiled, label) in [(true, "compiled"), (false, "kept version reused")] {
         let mut ms: Vec<f64> =
             latencies.iter().filter(|(c, _)| *c == compiled).map(|(_, d)| d.as_secs_f64() * 1000.0).collect();
         ms.sort_by(f64::total_cmp);
         eprintln!(
-            "admin swap latency (upload start → first response from the new version), {label}: median {:.1} ms, max {:.1} ms",
+            "admin swap latency (upload start → first response from the new version), {label}, {} swaps: median {:.1} ms, max {:.1} ms",
+            ms.len(),
             ms[ms.len() / 2],
             ms[ms.len() - 1]
         );

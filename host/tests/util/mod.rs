@@ -130,7 +130,10 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<
 /// The status code of a raw HTTP/1 response.
 pub fn raw_status(response: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(response);
-    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"))
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
 }
 
 /// The real `echo-host` binary as a child process, with stdout captured line by line.
@@ -200,7 +203,10 @@ impl HostProcess {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} failed");
     }
 
