@@ -15,7 +15,7 @@
 //! - [`source`]: where candidates come from: a watched file or a polled URL.
 //! - [`signing`]: ed25519 keys and detached signatures (`keygen`, `sign`, `--trusted-key`).
 //! - [`push`]: `echo-host push`, the admin upload from a shell.
-//! - [`shutdown`]: SIGTERM/SIGINT.
+//! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod admin;
 pub mod app;
@@ -143,4 +143,15 @@ pub fn compile(args: &CompileArgs) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// `WASMTIME_VERSION` is reported in `info`; it must be the version the workspace pins.
+    #[test]
+    fn wasmtime_version_is_the_workspace_pin() {
+        let manifest = include_str!("../../Cargo.toml");
+        let pin = format!("wasmtime = {{ version = \"={}\"", super::WASMTIME_VERSION);
+        assert!(manifest.contains(&pin), "root Cargo.toml does not pin `{pin}`");
+    }
 }
