@@ -96,17 +96,21 @@ pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome,
             outcome.version
         ),
         Ok(_) => tracing::debug!(source = %source, "candidate is already the active version"),
-        Err(rejection) => {
-            app.metrics.swap_rejections.inc();
-            app.registry.record_rejection(RejectionRecord {
-                at: crate::admin::rfc3339(std::time::SystemTime::now()),
-                source: source.clone(),
-                reason: rejection.to_string(),
-            });
-            tracing::warn!(source = %source, kind = rejection.kind(), "rejected candidate component, the active version keeps serving: {rejection}");
-        }
+        Err(rejection) => record_rejection(app, &source, rejection),
     }
     result
+}
+
+/// Logs, counts and remembers (for `info`) a rejected candidate. Sources that refuse a candidate
+/// before it reaches [`submit`] (a file over the size limit is never read) call it directly.
+pub fn record_rejection(app: &App, source: &str, rejection: &Rejection) {
+    app.metrics.swap_rejections.inc();
+    app.registry.record_rejection(RejectionRecord {
+        at: crate::admin::rfc3339(std::time::SystemTime::now()),
+        source: source.to_string(),
+        reason: rejection.to_string(),
+    });
+    tracing::warn!(source, kind = rejection.kind(), "rejected candidate component, the active version keeps serving: {rejection}");
 }
 
 async fn validate_and_publish(

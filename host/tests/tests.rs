@@ -20,3 +20,5 @@ mod guest_failures;
 mod differential;
 // Hot swap through the admin API: auth, the validation gate, rollback, swaps under load.
 mod swap;
+// Component sources: a watched file and a polled URL, their failure modes, swaps under load.
+mod sources;

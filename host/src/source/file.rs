@@ -91,12 +91,27 @@ fn ensure_time_left(path: &Path, deadline: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Watches `path` until the task is dropped, submitting every new stable version.
+/// Watches `path` until the task is dropped, submitting every new stable version: inotify on
+/// its directory where available, and polling every `config.poll_interval` always.
 pub async fn watch(app: Arc<App>, path: PathBuf, config: WatchConfig) {
+    run(app, path, config, true).await
+}
+
+/// [`watch`] without inotify: polling alone, which is all a Cloud Storage FUSE mount gets.
+pub async fn poll_only(app: Arc<App>, path: PathBuf, config: WatchConfig) {
+    run(app, path, config, false).await
+}
+
+async fn run(app: Arc<App>, path: PathBuf, config: WatchConfig, inotify: bool) {
     let sig_path = crate::signing::sibling(&path, "sig");
     let wake = Arc::new(Notify::new());
     // Kept alive for as long as this task runs; dropping it stops its thread.
-    let _inotify = watch_directory(&path, &sig_path, wake.clone(), config.poll_interval);
+    let _inotify = if inotify {
+        watch_directory(&path, &sig_path, wake.clone(), config.poll_interval)
+    } else {
+        tracing::info!(path = %path.display(), "watching the component file `{}` by polling every {:?}", path.display(), config.poll_interval);
+        None
+    };
     let mut state = WatchState::default();
     loop {
         let next = round(&app, &path, &sig_path, &config, &mut state).await;
@@ -189,6 +204,10 @@ async fn check(
         return Ok(Next::Wait);
     }
     state.last_submitted = Some(key);
+    if hex::encode(Sha256::digest(&snapshot.bytes)) == app.registry.active().sha256 {
+        tracing::debug!(path = %path.display(), "the component file holds the active version");
+        return Ok(Next::Wait);
+    }
     let candidate = snapshot.candidate(path);
     tracing::info!(
         path = %path.display(),
@@ -204,15 +223,8 @@ async fn check(
 
 /// A file over the size limit is not read at all; record it as `submit` would.
 fn reject_too_large(app: &Arc<App>, path: &Path, size: u64, limit: u64) {
-    let rejection = Rejection::TooLarge { size, limit };
     let source = format!("file:{}", path.display());
-    app.metrics.swap_rejections.inc();
-    app.registry.record_rejection(crate::registry::RejectionRecord {
-        at: crate::admin::rfc3339(SystemTime::now()),
-        source: source.clone(),
-        reason: rejection.to_string(),
-    });
-    tracing::warn!(source = %source, kind = rejection.kind(), "rejected candidate component, the active version keeps serving: {rejection}");
+    crate::swap::record_rejection(app, &source, &Rejection::TooLarge { size, limit });
 }
 
 /// Starts inotify on the file's directory; `None` (polling only) where that is not possible.

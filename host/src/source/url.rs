@@ -148,6 +148,12 @@ async fn poll(
         return Ok(());
     }
     state.last_submitted = Some(key);
+    if hex::encode(Sha256::digest(&candidate.bytes)) == app.registry.active().sha256 {
+        // The first poll after start, or a server that ignores conditional requests.
+        tracing::debug!(url = %url, "the component at `{url}` is the active version");
+        state.awaiting_signature = None;
+        return Ok(());
+    }
     tracing::info!(
         url = %url,
         size = candidate.bytes.len(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test module uses a different subset
 
 pub mod peers;
+pub mod static_server;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
