@@ -49,7 +49,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a component over HTTP/1.1 and h2c (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Precompile a component for this host's exact engine configuration (`.cwasm`).
     Compile(CompileArgs),
     /// Upload a component to a running host's admin API and print the result.

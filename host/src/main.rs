@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Sign(args)) => echo_host::signing::sign_file(&args.key, &args.file).map(|sig| {
             eprintln!("wrote `{}`", sig.display());
         }),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     };
     match result {
