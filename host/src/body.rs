@@ -4,13 +4,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
 /// The body type of every response the host sends.
@@ -21,18 +22,49 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
-/// A request body that fails once more than `limit` bytes have arrived, and says so in a flag
-/// the request path reads to answer 413 when the guest has not responded yet.
+/// A request body that fails once more than `limit` bytes have arrived, counts it, and says so
+/// in a flag the request path reads to answer 413 when the guest has not responded yet.
 pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
+    counter: Counter,
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Self { inner, remaining: limit, limit, exceeded }
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>, counter: Counter) -> Self {
+        Self { inner, remaining: limit, limit, exceeded, counter }
+    }
+}
+
+/// How a request's guest task ended, readable without awaiting the task. The task sets it before
+/// its store, and with it the response body's sender, is dropped: when a response body ends,
+/// this says whether the guest finished it or died (a trap or the deadline ends a body as
+/// quietly as `finish` does).
+#[derive(Clone, Default)]
+pub struct GuestStatus(Arc<AtomicU8>);
+
+impl GuestStatus {
+    // 0 is "still running" (the default).
+    const DONE: u8 = 1;
+    const FAILED: u8 = 2;
+    const TIMED_OUT: u8 = 3;
+
+    pub fn done(&self) {
+        self.0.store(Self::DONE, Ordering::Release);
+    }
+    pub fn failed(&self) {
+        self.0.store(Self::FAILED, Ordering::Release);
+    }
+    pub fn timed_out(&self) {
+        self.0.store(Self::TIMED_OUT, Ordering::Release);
+    }
+    pub fn is_failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::FAILED
+    }
+    pub fn is_timed_out(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::TIMED_OUT
     }
 }
 
@@ -54,7 +86,9 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        if !this.exceeded.swap(true, Ordering::Relaxed) {
+                            this.counter.inc();
+                        }
                         return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(
                             this.limit,
                         )))));
@@ -95,6 +129,8 @@ pub struct ObservedBody<C: Completion> {
     expected: Option<u64>,
     ended: bool,
     cut_by_deadline: bool,
+    /// The guest writing this body, when there is one.
+    guest: Option<GuestStatus>,
     completion: Option<C>,
 }
 
@@ -115,8 +151,16 @@ impl<C: Completion> ObservedBody<C> {
             bytes: 0,
             ended: false,
             cut_by_deadline: false,
+            guest: None,
             completion: Some(completion),
         }
+    }
+
+    /// Makes the end of the body depend on how the guest ended: a guest that trapped or hit the
+    /// deadline mid-stream makes the body fail, so the client sees a cut, not a clean end.
+    pub fn watching(mut self, guest: GuestStatus) -> Self {
+        self.guest = Some(guest);
+        self
     }
 
     /// Declares the length the response head announced (`Content-Length`).
@@ -188,6 +232,21 @@ impl<C: Completion> Body for ObservedBody<C> {
                 Poll::Ready(Some(Err(error)))
             }
             None => {
+                if let Some(guest) = &this.guest {
+                    if guest.is_timed_out() {
+                        this.cut_by_deadline = true;
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(anyhow::anyhow!(
+                            "the request deadline passed while the response was streaming"
+                        ))));
+                    }
+                    if guest.is_failed() {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(anyhow::anyhow!(
+                            "the component failed while streaming; the response is incomplete"
+                        ))));
+                    }
+                }
                 this.end();
                 Poll::Ready(None)
             }

@@ -18,7 +18,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::app::{App, RequestGuard};
-use crate::body::{LimitedBody, ObservedBody, ResponseBody, full};
+use crate::body::{GuestStatus, LimitedBody, ObservedBody, ResponseBody, full};
 use crate::registry::ActiveComponent;
 
 /// Why a request got no response from the guest.
@@ -53,10 +53,15 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let deadline = guard.ctx().started + app.limits().request_timeout;
     let body_too_large = Arc::new(AtomicBool::new(false));
-    let req = req.map(|body| LimitedBody::new(body, app.limits().max_body_bytes, body_too_large.clone()));
+    let req = req.map(|body| {
+        let counter = app.metrics.body_too_large.clone();
+        LimitedBody::new(body, app.limits().max_body_bytes, body_too_large.clone(), counter)
+    });
     let request_id = guard.ctx().id.clone();
+    let guest = GuestStatus::default();
     let outcome =
-        run_guest(app, &component, req, deadline, &request_id, |task| guard.set_guest_task(task)).await;
+        run_guest(app, &component, req, deadline, &request_id, &guest, |task| guard.set_guest_task(task))
+            .await;
     let outcome = match outcome {
         Err(_) if body_too_large.load(Ordering::Relaxed) => Err(GuestFailure::BodyTooLarge),
         other => other,
@@ -70,8 +75,9 @@ pub async fn handle_request(
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let body =
-                ObservedBody::new(first, body, Some(deadline.into()), guard).with_declared_length(declared);
+            let body = ObservedBody::new(first, body, Some(deadline.into()), guard)
+                .with_declared_length(declared)
+                .watching(guest);
             Response::from_parts(parts, body.boxed_unsync())
         }
         Err(failure) => failure_response(app, &component, failure, guard),
@@ -86,6 +92,7 @@ async fn run_guest<B>(
     req: Request<B>,
     deadline: Instant,
     request_id: &str,
+    guest: &GuestStatus,
     on_spawn: impl FnOnce(tokio::task::AbortHandle),
 ) -> Result<GuestResponse, GuestFailure>
 where
@@ -110,6 +117,7 @@ where
 
     let pre = component.pre.clone();
     let app_for_task = app.clone();
+    let status = guest.clone();
     let mut task: JoinHandle<TaskEnd> = tokio::spawn(async move {
         let guest = async {
             let instantiating = Instant::now();
@@ -125,6 +133,12 @@ where
             Ok(Err(error)) => TaskEnd::Failed(error.into()),
             Err(_) => TaskEnd::TimedOut,
         };
+        // Before the store (and the response body's sender) is dropped at the end of this block.
+        match &end {
+            TaskEnd::Done => status.done(),
+            TaskEnd::Failed(_) => status.failed(),
+            TaskEnd::TimedOut => status.timed_out(),
+        }
         report_task_end(&app_for_task, &request_id, &end);
         end
     });
@@ -140,7 +154,7 @@ where
         // The outparam was dropped with the store: the task ended without a response.
         Err(_) => return Err(task_failure(task.await)),
     };
-    peek_first_frame(response, &mut task, deadline).await
+    peek_first_frame(response, &mut task, guest, deadline).await
 }
 
 /// Holds the response until its first body frame, the end of the guest, or the deadline,
@@ -150,6 +164,7 @@ where
 async fn peek_first_frame(
     response: Response<HyperOutgoingBody>,
     task: &mut JoinHandle<TaskEnd>,
+    guest: &GuestStatus,
     deadline: Instant,
 ) -> Result<GuestResponse, GuestFailure> {
     let (parts, mut body) = response.into_parts();
@@ -167,6 +182,12 @@ async fn peek_first_frame(
     };
     let first = match first {
         Some(Ok(frame)) => Some(frame),
+        // An empty body ends the same way whether the guest finished it or died: ask the guest.
+        None if !task_done && (guest.is_failed() || guest.is_timed_out()) => {
+            return Err(task_failure(
+                tokio::time::timeout_at(deadline.into(), &mut *task).await.unwrap_or(Ok(TaskEnd::TimedOut)),
+            ));
+        }
         None => None,
         Some(Err(error)) => {
             // The body broke before its first byte; the guest's own failure says more.
@@ -236,13 +257,11 @@ fn failure_response(
                 format!("the component did not respond within the {}s request timeout", limit.as_secs_f64()),
             )
         }
-        GuestFailure::BodyTooLarge => {
-            app.metrics.body_too_large.inc();
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds the {}-byte limit", app.limits().max_body_bytes),
-            )
-        }
+        // Already counted by `LimitedBody` when the limit was crossed.
+        GuestFailure::BodyTooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the {}-byte limit", app.limits().max_body_bytes),
+        ),
     };
     if let GuestFailure::Crashed(error) = &failure {
         // Already logged by the task when it came from there; this covers host-side failures.
@@ -275,7 +294,7 @@ pub async fn probe(
         )?;
     let deadline = Instant::now() + probe.timeout;
     let request_id = format!("probe-{}", app.next_request_id());
-    match run_guest(app, component, request, deadline, &request_id, |_| {}).await {
+    match run_guest(app, component, request, deadline, &request_id, &GuestStatus::default(), |_| {}).await {
         Ok((response, _)) => Ok(response.status()),
         Err(GuestFailure::Timeout) => anyhow::bail!("no response within {:?}", probe.timeout),
         Err(GuestFailure::Crashed(error)) => Err(error.context("the component failed")),

@@ -117,7 +117,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
     let ctx = RequestContext::new(&app, &req, remote);
     let request_id = ctx.id_header();
     let component = app.registry.active();
-    let mut response = if admin::owns(req.uri().path()) {
+    let mut response = if let Some(problem) = header_problem(&req, app.limits()) {
+        // hyper enforces these for HTTP/1 while parsing; this covers h2c and sizes below
+        // hyper's smallest read buffer (8 KiB).
+        let mut guard = RequestGuard::new(app.clone(), ctx, None);
+        guard.set_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        observe(error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &problem), guard)
+    } else if admin::owns(req.uri().path()) {
         let response = admin::handle(&app, req, &ctx).await;
         let mut guard = RequestGuard::new(app.clone(), ctx, None);
         guard.set_status(response.status());
@@ -162,6 +168,23 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
 
 fn observe(response: Response<ResponseBody>, guard: RequestGuard) -> Response<ResponseBody> {
     response.map(|body| ObservedBody::new(None, body, None, guard).boxed_unsync())
+}
+
+/// Checks `--max-headers` and `--max-header-bytes` on the parsed request.
+fn header_problem<B>(req: &Request<B>, limits: &crate::config::Limits) -> Option<String> {
+    let count = req.headers().len();
+    if count > limits.max_headers {
+        return Some(format!("{count} header fields exceed the limit of {}", limits.max_headers));
+    }
+    // As on the wire: `name: value\r\n` per field plus the request line.
+    let bytes: usize =
+        req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>()
+            + req.method().as_str().len()
+            + req.uri().to_string().len()
+            + 12;
+    (bytes as u64 > limits.max_header_bytes).then(|| {
+        format!("the request head ({bytes} bytes) exceeds the limit of {} bytes", limits.max_header_bytes)
+    })
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

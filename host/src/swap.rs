@@ -110,7 +110,11 @@ pub fn record_rejection(app: &App, source: &str, rejection: &Rejection) {
         source: source.to_string(),
         reason: rejection.to_string(),
     });
-    tracing::warn!(source, kind = rejection.kind(), "rejected candidate component, the active version keeps serving: {rejection}");
+    tracing::warn!(
+        source,
+        kind = rejection.kind(),
+        "rejected candidate component, the active version keeps serving: {rejection}"
+    );
 }
 
 async fn validate_and_publish(

@@ -14,7 +14,7 @@
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
 //! | `/recurse` | unbounded recursion: a stack overflow trap |
 //! | `/never-respond` | returns without ever setting a response |
-//! | `/set-twice` | sets a response (200 `first`), then sets the same outparam again: traps |
+//! | `/set-twice` | sets a response (200, nothing written yet), then sets the same outparam again: traps |
 //! | `/sleep?ms=N` | waits N ms on a monotonic-clock pollable, then 200 `slept N ms` |
 //! | `/stream?chunks=N&ms=M` | 200 at once, then lines `chunk 0\n` .. `chunk N-1\n`, one every M ms (defaults 5, 100) |
 //! | `/log` | `misbehave stdout line` on stdout, `misbehave stderr line` on stderr, 200 `logged` |
@@ -185,11 +185,9 @@ fn set_twice(out: ResponseOutparam) {
     let handle = out.take_handle();
     // SAFETY: `take_handle` released `out`'s ownership of the handle, so `first` is its only owner.
     let first = unsafe { ResponseOutparam::from_handle(handle) };
-    let body = start_response(first, 200);
-    if let Ok(stream) = body.write() {
-        let _ = write_all(&stream, b"first\n");
-    }
-    let _ = OutgoingBody::finish(body, None);
+    // The second `set` comes before a byte of the first response is written: the host can
+    // still turn this misuse into a 500 instead of a 200 with a body cut short.
+    let _body = start_response(first, 200);
     // SAFETY: not memory-unsafe, only wrong on purpose: `handle` was given away by the first `set`.
     let second = unsafe { ResponseOutparam::from_handle(handle) };
     ResponseOutparam::set(second, Ok(new_response(200)));
