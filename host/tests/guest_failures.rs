@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{TestServer, client, h2c_client, misbehave_wasm};
+use crate::util::{Reply, TestServer, client, get, h2c_client, misbehave_wasm};
 
 fn misbehave() -> &'static str {
     misbehave_wasm().to_str().expect("UTF-8 path")
@@ -21,32 +21,6 @@ fn misbehave() -> &'static str {
 /// response). `/set-twice` has its own test below.
 const FAILURES: &[(&str, bool)] =
     &[("/trap", true), ("/panic", true), ("/recurse", true), ("/never-respond", false)];
-
-struct Reply {
-    version: Version,
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no `{name}` header in {:?}", self.headers))
-            .to_str()
-            .expect("ASCII header")
-    }
-}
-
-async fn get(client: &reqwest::Client, url: String) -> Reply {
-    let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
-    let version = response.version();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap_or_else(|e| panic!("reading the body of GET {url} failed: {e}"));
-    Reply { version, status, headers, body }
-}
 
 /// `sha256:` and the first 12 hex digits of the component's digest.
 fn assert_component_header(reply: &Reply, what: &str) {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{TestServer, client, echo_wasm, h2c_client, metric_value, misbehave_wasm, raw_status};
+use crate::util::{TestServer, client, echo_wasm, get, h2c_client, metric_value, misbehave_wasm, raw_status};
 
 /// What a test waits for at most before it calls a missing outcome a failure. Generous: the machine
 /// is shared and noisy; no test asserts a duration tighter than this.
@@ -25,46 +25,6 @@ fn misbehave() -> &'static str {
 
 fn echo() -> &'static str {
     echo_wasm().to_str().expect("UTF-8 path")
-}
-
-/// A response read whole.
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no `{name}` header in {:?}", self.headers))
-            .to_str()
-            .expect("ASCII header")
-    }
-
-    fn request_id(&self) -> &str {
-        self.header("echo-host-request-id")
-    }
-
-    /// The host's own error responses end with `(request id ID)`, matching the response header.
-    fn assert_names_request_id(&self) {
-        let id = self.request_id();
-        assert!(!id.is_empty(), "empty request id header");
-        assert!(
-            self.body.contains(&format!("request id {id}")),
-            "the body should name the request id `{id}`: {:?}",
-            self.body
-        );
-    }
-}
-
-async fn get(client: &reqwest::Client, url: String) -> Reply {
-    let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap_or_else(|e| panic!("reading the body of GET {url} failed: {e}"));
-    Reply { status, headers, body }
 }
 
 /// `/ok` on misbehave answers 200: the server survived whatever the test just did.

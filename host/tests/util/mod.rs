@@ -107,6 +107,49 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric `{sample}` not found in:\n{text}"))
 }
 
+/// A response read whole.
+pub struct Reply {
+    pub version: reqwest::Version,
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no `{name}` header in {:?}", self.headers))
+            .to_str()
+            .expect("ASCII header")
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.header("echo-host-request-id")
+    }
+
+    /// The host's error bodies name the request id that its header carries.
+    pub fn assert_names_request_id(&self) {
+        let id = self.request_id();
+        assert!(!id.is_empty(), "empty request id header");
+        assert!(
+            self.body.contains(&format!("request id {id}")),
+            "the body should name the request id `{id}`: {:?}",
+            self.body
+        );
+    }
+}
+
+/// `GET url`, read whole; panics naming the URL on a transport error.
+pub async fn get(client: &reqwest::Client, url: String) -> Reply {
+    let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+    let version = response.version();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap_or_else(|e| panic!("reading the body of GET {url} failed: {e}"));
+    Reply { version, status, headers, body }
+}
+
 /// An HTTP/1.1 client with keep-alive.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()

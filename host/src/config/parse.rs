@@ -1,0 +1,107 @@
+//! Parsers for flag values: durations, sizes, outbound rules, `KEY=VALUE`, the swap probe.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{OutboundRule, SwapProbe};
+
+/// Parses `300s`, `1.5s`, `250ms`, `5m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration (try `30s`, `250ms`, `5m`)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` in `{text}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// Parses `32MiB`, `64KiB`, `1GiB`, `1000` (bytes); `KB`/`MB`/`GB` are powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 =
+        number.parse().map_err(|_| format!("`{text}` is not a size (try `32MiB`, `64KiB`, `1000`)"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown size unit `{other}` in `{text}` (use KiB, MiB or GiB)")),
+    };
+    value.checked_mul(multiplier).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+pub(super) fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
+    let text = text.trim();
+    if text.is_empty() || text.contains('/') || text.contains('@') {
+        return Err(format!("`{text}` is not `HOST` or `HOST:PORT`"));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            let port = port.parse().map_err(|_| format!("bad port in `{text}` (expected `HOST:PORT`)"))?;
+            Ok(OutboundRule { host: host.to_string(), port: Some(port) })
+        }
+        _ => Ok(OutboundRule { host: text.trim_matches(['[', ']']).to_string(), port: None }),
+    }
+}
+
+pub(super) fn parse_probe(text: &str, timeout: Duration) -> anyhow::Result<SwapProbe> {
+    let (method, path) = text.trim().split_once(' ').unwrap_or(("GET", text.trim()));
+    let method: http::Method =
+        method.parse().with_context(|| format!("`--swap-probe` `{text}`: bad method (try `GET /`)"))?;
+    let path = path.trim();
+    if !path.starts_with('/') {
+        bail!("`--swap-probe` `{text}`: the path must start with `/` (try `GET /`)");
+    }
+    Ok(SwapProbe { method, path: path.to_string(), timeout })
+}
+
+pub(super) fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not `KEY=VALUE`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_with_units() {
+        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 days").is_err());
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("64kib"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn outbound_rules_match_host_and_port() {
+        let any_port = parse_outbound("example.com").unwrap();
+        assert!(any_port.allows("EXAMPLE.com", 443));
+        let one_port = parse_outbound("127.0.0.1:9000").unwrap();
+        assert!(one_port.allows("127.0.0.1", 9000));
+        assert!(!one_port.allows("127.0.0.1", 9001));
+        assert!(parse_outbound("http://x").is_err());
+        assert!(parse_outbound("x:notaport").is_err());
+    }
+}
