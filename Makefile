@@ -2,7 +2,7 @@
 WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 
-.PHONY: run test setup build guest lint unit-and-integration clean-tools
+.PHONY: run test test-container setup build guest lint unit-and-integration
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -30,3 +30,8 @@ lint: setup
 
 unit-and-integration: setup
 	cargo test --workspace --no-fail-fast
+
+## The container tests (Dockerfile, SIGTERM, a three-instance fleet): they build the image from a
+## locally made base (docker/make-base-image.sh), which takes many minutes the first time.
+test-container: setup
+	cargo test -p echo-host --test tests container -- --include-ignored --nocapture

@@ -22,3 +22,5 @@ mod differential;
 mod swap;
 // Component sources: a watched file and a polled URL, their failure modes, swaps under load.
 mod sources;
+// The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
+mod container;

@@ -1,0 +1,1060 @@
+//! The container image (`Dockerfile`) and the Cloud Run service (`deploy/service.yaml`).
+//!
+//! - `service_yaml_matches_the_host`: the deploy file against the host's own flags (no Docker).
+//! - The rest need a Docker engine. Where `docker info` fails they print `SKIPPED:` and return.
+//!   The image is built once per test run by `docker/build-image.sh` (the local build base from
+//!   `docker/make-base-image.sh`, then `docker build` of the real Dockerfile, both cached by Docker
+//!   after the first time; the first build takes many minutes and prints its progress), then run
+//!   as Cloud Run runs it:
+//!   non-default `PORT`, read-only root, non-root user, 512 MiB, SIGTERM on stop; and three of
+//!   them share one component directory, as instances share a Cloud Storage mount.
+//!
+//! Set `ECHO_HOST_DOCKER_BUILD_BASE` to build on another base image (e.g. `rust:1.95-bookworm`
+//! where the engine can pull it) instead of making the local one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use echo_host::config::{
+    ADMIN_TOKEN_ENV, DEFAULT_CONCURRENCY, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, parse_duration,
+};
+use sha2::Digest;
+
+use crate::util::peers::free_port;
+use crate::util::{echo_wasm, misbehave_wasm};
+
+/// The tag the tests build the image under.
+const IMAGE: &str = "wasm-echo-host:test";
+/// Cloud Run's limit for this project: the image must stay small for fast cold starts.
+const MAX_IMAGE_BYTES: u64 = 40 * 1000 * 1000;
+const ECHO_GET_BODY: &str = "Received GET request. Query params: ImmutableMultiDict([('name', 'world')])";
+
+fn workspace() -> PathBuf {
+    crate::util::peers::workspace_root()
+}
+
+/// A line on the test process's real stderr: not captured by the harness, so whoever waits on a
+/// long image build sees it, and a skip is visible without `--nocapture`.
+fn say(message: &str) {
+    let _ = writeln!(std::io::stderr(), "[container] {message}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/service.yaml against the host's flags (no Docker needed)
+// ---------------------------------------------------------------------------------------------
+
+/// Flattens the block-style YAML subset that Kubernetes manifests use (mappings, sequences of
+/// mappings or scalars, plain or quoted scalars, comments) into `path -> value`, with paths like
+/// `spec.template.spec.containers[0].env[2].name`. Enough for deploy/service.yaml; not a YAML parser.
+fn flatten_yaml(text: &str) -> BTreeMap<String, String> {
+    enum Frame {
+        Map { indent: usize, path: String },
+        List { indent: usize, path: String, next: usize },
+    }
+    fn indent_of(frame: &Frame) -> usize {
+        match frame {
+            Frame::Map { indent, .. } | Frame::List { indent, .. } => *indent,
+        }
+    }
+    fn join(prefix: &str, key: &str) -> String {
+        if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+    }
+    fn unquote(value: &str) -> String {
+        let v = value.trim();
+        for q in ['"', '\''] {
+            if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+                return v[1..v.len() - 1].to_string();
+            }
+        }
+        v.to_string()
+    }
+    fn strip_comment(line: &str) -> &str {
+        let mut in_quote: Option<char> = None;
+        let mut prev = ' ';
+        for (i, c) in line.char_indices() {
+            match (in_quote, c) {
+                (None, '"' | '\'') => in_quote = Some(c),
+                (Some(q), _) if c == q => in_quote = None,
+                (None, '#') if prev == ' ' || i == 0 => return &line[..i],
+                _ => {}
+            }
+            prev = c;
+        }
+        line
+    }
+
+    let mut out = BTreeMap::new();
+    let mut stack: Vec<Frame> = vec![Frame::Map { indent: 0, path: String::new() }];
+    // A `key:` with nothing after it: (its path, its indent); the next line opens its block.
+    let mut pending: Option<(String, usize)> = None;
+    for (number, raw) in text.lines().enumerate() {
+        let line = strip_comment(raw).trim_end();
+        if line.trim().is_empty() || line.trim() == "---" {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let content = line.trim_start();
+        let is_item = content == "-" || content.starts_with("- ");
+        if let Some((path, key_indent)) = pending.take() {
+            if is_item && indent >= key_indent {
+                while stack.len() > 1 && indent_of(stack.last().unwrap()) > indent {
+                    stack.pop();
+                }
+                stack.push(Frame::List { indent, path, next: 0 });
+            } else if indent > key_indent {
+                stack.push(Frame::Map { indent, path });
+            } else {
+                out.insert(path, String::new());
+            }
+        }
+        while stack.len() > 1 {
+            let top = stack.last().unwrap();
+            let pop = match top {
+                Frame::Map { indent: i, .. } => *i > indent,
+                Frame::List { indent: i, .. } => *i > indent || (*i == indent && !is_item),
+            };
+            if !pop {
+                break;
+            }
+            stack.pop();
+        }
+        let (key_line, key_indent) = if is_item {
+            let Some(Frame::List { path, next, .. }) = stack.last_mut() else {
+                panic!("service.yaml line {}: a list item outside a list: {raw:?}", number + 1);
+            };
+            let item = format!("{path}[{next}]");
+            *next += 1;
+            let rest = content.strip_prefix('-').unwrap().trim_start();
+            let item_indent = indent + (content.len() - rest.len());
+            if rest.is_empty() {
+                stack.push(Frame::Map { indent: item_indent, path: item });
+                continue;
+            }
+            if !rest.contains(": ") && !rest.ends_with(':') {
+                out.insert(item, unquote(rest));
+                continue;
+            }
+            stack.push(Frame::Map { indent: item_indent, path: item });
+            (rest, item_indent)
+        } else {
+            (content, indent)
+        };
+        let Some(Frame::Map { path: prefix, .. }) = stack.last() else {
+            panic!("service.yaml line {}: a key inside a list: {raw:?}", number + 1);
+        };
+        let (key, value) = match key_line.split_once(": ") {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => {
+                (key_line.strip_suffix(':').unwrap_or_else(|| panic!("line {}: {raw:?}", number + 1)), "")
+            }
+        };
+        let path = join(prefix, &unquote(key));
+        if value.is_empty() {
+            pending = Some((path, key_indent));
+        } else {
+            out.insert(path, unquote(value));
+        }
+    }
+    if let Some((path, _)) = pending {
+        out.insert(path, String::new());
+    }
+    out
+}
+
+/// Every `[env: NAME=` in `echo-host --help`: the variables the host reads through its flags.
+fn env_vars_in_help() -> BTreeSet<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_echo-host")).arg("--help").output().unwrap();
+    assert!(output.status.success(), "echo-host --help failed");
+    let help = String::from_utf8(output.stdout).unwrap();
+    let names: BTreeSet<String> = help
+        .match_indices("[env: ")
+        .map(|(at, _)| {
+            let rest = &help[at + "[env: ".len()..];
+            rest[..rest.find('=').expect("`[env: NAME=`")].to_string()
+        })
+        .collect();
+    assert!(names.contains("PORT") && names.contains("ECHO_HOST_COMPONENT"), "unexpected --help: {names:?}");
+    names
+}
+
+#[test]
+fn service_yaml_matches_the_host() {
+    let path = workspace().join("deploy/service.yaml");
+    let yaml = flatten_yaml(&std::fs::read_to_string(&path).unwrap());
+    let get = |key: &str| -> &str {
+        yaml.get(key).map(String::as_str).unwrap_or_else(|| panic!("{} has no `{key}`", path.display()))
+    };
+    assert_eq!(get("apiVersion"), "serving.knative.dev/v1");
+    assert_eq!(get("kind"), "Service");
+    let template = "spec.template";
+    assert_eq!(
+        get(&format!("{template}.metadata.annotations.run.googleapis.com/execution-environment")),
+        "gen2"
+    );
+    for scale in ["minScale", "maxScale"] {
+        let value = get(&format!("{template}.metadata.annotations.autoscaling.knative.dev/{scale}"));
+        value.parse::<u32>().unwrap_or_else(|_| panic!("{scale} `{value}` is not a number"));
+    }
+    let spec = format!("{template}.spec");
+    let container = format!("{spec}.containers[0]");
+    assert!(!yaml.contains_key(&format!("{spec}.containers[1]")), "one container expected");
+
+    // The container's env, by name: a value, or `secret:NAME` for a Secret Manager reference.
+    let mut env: HashMap<String, String> = HashMap::new();
+    for i in 0.. {
+        let Some(name) = yaml.get(&format!("{container}.env[{i}].name")) else { break };
+        let value = match yaml.get(&format!("{container}.env[{i}].value")) {
+            Some(value) => value.clone(),
+            None => format!("secret:{}", get(&format!("{container}.env[{i}].valueFrom.secretKeyRef.name"))),
+        };
+        assert!(env.insert(name.clone(), value).is_none(), "env `{name}` is set twice");
+    }
+    assert!(!env.is_empty(), "no env in {}", path.display());
+
+    // Every ECHO_HOST_* variable is one the host reads; PORT is Cloud Run's to set.
+    let known = env_vars_in_help();
+    for name in env.keys().filter(|n| n.starts_with("ECHO_HOST_")) {
+        assert!(
+            known.contains(name) || name == ADMIN_TOKEN_ENV,
+            "service.yaml sets `{name}`, which echo-host does not read (--help lists {known:?})"
+        );
+    }
+    assert!(!env.contains_key("PORT"), "PORT is reserved on Cloud Run: it is set from containerPort");
+
+    // Port: the container port is the host's default, and the startup probe checks it.
+    let port: u16 = get(&format!("{container}.ports[0].containerPort")).parse().unwrap();
+    assert_eq!(port, DEFAULT_PORT, "containerPort must be the host's default port");
+    let port_name = get(&format!("{container}.ports[0].name"));
+    assert!(["h2c", "http1"].contains(&port_name), "port name `{port_name}` is neither h2c nor http1");
+    assert_eq!(get(&format!("{container}.startupProbe.tcpSocket.port")), port.to_string());
+
+    // Concurrency: Cloud Run's, the host's env and the host's default agree.
+    let concurrency = get(&format!("{spec}.containerConcurrency"));
+    assert_eq!(concurrency, DEFAULT_CONCURRENCY.to_string(), "containerConcurrency vs --concurrency default");
+    assert_eq!(env.get("ECHO_HOST_CONCURRENCY").map(String::as_str), Some(concurrency));
+
+    // Request timeout: Cloud Run's and the host's.
+    let timeout: u64 = get(&format!("{spec}.timeoutSeconds")).parse().unwrap();
+    assert_eq!(timeout, parse_duration(DEFAULT_REQUEST_TIMEOUT).unwrap().as_secs());
+    let host_timeout = env.get("ECHO_HOST_REQUEST_TIMEOUT").expect("ECHO_HOST_REQUEST_TIMEOUT set");
+    assert_eq!(
+        parse_duration(host_timeout).unwrap().as_secs(),
+        timeout,
+        "timeoutSeconds vs --request-timeout"
+    );
+
+    // The component lives in the read-only Cloud Storage volume, is a .wasm (never trusted as
+    // native code), and is polled.
+    let component = env.get("ECHO_HOST_COMPONENT").expect("ECHO_HOST_COMPONENT set");
+    let mount = get(&format!("{container}.volumeMounts[0].mountPath"));
+    assert!(
+        component.starts_with(&format!("{}/", mount.trim_end_matches('/'))),
+        "the component `{component}` is not inside the volume mounted at `{mount}`"
+    );
+    let volume_name = get(&format!("{container}.volumeMounts[0].name"));
+    let volume = (0..)
+        .map(|i| format!("{spec}.volumes[{i}]"))
+        .take_while(|v| yaml.contains_key(&format!("{v}.name")))
+        .find(|v| yaml[&format!("{v}.name")] == volume_name)
+        .unwrap_or_else(|| panic!("no volume named `{volume_name}`"));
+    assert_eq!(get(&format!("{volume}.csi.driver")), "gcsfuse.run.googleapis.com");
+    assert_eq!(get(&format!("{volume}.csi.readOnly")), "true");
+    assert!(!get(&format!("{volume}.csi.volumeAttributes.bucketName")).is_empty());
+    assert!(component.ends_with(".wasm"), "a bucket component must be a .wasm, not `{component}`");
+    assert_eq!(env.get("ECHO_HOST_ALLOW_PRECOMPILED").map(String::as_str), Some("false"));
+    let poll =
+        parse_duration(env.get("ECHO_HOST_POLL_INTERVAL").expect("ECHO_HOST_POLL_INTERVAL set")).unwrap();
+    assert!(!poll.is_zero(), "polling must be on: Cloud Storage FUSE sends no inotify events");
+
+    // The admin token comes from Secret Manager, under the name the host reads.
+    assert!(
+        env.get(ADMIN_TOKEN_ENV).is_some_and(|v| v.starts_with("secret:")),
+        "`{ADMIN_TOKEN_ENV}` must come from a secretKeyRef"
+    );
+
+    assert_eq!(get(&format!("{container}.resources.limits.cpu")), "1");
+    assert_eq!(get(&format!("{container}.resources.limits.memory")), "512Mi");
+
+    // The Dockerfile's runtime settings name real variables too, and expose the same port.
+    let dockerfile = std::fs::read_to_string(workspace().join("Dockerfile")).unwrap();
+    let runtime = &dockerfile[dockerfile.rfind("\nFROM ").expect("a FROM")..];
+    for word in runtime.split(|c: char| c.is_whitespace() || c == '\\') {
+        if let Some((name, _)) = word.split_once('=')
+            && name.starts_with("ECHO_HOST_")
+        {
+            assert!(known.contains(name), "the Dockerfile sets `{name}`, which echo-host does not read");
+        }
+    }
+    assert!(runtime.contains(&format!("EXPOSE {DEFAULT_PORT}")), "the Dockerfile must EXPOSE {DEFAULT_PORT}");
+    assert!(runtime.contains(&format!("PORT={DEFAULT_PORT}")));
+}
+
+#[test]
+fn flatten_yaml_reads_lists_maps_and_comments() {
+    let yaml = flatten_yaml(
+        "a:\n  b: \"1\" # one\n  list:\n    - name: x\n      value: 'y'\n    - name: z\n  scalars:\n  - p\n  - q\nc: 3\n",
+    );
+    let expected: BTreeMap<String, String> = [
+        ("a.b", "1"),
+        ("a.list[0].name", "x"),
+        ("a.list[0].value", "y"),
+        ("a.list[1].name", "z"),
+        ("a.scalars[0]", "p"),
+        ("a.scalars[1]", "q"),
+        ("c", "3"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(yaml, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker plumbing
+// ---------------------------------------------------------------------------------------------
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run `docker`")
+}
+
+/// `docker ARGS`, panicking with its stderr when it fails; returns its trimmed stdout.
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "`docker {}` failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `command`, copying its output lines to stderr as they come (the build is long); returns
+/// whether it succeeded and its last lines.
+fn run_streaming(what: &str, command: &mut Command) -> (bool, String) {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let tail = Arc::new(Mutex::new(Vec::<String>::new()));
+    let pump = |stream: Box<dyn Read + Send>| {
+        let tail = tail.clone();
+        let what = what.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                // The classic builder colours stderr with escape codes; drop them.
+                let line = line.replace("\u{1b}[91m", "").replace("\u{1b}[0m", "");
+                if line.trim().is_empty() {
+                    continue;
+                }
+                say(&format!("{what} {:>4}s | {line}", started.elapsed().as_secs()));
+                let mut tail = tail.lock().unwrap();
+                tail.push(line);
+                if tail.len() > 60 {
+                    tail.remove(0);
+                }
+            }
+        })
+    };
+    let out = pump(Box::new(child.stdout.take().unwrap()));
+    let err = pump(Box::new(child.stderr.take().unwrap()));
+    let status = child.wait().unwrap();
+    let _ = (out.join(), err.join());
+    let tail = tail.lock().unwrap().join("\n");
+    (status.success(), tail)
+}
+
+/// Whether a Docker engine answers. Checked once.
+fn docker_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        Command::new("docker")
+            .arg("info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Skips the calling test, loudly, when there is no Docker engine.
+macro_rules! require_docker {
+    () => {
+        if !docker_available() {
+            say(&format!(
+                "SKIPPED: {} needs a Docker engine and `docker info` failed on this machine; it did NOT run",
+                module_path!()
+            ));
+            eprintln!("SKIPPED: no Docker engine (`docker info` failed)");
+            return;
+        }
+    };
+}
+
+/// The built image: its tag and size. Built once per test run; a failed build fails every test
+/// that needs it.
+fn image() -> &'static str {
+    static BUILT: OnceLock<Result<u64, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(build_image);
+    match built {
+        Ok(_) => IMAGE,
+        Err(e) => panic!("building the image failed:\n{e}"),
+    }
+}
+
+fn image_size() -> u64 {
+    image();
+    docker_ok(&["image", "inspect", "-f", "{{.Size}}", IMAGE]).parse().unwrap()
+}
+
+fn build_image() -> Result<u64, String> {
+    say(&format!("building {IMAGE} with docker/build-image.sh (many minutes the first time, then cached)"));
+    let started = Instant::now();
+    let mut command = Command::new("bash");
+    command.arg(workspace().join("docker/build-image.sh")).arg(IMAGE).current_dir(workspace());
+    if let Ok(base) = std::env::var("ECHO_HOST_DOCKER_BUILD_BASE")
+        && !base.is_empty()
+    {
+        command.env("BUILD_BASE", base);
+    }
+    let (ok, tail) = run_streaming("build", &mut command);
+    if !ok {
+        return Err(format!("docker/build-image.sh failed; its last lines:\n{tail}"));
+    }
+    let size: u64 = docker_ok(&["image", "inspect", "-f", "{{.Size}}", IMAGE]).parse().unwrap();
+    say(&format!(
+        "image {IMAGE} ready in {:.1} s: {size} bytes ({:.1} MB)",
+        started.elapsed().as_secs_f64(),
+        size as f64 / 1e6
+    ));
+    Ok(size)
+}
+
+/// Names unique to this test process, so parallel runs and other users of the engine don't clash.
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("wasm-echo-test-{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Containers and networks this test started, removed (`docker rm -f`, `docker network rm`) when
+/// dropped, also when the test panics.
+#[derive(Default)]
+struct Cleanup {
+    containers: Vec<String>,
+    networks: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.containers {
+            let _ = docker(&["rm", "-f", name]);
+        }
+        for name in &self.networks {
+            let _ = docker(&["network", "rm", name]);
+        }
+    }
+}
+
+/// A container started by the tests, published on `127.0.0.1:<port>`.
+struct Container {
+    name: String,
+    port: u16,
+}
+
+impl Container {
+    /// `docker run -d --name NAME -p 127.0.0.1:<free port>:<container_port> ARGS IMAGE`, retried
+    /// on a fresh port if another process took the one picked.
+    fn run(cleanup: &mut Cleanup, prefix: &str, container_port: u16, args: &[&str]) -> Container {
+        for _ in 0..5 {
+            let name = unique(prefix);
+            let port = free_port();
+            let publish = format!("127.0.0.1:{port}:{container_port}");
+            let mut argv = vec!["run", "-d", "--name", &name, "-p", &publish];
+            argv.extend_from_slice(args);
+            argv.push(IMAGE);
+            cleanup.containers.push(name.clone());
+            let out = docker(&argv);
+            if out.status.success() {
+                return Container { name, port };
+            }
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            let _ = docker(&["rm", "-f", &name]);
+            if !(err.contains("already allocated") || err.contains("address already in use")) {
+                panic!("`docker {}` failed: {err}", argv.join(" "));
+            }
+        }
+        panic!("could not publish a free port after 5 tries");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `GET /` answers 200 (a TCP connect alone proves nothing: Docker's proxy accepts
+    /// connections before the container listens). Panics with the logs on timeout or exit.
+    fn wait_ready(&self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let client = blocking_client(Duration::from_secs(2));
+        loop {
+            if let Ok(response) = client.get(self.url("/")).send()
+                && response.status() == 200
+            {
+                return started.elapsed();
+            }
+            if self.state() != "running" {
+                panic!("container {} is {}; logs:\n{}", self.name, self.state(), self.logs());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{} did not answer within {timeout:?}; logs:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn state(&self) -> String {
+        docker_ok(&["inspect", "-f", "{{.State.Status}}", &self.name])
+    }
+
+    fn exit_code(&self) -> i64 {
+        docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &self.name]).parse().unwrap()
+    }
+
+    /// The container's stdout (the host's log lines) and stderr, apart.
+    fn output(&self) -> (String, String) {
+        let out = docker(&["logs", &self.name]);
+        (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    }
+
+    fn logs(&self) -> String {
+        let (out, err) = self.output();
+        format!("--- stdout ---\n{out}\n--- stderr ---\n{err}")
+    }
+}
+
+fn blocking_client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(timeout).build().unwrap()
+}
+
+/// `sha256:<12 hex>`, the `echo-host-component` header the host sends for `bytes`.
+fn version_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", &hex::encode(sha2::Sha256::digest(bytes))[..12])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "builds the Docker image (many minutes): `make test-container`"]
+fn image_is_under_40_mb() {
+    require_docker!();
+    let size = image_size();
+    say(&format!(
+        "image size: {size} bytes ({:.2} MB, limit {} MB)",
+        size as f64 / 1e6,
+        MAX_IMAGE_BYTES / 1_000_000
+    ));
+    assert!(size < MAX_IMAGE_BYTES, "the image is {size} bytes, over {MAX_IMAGE_BYTES}");
+    let user = docker_ok(&["image", "inspect", "-f", "{{.Config.User}}", IMAGE]);
+    assert_eq!(user, "65532:65532", "the image must run as the non-root user");
+    let entrypoint = docker_ok(&["image", "inspect", "-f", "{{json .Config.Entrypoint}}", IMAGE]);
+    assert_eq!(entrypoint, r#"["/echo-host"]"#, "exec-form entrypoint expected");
+}
+
+/// Cloud Run's contract: its PORT, K_* variables, read-only root with an in-memory /tmp, a
+/// non-root user and the memory limit; the seed's answers; JSON logs on stdout.
+#[test]
+#[ignore = "builds the Docker image (many minutes): `make test-container`"]
+fn runs_as_cloud_run_runs_it() {
+    require_docker!();
+    image();
+    let mut cleanup = Cleanup::default();
+    let c = Container::run(
+        &mut cleanup,
+        "cloudrun",
+        9090,
+        &[
+            "-e",
+            "PORT=9090",
+            "-e",
+            "K_SERVICE=echo",
+            "-e",
+            "K_REVISION=echo-00001",
+            "-e",
+            "K_CONFIGURATION=echo",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--user",
+            "65532",
+            "--memory",
+            "512m",
+        ],
+    );
+    c.wait_ready(Duration::from_secs(60));
+    let client = blocking_client(Duration::from_secs(10));
+
+    let get = client.get(c.url("/?name=world")).send().unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.text().unwrap(), ECHO_GET_BODY);
+
+    // `curl -d "hello data"`: form-encoded; the seed's promised answer.
+    let post = client
+        .post(c.url("/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("hello data")
+        .send()
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    assert_eq!(post.text().unwrap(), "Received POST data: hello data");
+
+    // Cloud Run with the port named `h2c` (deploy/service.yaml) speaks HTTP/2 without TLS.
+    let h2c = reqwest::blocking::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2c.get(c.url("/?name=world")).send().unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.text().unwrap(), ECHO_GET_BODY);
+
+    let info: serde_json::Value =
+        client.get(c.url("/.well-known/echo-host/info")).send().unwrap().json().unwrap();
+    let source = info["component"]["source"].as_str().unwrap_or_default();
+    assert!(
+        source.contains("/srv/echo.cwasm"),
+        "component source `{source}` is not the baked-in .cwasm: {info:#}"
+    );
+    assert_eq!(info["service"]["K_SERVICE"], "echo", "{info:#}");
+    assert_eq!(info["service"]["K_REVISION"], "echo-00001", "{info:#}");
+
+    // The host's logs: stdout, one JSON object per line, each with a severity.
+    std::thread::sleep(Duration::from_millis(200));
+    let (stdout, _) = c.output();
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "expected start-up and access log lines on stdout, got:\n{stdout}");
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(entry["severity"].is_string(), "log line without `severity`: {line}");
+    }
+    say(&format!("{} JSON log lines, e.g. {}", lines.len(), lines[0]));
+}
+
+/// `docker run` to the first 200: what a cold start costs beyond Cloud Run's own scheduling, with
+/// the baked-in precompiled component and with the same component as a .wasm compiled at start-up
+/// (the fallback for CPUs that lack a feature the build machine had).
+#[test]
+#[ignore = "builds the Docker image (many minutes): `make test-container`"]
+fn cold_start() {
+    require_docker!();
+    image();
+    let mut cleanup = Cleanup::default();
+    for (what, env) in [
+        ("precompiled /srv/echo.cwasm", &[][..]),
+        (
+            "/srv/echo.wasm compiled at start-up",
+            &["-e", "ECHO_HOST_COMPONENT=/srv/echo.wasm", "-e", "ECHO_HOST_ALLOW_PRECOMPILED=false"][..],
+        ),
+    ] {
+        let mut args = vec!["--read-only", "--memory", "512m", "--cpus", "1"];
+        args.extend_from_slice(env);
+        let started = Instant::now();
+        let c = Container::run(&mut cleanup, "cold", DEFAULT_PORT, &args);
+        let run_returned = started.elapsed();
+        c.wait_ready(Duration::from_secs(60));
+        let total = started.elapsed();
+        let client = blocking_client(Duration::from_secs(10));
+        assert_eq!(client.get(c.url("/?name=world")).send().unwrap().text().unwrap(), ECHO_GET_BODY);
+        let (stdout, _) = c.output();
+        let logged = |field: &str| {
+            stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|entry| entry[field].as_u64().or_else(|| entry["fields"][field].as_u64()))
+                .map_or("not logged".to_string(), |ms| format!("{ms} ms"))
+        };
+        say(&format!(
+            "cold start, {what}: `docker run` to first 200 in {} ms (`docker run -d` returned after {} ms; \
+             the host's start-up {}, of which loading the component {})",
+            total.as_millis(),
+            run_returned.as_millis(),
+            logged("startup_ms"),
+            logged("load_ms")
+        ));
+    }
+}
+
+/// One POST whose body arrives slowly: `Content-Length` up front, then `chunks` pieces with
+/// `pause` between them. Returns the raw response.
+fn slow_post(
+    addr: SocketAddr,
+    body: Vec<u8>,
+    chunks: usize,
+    pause: Duration,
+    sent_first: Arc<AtomicUsize>,
+) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: echo\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let piece = body.len().div_ceil(chunks);
+    for (i, part) in body.chunks(piece).enumerate() {
+        stream.write_all(part).unwrap();
+        stream.flush().unwrap();
+        if i == 0 {
+            sent_first.fetch_add(1, Ordering::SeqCst);
+        }
+        std::thread::sleep(pause);
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response
+}
+
+/// Cloud Run stops an instance with SIGTERM and kills it 10 s later: requests in flight finish,
+/// and the host exits 0 well before the kill.
+#[test]
+#[ignore = "builds the Docker image (many minutes): `make test-container`"]
+fn sigterm_drains_requests_in_flight() {
+    require_docker!();
+    image();
+    let mut cleanup = Cleanup::default();
+    let c = Container::run(&mut cleanup, "sigterm", DEFAULT_PORT, &["--read-only", "--memory", "512m"]);
+    c.wait_ready(Duration::from_secs(60));
+    let sent_first = Arc::new(AtomicUsize::new(0));
+    let requests: Vec<_> = (0..3)
+        .map(|i| {
+            let body: Vec<u8> =
+                format!("slow body {i}: ").bytes().chain((0..600).map(|n| b'a' + (n % 26) as u8)).collect();
+            let (addr, sent_first) = (c.addr(), sent_first.clone());
+            let expected = body.clone();
+            let handle =
+                std::thread::spawn(move || slow_post(addr, body, 6, Duration::from_millis(500), sent_first));
+            (handle, expected)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent_first.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the slow requests did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = Instant::now();
+    docker_ok(&["stop", "-t", "10", &c.name]);
+    let stop_took = stopping.elapsed();
+    for (i, (handle, body)) in requests.into_iter().enumerate() {
+        let response = handle.join().unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "slow request {i} did not get 200 during the drain: {text:?}\n{}",
+            c.logs()
+        );
+        let expected = format!("Received POST data: {}", String::from_utf8(body).unwrap());
+        assert!(text.ends_with(&expected), "slow request {i} got a partial body: {text:?}");
+    }
+    let code = c.exit_code();
+    say(&format!(
+        "docker stop -t 10 took {} ms with 3 slow requests in flight; exit code {code}",
+        stop_took.as_millis()
+    ));
+    assert_eq!(code, 0, "the host must exit 0 after a drain; logs:\n{}", c.logs());
+    assert!(
+        stop_took < Duration::from_secs(8),
+        "stopping took {stop_took:?}: close to Cloud Run's SIGKILL at 10 s"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet: three instances sharing one component directory (a bucket mount)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct InstanceStats {
+    ok: usize,
+    /// Failures that count: the instance was meant to be serving.
+    failed: usize,
+    /// Failures after the test began stopping the instance.
+    failed_while_stopped: usize,
+    ok_after_stop_of_other: usize,
+    errors: Vec<String>,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    stopping: Arc<Vec<AtomicBool>>,
+    /// Set once an instance is down: requests after it count as "after the stop".
+    other_stopped: Arc<AtomicBool>,
+    stats: Arc<Mutex<Vec<InstanceStats>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `workers` threads, each with its own keep-alive client, going round the instances.
+    fn start(ports: Vec<u16>, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(ports.iter().map(|_| AtomicBool::new(false)).collect::<Vec<_>>());
+        let other_stopped = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(ports.iter().map(|_| InstanceStats::default()).collect::<Vec<_>>()));
+        let workers = (0..workers)
+            .map(|w| {
+                let (ports, stop, stopping, other_stopped, stats) =
+                    (ports.clone(), stop.clone(), stopping.clone(), other_stopped.clone(), stats.clone());
+                std::thread::spawn(move || {
+                    let client = blocking_client(Duration::from_secs(10));
+                    let mut i = w;
+                    while !stop.load(Ordering::SeqCst) {
+                        let instance = i % ports.len();
+                        i += 1;
+                        let was_stopping = stopping[instance].load(Ordering::SeqCst);
+                        let after_stop = other_stopped.load(Ordering::SeqCst);
+                        let result = client.get(format!("http://127.0.0.1:{}/", ports[instance])).send();
+                        let outcome = match result {
+                            Ok(r) if r.status() == 200 => r.text().map(|_| ()).map_err(|e| e.to_string()),
+                            Ok(r) => Err(format!("status {}", r.status())),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let mut stats = stats.lock().unwrap();
+                        let s = &mut stats[instance];
+                        match outcome {
+                            Ok(()) => {
+                                s.ok += 1;
+                                if after_stop {
+                                    s.ok_after_stop_of_other += 1;
+                                }
+                            }
+                            Err(_) if was_stopping || stopping[instance].load(Ordering::SeqCst) => {
+                                s.failed_while_stopped += 1;
+                            }
+                            Err(e) => {
+                                s.failed += 1;
+                                if s.errors.len() < 5 {
+                                    s.errors.push(e);
+                                }
+                            }
+                        }
+                        drop(stats);
+                        if was_stopping {
+                            // Don't spin on a dead instance.
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, stopping, other_stopped, stats, workers }
+    }
+
+    fn failures(&self) -> (usize, Vec<String>) {
+        let stats = self.stats.lock().unwrap();
+        (stats.iter().map(|s| s.failed).sum(), stats.iter().flat_map(|s| s.errors.clone()).collect())
+    }
+
+    fn total_ok(&self) -> usize {
+        self.stats.lock().unwrap().iter().map(|s| s.ok).sum()
+    }
+
+    fn finish(self) -> Vec<InstanceStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        for worker in self.workers {
+            worker.join().unwrap();
+        }
+        std::mem::take(&mut *self.stats.lock().unwrap())
+    }
+}
+
+/// `GET /` on one instance: (body, `echo-host-component`, `x-component`), or an error.
+fn probe(client: &reqwest::blocking::Client, port: u16) -> Result<(String, String, String), String> {
+    let response = client.get(format!("http://127.0.0.1:{port}/")).send().map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(format!("status {}", response.status()));
+    }
+    let header = |name: &str| {
+        response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    let (version, component) = (header("echo-host-component"), header("x-component"));
+    Ok((response.text().map_err(|e| e.to_string())?, version, component))
+}
+
+/// Writes `bytes` into `dir/name` the way a deploy step should: a temporary name in the same
+/// directory, readable by the container's user, then an atomic rename.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[test]
+#[ignore = "builds the Docker image (many minutes): `make test-container`"]
+fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
+    use std::os::unix::fs::PermissionsExt;
+    require_docker!();
+    image();
+    const POLL: Duration = Duration::from_millis(500);
+    let echo = std::fs::read(echo_wasm()).unwrap();
+    let misbehave = std::fs::read(misbehave_wasm()).unwrap();
+    let (echo_version, misbehave_version) = (version_of(&echo), version_of(&misbehave));
+    assert_ne!(echo_version, misbehave_version);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    replace_file(dir.path(), "c.wasm", &echo);
+
+    let mut cleanup = Cleanup::default();
+    let network = unique("net");
+    docker_ok(&["network", "create", &network]);
+    cleanup.networks.push(network.clone());
+    let volume = format!("{}:/mnt/components:ro", dir.path().display());
+    let instances: Vec<Container> = (0..3)
+        .map(|_| {
+            Container::run(
+                &mut cleanup,
+                "fleet",
+                DEFAULT_PORT,
+                &[
+                    "--network",
+                    &network,
+                    "-v",
+                    &volume,
+                    "--read-only",
+                    "--memory",
+                    "512m",
+                    "-e",
+                    "ECHO_HOST_COMPONENT=/mnt/components/c.wasm",
+                    "-e",
+                    "ECHO_HOST_ALLOW_PRECOMPILED=false",
+                    "-e",
+                    "ECHO_HOST_POLL_INTERVAL=500ms",
+                ],
+            )
+        })
+        .collect();
+    let client = blocking_client(Duration::from_secs(10));
+    for c in &instances {
+        c.wait_ready(Duration::from_secs(60));
+        let (_, version, _) = probe(&client, c.port).unwrap();
+        assert_eq!(version, echo_version, "{} does not serve the mounted echo component", c.name);
+    }
+    let ports: Vec<u16> = instances.iter().map(|c| c.port).collect();
+    let load = Load::start(ports.clone(), 6);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // 1. A new version in the shared directory: every instance converges, no request fails.
+    let swapped_at = Instant::now();
+    replace_file(dir.path(), "c.wasm", &misbehave);
+    let mut converged: Vec<Option<Duration>> = vec![None; instances.len()];
+    while converged.iter().any(Option::is_none) {
+        for (i, c) in instances.iter().enumerate() {
+            if converged[i].is_none()
+                && let Ok((body, version, component)) = probe(&client, c.port)
+                && body == "misbehave ok"
+                && component == "misbehave"
+            {
+                assert_eq!(version, misbehave_version);
+                converged[i] = Some(swapped_at.elapsed());
+            }
+        }
+        assert!(
+            swapped_at.elapsed() < Duration::from_secs(30),
+            "not every instance serves the new version after 30 s: {converged:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let slowest = converged.iter().flatten().max().copied().unwrap();
+    say(&format!(
+        "swap: every instance served the new version within {} ms ({:?}), poll interval {POLL:?}",
+        slowest.as_millis(),
+        converged.iter().flatten().map(Duration::as_millis).collect::<Vec<_>>()
+    ));
+    assert!(slowest < POLL * 4 + Duration::from_secs(3), "convergence took {slowest:?}");
+    std::thread::sleep(POLL * 2);
+    let (failed, errors) = load.failures();
+    assert_eq!(failed, 0, "requests failed during the swap: {errors:?}");
+
+    // 2. Garbage in the directory: rejected by every instance, which keep serving the good one.
+    let garbage: Vec<u8> = b"\0asm garbage, not a component "
+        .iter()
+        .copied()
+        .chain((0..4096u32).map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8))
+        .collect();
+    let bad_at = Instant::now();
+    replace_file(dir.path(), "c.wasm", &garbage);
+    for c in &instances {
+        loop {
+            let info: serde_json::Value =
+                client.get(c.url("/.well-known/echo-host/info")).send().unwrap().json().unwrap();
+            if info["swaps"]["rejections"].as_u64().unwrap_or(0) >= 1 {
+                break;
+            }
+            assert!(
+                bad_at.elapsed() < Duration::from_secs(30),
+                "{} never rejected the garbage: {info:#}",
+                c.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    say(&format!("garbage: rejected by every instance within {} ms", bad_at.elapsed().as_millis()));
+    let watch_until = Instant::now() + POLL * 6;
+    while Instant::now() < watch_until {
+        for c in &instances {
+            let (body, version, _) = probe(&client, c.port).unwrap();
+            assert_eq!(
+                (body.as_str(), version.as_str()),
+                ("misbehave ok", misbehave_version.as_str()),
+                "{}",
+                c.name
+            );
+        }
+        std::thread::sleep(POLL / 2);
+    }
+    let (failed, errors) = load.failures();
+    assert_eq!(failed, 0, "requests failed while garbage sat in the directory: {errors:?}");
+
+    // 3. One instance goes away mid-load; the others keep serving.
+    let lost = instances.len() - 1;
+    load.stopping[lost].store(true, Ordering::SeqCst);
+    let ok_before = load.total_ok();
+    docker_ok(&["stop", "-t", "10", &instances[lost].name]);
+    load.other_stopped.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    let ok_during = load.total_ok() - ok_before;
+    let stats = load.finish();
+    for (i, s) in stats.iter().enumerate() {
+        say(&format!(
+            "instance {i}: {} ok ({} after the stop), {} failed, {} failed while it was stopped",
+            s.ok, s.ok_after_stop_of_other, s.failed, s.failed_while_stopped
+        ));
+    }
+    for (i, s) in stats.iter().enumerate().take(lost) {
+        assert_eq!(s.failed, 0, "instance {i} failed requests: {:?}", s.errors);
+        assert!(s.ok_after_stop_of_other > 0, "instance {i} served nothing after the other stopped");
+    }
+    assert_eq!(
+        stats[lost].failed, 0,
+        "the lost instance failed requests before it was stopped: {:?}",
+        stats[lost].errors
+    );
+    assert!(ok_during > 0);
+    assert_eq!(instances[lost].exit_code(), 0, "logs:\n{}", instances[lost].logs());
+}
