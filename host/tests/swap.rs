@@ -176,7 +176,6 @@ async fn every_bad_candidate_is_rejected_and_the_old_version_keeps_serving() {
         ("unprovided import", std::fs::read(env!("CUSTOM_IMPORT_WASM")).unwrap(), 422, "invalid_component"),
         // misbehave answers 404 on unknown paths, so it fails `GET /probe`.
         ("fails the smoke probe", misbehave.clone(), 422, "probe_failed"),
-        ("too large", vec![0u8; 5 << 20], 413, "too_large"),
     ];
     for (name, bytes, status, kind) in cases {
         let (got, body) = upload(&server, bytes, &[]).await;
@@ -185,6 +184,22 @@ async fn every_bad_candidate_is_rejected_and_the_old_version_keeps_serving() {
         assert!(!body["error"].as_str().unwrap().is_empty(), "{name}: {body}");
         assert_eq!(serving_version(&server).await, before, "{name} went live");
     }
+    // Too large: refused from its Content-Length, before the body is read (so a client still
+    // sending may see the connection close; raw bytes make the check deterministic).
+    let head = format!(
+        "PUT {ADMIN}/component HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: {}\r\n\r\n",
+        5 << 20
+    );
+    let addr = server.addr;
+    let raw = tokio::task::spawn_blocking(move || {
+        util::raw_exchange(addr, head.as_bytes(), Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert_eq!(util::raw_status(&raw), 413, "{}", String::from_utf8_lossy(&raw));
+    assert!(String::from_utf8_lossy(&raw).contains("too_large"));
+    assert_eq!(serving_version(&server).await, before, "a too-large upload went live");
+
     let info: serde_json::Value =
         client().get(server.url("/.well-known/echo-host/info")).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["swaps"]["rejections"], 7, "{info}"); // the 413 is refused before the gate
