@@ -25,14 +25,20 @@ if ! docker buildx version >/dev/null 2>&1; then
 fi
 log "docker build -t $TAG --build-arg BUILD_BASE=$base $* $ROOT"
 started=$SECONDS
-docker build -t "$TAG" --build-arg "BUILD_BASE=$base" "$@" "$ROOT"
+docker build --force-rm -t "$TAG" --build-arg "BUILD_BASE=$base" "$@" "$ROOT"
 log "built $TAG in $((SECONDS - started)) s: $(docker image inspect -f '{{.Size}}' "$TAG") bytes"
 
-# The build stage (several GB: the target directory) is an untagged image; every source change
-# leaves the previous one behind. Tag this build's (the next build's cache; `docker build` is fully
-# cached here) and remove the earlier, now dangling, ones: only images of this Dockerfile's stages
-# (label wasm-echo.build-stage), never anything else.
-cache_tag="${TAG%:*}-build-stage:${TAG##*:}"
-[[ "$TAG" == *:* ]] || cache_tag="$TAG-build-stage:latest"
-docker build -q --target build -t "$cache_tag" --build-arg "BUILD_BASE=$base" "$@" "$ROOT" >/dev/null
+# The build stage (several GB: the target directory) is an untagged image, and every source change
+# leaves the previous one behind. Tag this build's stages (the next build's cache) and remove the
+# earlier, now dangling, ones: only images of this Dockerfile's stages (label
+# wasm-echo.build-stage), never anything else. The newest dangling image of a stage is this
+# build's (when a stage was cached, it is still tagged from last time and nothing is dangling).
+for stage in skeleton build; do
+    cache_tag="${TAG%:*}-$stage-stage:${TAG##*:}"
+    [[ "$TAG" == *:* ]] || cache_tag="$TAG-$stage-stage:latest"
+    newest="$(docker images -q --filter "label=wasm-echo.build-stage=$stage" --filter dangling=true | head -n 1)"
+    if [[ -n "$newest" ]]; then
+        docker tag "$newest" "$cache_tag"
+    fi
+done
 docker image prune -f --filter label=wasm-echo.build-stage >&2

@@ -128,7 +128,7 @@ RUN set -eux; \\
 DOCKERFILE
 # BuildKit needs the buildx plugin on current clients; the classic builder does for this file.
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
-docker build --label org.opencontainers.image.description="local stand-in for rust:${RUST_VERSION%.*}-bookworm (echo-host docker/make-base-image.sh)" \
+docker build --force-rm --label org.opencontainers.image.description="local stand-in for rust:${RUST_VERSION%.*}-bookworm (echo-host docker/make-base-image.sh)" \
     -t "$BASE_IMAGE" "$context" >&2 || die "docker build of $BASE_IMAGE failed (output above)"
 log "$BASE_IMAGE ready in $((SECONDS - started)) s: $(docker image inspect -f '{{.Size}}' "$BASE_IMAGE") bytes"
 echo "$BASE_IMAGE"
