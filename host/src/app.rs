@@ -187,19 +187,20 @@ impl Completion for RequestGuard {
                 app.metrics.timeouts.inc();
             }
         }
-        let http_request = serde_json::json!({
-            "requestMethod": self.ctx.method.as_str(),
-            "requestUrl": self.ctx.url,
-            "requestSize": self.ctx.request_size.map(|s| s.to_string()),
-            "status": self.status.as_u16(),
-            "responseSize": bytes.to_string(),
-            "userAgent": self.ctx.user_agent,
-            "referer": self.ctx.referer,
-            "remoteIp": self.ctx.remote_ip,
-            "latency": format!("{:.6}s", latency.as_secs_f64()),
-            "protocol": self.ctx.protocol,
-        });
-        let http_request = http_request.to_string();
+        // Serialized straight from a struct (no `Value` map); the log formatter splices it in.
+        let http_request = serde_json::to_string(&HttpRequestLog {
+            request_method: self.ctx.method.as_str(),
+            request_url: &self.ctx.url,
+            request_size: self.ctx.request_size.map(|s| s.to_string()),
+            status: self.status.as_u16(),
+            response_size: bytes.to_string(),
+            user_agent: self.ctx.user_agent.as_deref(),
+            referer: self.ctx.referer.as_deref(),
+            remote_ip: &self.ctx.remote_ip,
+            latency: format!("{:.6}s", latency.as_secs_f64()),
+            protocol: self.ctx.protocol,
+        })
+        .unwrap_or_default();
         let trace = self.ctx.trace.as_deref();
         let status = self.status.as_u16();
         if cut {
@@ -209,6 +210,22 @@ impl Completion for RequestGuard {
             tracing::info!(request_id = %self.ctx.id, http_request, trace, "{} {} {}", self.ctx.method, self.ctx.url, status);
         }
     }
+}
+
+/// Cloud Logging's `httpRequest` object of the access log.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRequestLog<'a> {
+    request_method: &'a str,
+    request_url: &'a str,
+    request_size: Option<String>,
+    status: u16,
+    response_size: String,
+    user_agent: Option<&'a str>,
+    referer: Option<&'a str>,
+    remote_ip: &'a str,
+    latency: String,
+    protocol: &'a str,
 }
 
 impl Drop for RequestGuard {

@@ -100,6 +100,11 @@ pub struct CompileArgs {
     /// Where to write the precompiled component.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Use every instruction-set extension of this machine's CPU. By default the code uses only
+    /// what every x86-64 server CPU since 2013 has (up to AVX2), so a `.cwasm` built on one
+    /// machine loads on the others a Cloud Run service may land on.
+    #[arg(long)]
+    pub native: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -104,7 +104,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on `{}` (is the port in use? set `PORT`)", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, admin_api = app.admin_token.is_some(), "serving HTTP/1.1 and h2c on {}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    let tokio_runtime = tokio::runtime::Handle::current();
+    tracing::info!(
+        %addr,
+        admin_api = app.admin_token.is_some(),
+        runtime = ?tokio_runtime.runtime_flavor(),
+        workers = tokio_runtime.metrics().num_workers(),
+        "serving HTTP/1.1 and h2c on {addr}"
+    );
     let watcher = start_watching(&app, &config);
     server::run(listener, app, shutdown::signal(), config.shutdown_grace).await?;
     if let Some(watcher) = watcher {
@@ -120,7 +128,11 @@ pub fn compile(args: &CompileArgs) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&args.input).with_context(|| format!("cannot read `{}`", args.input.display()))?;
     let limits = config::Limits::default();
-    let engine = wasmtime::Engine::new(&runtime::engine_config(&limits)?).map_err(anyhow::Error::from)?;
+    let mut engine_config = runtime::engine_config(&limits)?;
+    if !args.native {
+        runtime::portable_code(&mut engine_config);
+    }
+    let engine = wasmtime::Engine::new(&engine_config).map_err(anyhow::Error::from)?;
     if runtime::is_core_module(&bytes) {
         anyhow::bail!("`{}` is a core wasm module, not a component", args.input.display());
     }

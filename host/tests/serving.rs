@@ -102,6 +102,92 @@ async fn precompiled_components_need_the_explicit_flag() {
     assert_eq!(body, SEED_GET);
 }
 
+/// The value a `.cwasm` records for a Cranelift ISA flag: wasmtime writes its settings as postcard
+/// (`name` as length + bytes, then `FlagValue::Bool`, variant 2, and the bool), and refuses to
+/// load a file whose enabled flags the CPU lacks.
+fn isa_flag_in(cwasm: &[u8], name: &str) -> Option<bool> {
+    let mut key = vec![name.len() as u8];
+    key.extend_from_slice(name.as_bytes());
+    let at = cwasm.windows(key.len()).position(|w| w == key.as_slice())? + key.len();
+    match cwasm.get(at..at + 2)? {
+        [2, 0] => Some(false),
+        [2, 1] => Some(true),
+        other => panic!("`{name}` is followed by {other:?}, not a FlagValue::Bool"),
+    }
+}
+
+/// An image is built on one machine and runs on others: `compile` must not use the builder's
+/// AVX-512 (the default), unless asked to with `--native`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn compile_emits_code_for_any_x86_64_server_cpu() {
+    let dir = util::scratch_dir();
+    let compile = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_echo-host"))
+            .args(["compile", util::echo_wasm().to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(extra)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    };
+    let portable = compile("portable.cwasm", &[]);
+    for flag in ["has_avx512f", "has_avx512vl", "has_avx512dq", "has_avx512bitalg", "has_avx512vbmi"] {
+        assert_eq!(isa_flag_in(&portable, flag), Some(false), "`{flag}` in the default .cwasm");
+    }
+    // AVX2 stays on where the CPU has it: the baseline is Haswell, not the 2003 one.
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert_eq!(isa_flag_in(&portable, "has_avx2"), Some(true));
+    }
+    let native = compile("native.cwasm", &["--native"]);
+    assert_eq!(
+        isa_flag_in(&native, "has_avx512f"),
+        Some(std::arch::is_x86_feature_detected!("avx512f")),
+        "`--native` follows this CPU"
+    );
+}
+
+/// On one core (Cloud Run's 1 vCPU) the host runs a single-threaded runtime: a guest computing
+/// in a loop must not stall the other requests (the epoch tick makes it yield), and a swap's
+/// compile must not stop the serving either.
+#[test]
+fn one_core_keeps_serving_beside_a_busy_guest_and_a_swap() {
+    const TOKEN: &str = "test-admin-token-0123456789";
+    let dir = util::scratch_dir();
+    let token = util::write_file(dir.path(), "token", format!("{TOKEN}\n").as_bytes());
+    let misbehave = util::misbehave_wasm().to_str().unwrap();
+    let host = HostProcess::start_on_one_core(
+        &["--component", misbehave, "--request-timeout", "8s", "--admin-token-file", token.to_str().unwrap()],
+        &[],
+    );
+    let serving = host.wait_for_line("serving HTTP", Duration::from_secs(10)).expect("no start-up line");
+    assert!(serving.contains("CurrentThread"), "expected a current-thread runtime on one core: {serving}");
+
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let spin = |client: reqwest::blocking::Client, url: String| {
+        std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()))
+    };
+    let looping = spin(client.clone(), host.url("/loop"));
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..10 {
+        let response = client.get(host.url("/ok")).send().unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(!looping.is_finished(), "the looping guest ended before the other requests were served");
+
+    let upload = client
+        .put(host.url("/.well-known/echo-host/admin/component"))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(util::echo_wasm()).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(upload.status(), 200, "{}", upload.text().unwrap_or_default());
+    let body = client.get(host.url("/?name=world")).send().unwrap().text().unwrap();
+    assert_eq!(body, SEED_GET);
+    assert_eq!(looping.join().unwrap().unwrap(), 504, "the loop stops at its deadline");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_components_fail_the_start_with_a_clear_reason() {
     let dir = util::scratch_dir();

@@ -190,8 +190,19 @@ pub struct HostProcess {
 impl HostProcess {
     /// Starts `echo-host` with `PORT` set to a free port and `args`, and waits until it answers.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> HostProcess {
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_echo-host")), args, env)
+    }
+
+    /// Like [`HostProcess::start`], with the process allowed on one CPU only (`taskset -c 0`), as
+    /// on a 1-vCPU Cloud Run instance.
+    pub fn start_on_one_core(args: &[&str], env: &[(&str, &str)]) -> HostProcess {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", env!("CARGO_BIN_EXE_echo-host")]);
+        Self::start_command(command, args, env)
+    }
+
+    fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> HostProcess {
         let port = peers::free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_echo-host"));
         command
             .args(args)
             .env("PORT", port.to_string())
