@@ -104,6 +104,25 @@ fn rename_into_place(path: &Path, bytes: &[u8]) {
     std::fs::rename(&partial, path).unwrap();
 }
 
+/// Truncates `path`, then writes `bytes` in 8 chunks 100 ms apart: a copy a watcher can catch
+/// half-way.
+async fn write_slowly_in_place(path: &Path, bytes: &[u8]) {
+    let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        for (i, chunk) in bytes.chunks(bytes.len().div_ceil(8)).enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            file.write_all(chunk).unwrap();
+            file.flush().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn info(server: &TestServer) -> serde_json::Value {
     client().get(server.url("/.well-known/echo-host/info")).send().await.unwrap().json().await.unwrap()
 }
@@ -156,8 +175,9 @@ impl Load {
         Load { stop, tasks }
     }
 
-    /// Stops the clients; returns the successful responses and the failures.
-    async fn finish(self) -> (u64, Vec<String>) {
+    /// Stops the clients and checks that no request failed and some succeeded; returns how
+    /// many succeeded.
+    async fn finish(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         let (mut ok, mut failures) = (0, Vec::new());
         for task in self.tasks {
@@ -165,7 +185,14 @@ impl Load {
             ok += n;
             failures.extend(f);
         }
-        (ok, failures)
+        assert!(
+            failures.is_empty(),
+            "{} failed responses, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(ok > 0, "no request succeeded");
+        ok
     }
 }
 
@@ -219,32 +246,11 @@ async fn file_source_never_serves_a_file_overwritten_in_place_half_way() {
 
     // Truncate, then write in 8 chunks with pauses: the watcher sees the file mid-copy, while
     // the clients check every response.
-    let bytes = components.misbehave.clone();
-    let writer = path.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&writer).unwrap();
-        for (i, chunk) in bytes.chunks(bytes.len().div_ceil(8)).enumerate() {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            file.write_all(chunk).unwrap();
-            file.flush().unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    write_slowly_in_place(&path, &components.misbehave).await;
     let client = client();
     let took = components.wait_for(&client, &server, Which::Misbehave).await;
 
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed responses, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(ok > 0);
+    let ok = load.finish().await;
     let rejections = server.metric("echo_host_swap_rejections_total").await;
     eprintln!(
         "overwrite in place: misbehave served {} ms after the last write; {ok} responses, 0 failures, \
@@ -275,34 +281,13 @@ async fn file_source_works_by_polling_alone_as_on_cloud_storage_fuse() {
     rename_into_place(&path, &components.misbehave);
     let renamed = components.wait_for(&client, &server, Which::Misbehave).await;
     // In place, slowly: the poll sees it mid-copy too.
-    let bytes = components.echo.clone();
-    let writer = path.clone();
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&writer).unwrap();
-        for (i, chunk) in bytes.chunks(bytes.len().div_ceil(8)).enumerate() {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            file.write_all(chunk).unwrap();
-            file.flush().unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    write_slowly_in_place(&path, &components.echo).await;
     let written = started.elapsed();
     let in_place = components.wait_for(&client, &server, Which::Echo).await;
     watcher.abort();
 
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed responses, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(ok > 0);
+    let ok = load.finish().await;
     eprintln!(
         "polling alone (300ms): rename served after {} ms (compile included); in-place copy took {} ms, \
          served {} ms after it; {ok} responses, 0 failures",
@@ -421,14 +406,7 @@ async fn url_source_swaps_with_conditional_requests_and_survives_a_misbehaving_s
         until(&format!("a 304 after {mode:?}"), || async { origin.with(|s| s.not_modified) > seen }).await;
         assert_eq!(components.serving(&client, &server).await, Which::Misbehave, "{mode:?}");
     }
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed responses, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(ok > 0);
+    load.finish().await;
     // Failed fetches never reached the gate (a truncated body included).
     assert_eq!(info(&server).await["swaps"]["rejections"], 0);
     assert_eq!(info(&server).await["swaps"]["count"], 1);
@@ -519,13 +497,7 @@ async fn fifty_file_swaps_under_load_drop_no_request() {
         components.wait_for(&client, &server, next).await;
         latencies.push(started.elapsed());
     }
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed responses, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let ok = load.finish().await;
     assert_eq!(info(&server).await["swaps"]["count"], 50);
     eprintln!(
         "file source, 50 swaps under load (poll 200ms, inotify): {ok} responses, 0 failures; \
@@ -549,13 +521,7 @@ async fn fifty_url_swaps_under_load_drop_no_request() {
         components.wait_for(&client, &server, next).await;
         latencies.push(started.elapsed());
     }
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failed responses, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let ok = load.finish().await;
     assert_eq!(info(&server).await["swaps"]["count"], 50);
     eprintln!(
         "URL source, 50 swaps under load (poll 200ms): {ok} responses, 0 failures; \

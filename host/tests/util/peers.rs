@@ -334,31 +334,14 @@ fn start_on_free_port(name: &str, mut spawn: impl FnMut(u16) -> Command) -> (Chi
     panic!("{name} failed to start three times:\n{}", failures.join("\n---\n"));
 }
 
-// ---------------------------------------------------------------------------------------------
-// wasmtime serve
-// ---------------------------------------------------------------------------------------------
-
-/// Upstream `wasmtime serve --addr 127.0.0.1:PORT <component>` (the pinned CLI, no `-S` flags: the
-/// plain `wasi:http/proxy` world), killed on drop.
-pub struct WasmtimeServe {
+/// A peer server ([`WasmtimeServe`], [`FlaskSeed`]) the tests started on 127.0.0.1, killed on
+/// drop.
+pub struct PeerServer {
     guard: ChildGuard,
     port: u16,
 }
 
-impl WasmtimeServe {
-    /// Installs the CLI if needed ([`wasmtime_cli`]), starts it on a free port and returns once it
-    /// answers HTTP. Panics with the server's output if it does not come up.
-    pub fn start(component: &Path) -> WasmtimeServe {
-        assert!(component.is_file(), "component {} does not exist", component.display());
-        let cli = wasmtime_cli();
-        let (guard, port) = start_on_free_port("wasmtime-serve", |port| {
-            let mut command = Command::new(&cli);
-            command.arg("serve").arg("--addr").arg(format!("127.0.0.1:{port}")).arg(component);
-            command
-        });
-        WasmtimeServe { guard, port }
-    }
-
+impl PeerServer {
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
@@ -377,6 +360,43 @@ impl WasmtimeServe {
     /// The server's output so far.
     pub fn log(&self) -> String {
         self.guard.log()
+    }
+}
+
+impl std::ops::Deref for WasmtimeServe {
+    type Target = PeerServer;
+    fn deref(&self) -> &PeerServer {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for FlaskSeed {
+    type Target = PeerServer;
+    fn deref(&self) -> &PeerServer {
+        &self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// wasmtime serve
+// ---------------------------------------------------------------------------------------------
+
+/// Upstream `wasmtime serve --addr 127.0.0.1:PORT <component>` (the pinned CLI, no `-S` flags: the
+/// plain `wasi:http/proxy` world), killed on drop.
+pub struct WasmtimeServe(PeerServer);
+
+impl WasmtimeServe {
+    /// Installs the CLI if needed ([`wasmtime_cli`]), starts it on a free port and returns once it
+    /// answers HTTP. Panics with the server's output if it does not come up.
+    pub fn start(component: &Path) -> WasmtimeServe {
+        assert!(component.is_file(), "component {} does not exist", component.display());
+        let cli = wasmtime_cli();
+        let (guard, port) = start_on_free_port("wasmtime-serve", |port| {
+            let mut command = Command::new(&cli);
+            command.arg("serve").arg("--addr").arg(format!("127.0.0.1:{port}")).arg(component);
+            command
+        });
+        WasmtimeServe(PeerServer { guard, port })
     }
 }
 
@@ -451,10 +471,7 @@ fn run(command: &mut Command) {
 /// The seed's Flask app (`testing/flask/app.py`, verbatim from the seed) served by Flask's own
 /// development server, as `python app.py` does in the seed's container, on 127.0.0.1 (no debug
 /// mode, no reloader). Killed on drop.
-pub struct FlaskSeed {
-    guard: ChildGuard,
-    port: u16,
-}
+pub struct FlaskSeed(PeerServer);
 
 impl FlaskSeed {
     /// Creates the venv if needed ([`flask_python`]), starts the app on a free port and returns
@@ -474,27 +491,7 @@ impl FlaskSeed {
                 .env_remove("FLASK_RUN_FROM_CLI");
             command
         });
-        FlaskSeed { guard, port }
-    }
-
-    /// The port it listens on (127.0.0.1).
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
-    pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// `base_url()` + `path_and_query` (which should start with `/`).
-    pub fn url(&self, path_and_query: &str) -> String {
-        format!("{}{path_and_query}", self.base_url())
-    }
-
-    /// The server's output so far (Flask logs one line per request).
-    pub fn log(&self) -> String {
-        self.guard.log()
+        FlaskSeed(PeerServer { guard, port })
     }
 }
 
