@@ -161,7 +161,9 @@ impl Runtime {
         if !is_component(bytes) {
             bail!("not a wasm component (no `\\0asm` component header)");
         }
-        Ok(Component::new(&self.engine, bytes)?)
+        let component = Component::new(&self.engine, bytes);
+        release_free_heap();
+        Ok(component?)
     }
 
     /// Loads a `.cwasm` made by `echo-host compile`.
@@ -221,6 +223,23 @@ impl Runtime {
             }
         });
         store
+    }
+}
+
+/// Hands the heap memory a compile freed back to the OS. glibc keeps it in the arenas of the
+/// (parallel) compile threads otherwise: measured 2.4 MiB of RSS (a third of the anonymous
+/// memory of an idle host) kept for the life of the process after compiling the echo component.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` only releases free memory; it is safe to call at any time
+        // from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }
 
