@@ -2,15 +2,21 @@
 WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 
-.PHONY: run test test-container setup build guest lint unit-and-integration
+.PHONY: run test bench setup build guest lint unit-and-integration test-container
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
 	./target/release/echo-host $(ARGS)
 
 ## Every test: formatting, lints (host and guest), unit tests, integration tests (which install the
-## pinned `wasmtime` CLI and a Flask venv under target/ on first use).
-test: setup lint unit-and-integration
+## pinned `wasmtime` CLI and a Flask venv under target/ on first use), then the container tests.
+test: setup lint unit-and-integration test-container
+
+## The benchmark (bench/README.md): echo-host vs `wasmtime serve` vs a native hyper echo vs the
+## seed's Flask app; prints a markdown report and writes bench/results/ (table, PNG, raw JSON).
+## Installs wrk, the pinned wasmtime CLI and a Flask venv on first use. ARGS="--quick" for a smoke run.
+bench: setup
+	cargo run --release -p echo-bench -- $(ARGS)
 
 setup:
 	rustup target add $(WASM_TARGET)
@@ -28,10 +34,14 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p echo-guest --target $(WASM_TARGET) -- -D warnings
 
+# The container tests run on their own afterwards: their image build takes both cores for minutes.
 unit-and-integration: setup
-	cargo test --workspace --no-fail-fast
+	cargo test --workspace --no-fail-fast -- --skip container::
 
-## The container tests (Dockerfile, SIGTERM, a three-instance fleet): they build the image from a
-## locally made base (docker/make-base-image.sh), which takes many minutes the first time.
+## The container tests (deploy/service.yaml, the Dockerfile's image run as Cloud Run runs it,
+## SIGTERM, a three-instance fleet): they build the image from a locally made base
+## (docker/make-base-image.sh), many minutes the first time; without a Docker engine they say
+## SKIPPED and do not run.
+## (`--workspace`, as above: the same feature set, so nothing is rebuilt.)
 test-container: setup
-	cargo test -p echo-host --test tests container -- --include-ignored --nocapture
+	cargo test --workspace --test tests -- container:: --nocapture

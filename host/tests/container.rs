@@ -563,7 +563,6 @@ fn version_of(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "builds the Docker image (many minutes): `make test-container`"]
 fn image_is_under_40_mb() {
     require_docker!();
     let size = image_size();
@@ -582,7 +581,6 @@ fn image_is_under_40_mb() {
 /// Cloud Run's contract: its PORT, K_* variables, read-only root with an in-memory /tmp, a
 /// non-root user and the memory limit; the seed's answers; JSON logs on stdout.
 #[test]
-#[ignore = "builds the Docker image (many minutes): `make test-container`"]
 fn runs_as_cloud_run_runs_it() {
     require_docker!();
     image();
@@ -659,7 +657,6 @@ fn runs_as_cloud_run_runs_it() {
 /// the baked-in precompiled component and with the same component as a .wasm compiled at start-up
 /// (the fallback for CPUs that lack a feature the build machine had).
 #[test]
-#[ignore = "builds the Docker image (many minutes): `make test-container`"]
 fn cold_start() {
     require_docker!();
     image();
@@ -732,7 +729,6 @@ fn slow_post(
 /// Cloud Run stops an instance with SIGTERM and kills it 10 s later: requests in flight finish,
 /// and the host exits 0 well before the kill.
 #[test]
-#[ignore = "builds the Docker image (many minutes): `make test-container`"]
 fn sigterm_drains_requests_in_flight() {
     require_docker!();
     image();
@@ -905,7 +901,6 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 #[test]
-#[ignore = "builds the Docker image (many minutes): `make test-container`"]
 fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
     use std::os::unix::fs::PermissionsExt;
     require_docker!();

@@ -1,0 +1,508 @@
+//! The markdown report: one table per section (medians of the rounds) and the issue's targets,
+//! each met or missed with the ratio measured in this run.
+
+use std::fmt::Write as _;
+
+use crate::samples::Samples;
+use crate::sections::*;
+
+/// How the run went, for the report's header.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    pub date: String,
+    pub command: String,
+    pub commit: String,
+    pub echo_host: String,
+    pub cpu: String,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub wall_seconds: f64,
+    pub rounds: usize,
+    pub duration_s: f64,
+    pub open_duration_s: f64,
+    pub connections: usize,
+    pub rate: f64,
+    pub idle_connections: usize,
+    pub stream_bytes: u64,
+    pub swaps_under_load: usize,
+    /// What became of the container cold start (`None` when the cold-start section did not run).
+    pub container: Option<ContainerOutcome>,
+}
+
+/// One of the issue's targets.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+pub const THROUGHPUT_SERVERS: [&str; 5] = [ECHO_HOST, WASMTIME, NATIVE, FLASK, GUNICORN];
+pub const COLD_VARIANTS: [&str; 8] = [
+    COLD_WASM,
+    COLD_CWASM,
+    COLD_WASMTIME_NOCACHE,
+    COLD_WASMTIME_CACHE,
+    NATIVE,
+    FLASK,
+    GUNICORN,
+    COLD_CONTAINER,
+];
+pub const MEMORY_SERVERS: [&str; 3] = [ECHO_HOST, WASMTIME, NATIVE];
+pub const MEMORY_TABLE: [&str; 4] = [ECHO_HOST, COLD_CWASM, WASMTIME, NATIVE];
+
+fn num(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(v) if v.is_finite() => {
+            if decimals == 0 {
+                group_thousands(v.round() as i64)
+            } else {
+                format!("{v:.decimals$}")
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
+pub fn group_thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn ms(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() && v < 10.0 => format!("{v:.2} ms"),
+        Some(v) if v.is_finite() && v < 100.0 => format!("{v:.1} ms"),
+        Some(v) if v.is_finite() => format!("{} ms", group_thousands(v.round() as i64)),
+        _ => "–".into(),
+    }
+}
+
+fn mib(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.1} MiB"),
+        _ => "–".into(),
+    }
+}
+
+/// `RSS (anon)`: the resident total and its anonymous part (the rest is clean file-backed pages
+/// of the executable and libraries, which the kernel can drop and re-read).
+fn mib_anon(total: Option<f64>, anon: Option<f64>) -> String {
+    match (total, anon) {
+        (Some(t), Some(a)) if t.is_finite() && a.is_finite() => format!("{t:.1} MiB ({a:.1} anon)"),
+        (t, _) => mib(t),
+    }
+}
+
+fn max_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
+        _ => None,
+    }
+}
+
+pub fn targets(s: &Samples) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut add = |what: &str, measured: String, met: Option<bool>| {
+        out.push(Target { what: what.into(), measured, met });
+    };
+    let echo_rps = s.median("get.rps", ECHO_HOST);
+    let wt_rps = s.median("get.rps", WASMTIME);
+    let r = ratio(echo_rps, wt_rps);
+    let per_cpu = ratio(s.median("get.rps_per_cpu", ECHO_HOST), s.median("get.rps_per_cpu", WASMTIME));
+    add(
+        "GET throughput ≥ 3× wasmtime serve",
+        format!(
+            "{} vs {} req/s = {}× (per server CPU-second: {}×)",
+            num(echo_rps, 0),
+            num(wt_rps, 0),
+            num(r, 2),
+            num(per_cpu, 2)
+        ),
+        r.map(|r| r >= 3.0),
+    );
+    let native_rps = s.median("get.rps", NATIVE);
+    let r = ratio(echo_rps, native_rps);
+    add(
+        "GET throughput ≥ 0.2× native hyper",
+        format!("{} vs {} req/s = {}×", num(echo_rps, 0), num(native_rps, 0), num(r, 3)),
+        r.map(|r| r >= 0.2),
+    );
+    let (e99, w99) = (s.median("get.p99_ms", ECHO_HOST), s.median("get.p99_ms", WASMTIME));
+    let r = ratio(e99, w99);
+    add(
+        "GET p99 ≤ 1/3 of wasmtime serve's (closed loop, 32 connections)",
+        format!("{} vs {} = {}×", ms(e99), ms(w99), num(r, 2)),
+        r.map(|r| r <= 1.0 / 3.0),
+    );
+    let (eo, wo) = (s.median("open_get.p99_ms", ECHO_HOST), s.median("open_get.p99_ms", WASMTIME));
+    let (er, wr) = (s.median("open_get.rate", ECHO_HOST), s.median("open_get.rate", WASMTIME));
+    let r = ratio(eo, wo);
+    add(
+        "GET p99 ≤ 1/3 of wasmtime serve's (open loop, fixed rate)",
+        format!("{} at {}/s vs {} at {}/s = {}×", ms(eo), num(er, 0), ms(wo), num(wr, 0), num(r, 2)),
+        r.map(|r| r <= 1.0 / 3.0),
+    );
+    let (cw, cn) = (s.median("cold.ms", COLD_CWASM), s.median("cold.ms", NATIVE));
+    let r = ratio(cw, cn);
+    add(
+        "cold start with .cwasm ≤ 2× native hyper's",
+        format!("{} vs {} = {}×", ms(cw), ms(cn), num(r, 2)),
+        r.map(|r| r <= 2.0),
+    );
+    let load_rss = max_of(s.median("get.rss_mib", ECHO_HOST), s.median("post.rss_mib", ECHO_HOST));
+    let load_anon = max_of(s.median("get.anon_mib", ECHO_HOST), s.median("post.anon_mib", ECHO_HOST));
+    add(
+        "echo-host RSS under load ≤ 20 MiB",
+        format!(
+            "{} (peak sample, GET and POST load; wasmtime serve {})",
+            mib_anon(load_rss, load_anon),
+            mib(max_of(s.median("get.rss_mib", WASMTIME), s.median("post.rss_mib", WASMTIME)))
+        ),
+        load_rss.map(|v| v <= 20.0),
+    );
+    let conns = s.median("mem.conns_mib", ECHO_HOST);
+    add(
+        "echo-host RSS with 1,000 idle connections ≤ 64 MiB",
+        mib_anon(conns, s.median("mem.conns_anon_mib", ECHO_HOST)),
+        conns.map(|v| v <= 64.0),
+    );
+    let mbps = s.median("stream.mbps", ECHO_HOST);
+    add(
+        "1 GiB streamed echo ≥ 1 GB/s",
+        format!("{} MB/s (wasmtime serve {} MB/s)", num(mbps, 0), num(s.median("stream.mbps", WASMTIME), 0)),
+        mbps.map(|v| v >= 1000.0),
+    );
+    let growth = s.median("stream.growth_mib", ECHO_HOST);
+    add("1 GiB streamed echo: peak RSS growth ≤ 16 MiB", mib(growth), growth.map(|v| v <= 16.0));
+    let failed = s.sum("swapload.failed", ECHO_HOST);
+    let swapped = s.sum("swapload.swapped", ECHO_HOST);
+    let swaps = s.sum("swapload.swaps", ECHO_HOST);
+    add(
+        "0 failed requests during the swaps under load",
+        format!(
+            "{} failed of {} responses; {}/{} swaps done",
+            num(failed, 0),
+            num(s.sum("swapload.responses", ECHO_HOST), 0),
+            num(swapped, 0),
+            num(swaps, 0)
+        ),
+        match (failed, swapped, swaps) {
+            (Some(f), Some(d), Some(n)) => Some(f == 0.0 && d == n),
+            _ => None,
+        },
+    );
+    out
+}
+
+/// Under the cold-start table: how the container was run, or why it was not.
+fn container_note(w: &mut String, s: &Samples, container: &ContainerOutcome) {
+    if s.get("cold.ms", COLD_CONTAINER).is_some() {
+        let _ = writeln!(
+            w,
+            "Container image: `{}` (image {}, built beforehand: the benchmark never builds it), timed from just before \
+             spawning `docker run` to the first 200, connect + GET polled every 1 ms on the port `docker port` names \
+             (`docker run -d` itself returned after {} median); then `docker rm -f`. Its memory is the container's \
+             (cgroup) usage from `docker stats` 0.3 s after the 200, not an RSS. Docker is a daemon, so nothing is \
+             pinned: the engine and the container run on whichever core the kernel picks (`--cpus 1` is a quota, not \
+             a core), only the `docker` CLI and the polling client stay on core 1.\n",
+            container.command(),
+            container.image_id.as_deref().unwrap_or("?"),
+            ms(s.median("cold.container_run_ms", COLD_CONTAINER)),
+        );
+    }
+    if let Some(line) = &container.skipped {
+        let _ = writeln!(w, "**{line}.**\n");
+    }
+}
+
+pub fn render(s: &Samples, meta: &Meta) -> String {
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(w, "# echo-host benchmark\n");
+    let _ = writeln!(
+        w,
+        "{} · `{}` · commit {} · echo-host binary `{}` · {} · load average {} before, {} after · {:.0} s wall time\n",
+        meta.date,
+        meta.command,
+        meta.commit,
+        meta.echo_host,
+        meta.cpu,
+        meta.loadavg_before,
+        meta.loadavg_after,
+        meta.wall_seconds
+    );
+    let _ = writeln!(
+        w,
+        "Every figure is the median of {} rounds that alternate between the servers. Servers run on core 0 \
+         (`taskset -c 0`), the load generator (wrk, the open-loop client) on core 1. Closed loop: `wrk -t1 -c{} -d{}s --latency`. \
+         Open loop: {} connections at a fixed rate, the same for echo-host, wasmtime serve and native (min({}/s, half the slower \
+         wasm host's closed-loop throughput in round 1); the Flask servers at half their own. Latency counts from when each request \
+         was due (no coordinated omission). Same component (`echo_guest.wasm`) for both wasm hosts.\n",
+        meta.rounds, meta.connections, meta.duration_s, meta.connections, meta.rate
+    );
+
+    let _ = writeln!(
+        w,
+        "## Throughput and latency (1 server core, {} keep-alive connections)\n",
+        meta.connections
+    );
+    let _ = writeln!(
+        w,
+        "| server | GET req/s | GET p50 | GET p99 | POST 1 KiB req/s | POST p50 | POST p99 | open-loop GET p99 (rate) | open-loop POST p99 (rate) | RSS under load | server CPU | GET req per CPU-s |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for server in THROUGHPUT_SERVERS {
+        if s.get("get.rps", server).is_none() {
+            continue;
+        }
+        let load_rss = max_of(s.median("get.rss_mib", server), s.median("post.rss_mib", server));
+        let cpu = s.median("get.cpu", server).map(|c| c * 100.0);
+        let _ = writeln!(
+            w,
+            "| {server} | {} | {} | {} | {} | {} | {} | {} ({}/s) | {} ({}/s) | {} | {}% | {} |",
+            num(s.median("get.rps", server), 0),
+            ms(s.median("get.p50_ms", server)),
+            ms(s.median("get.p99_ms", server)),
+            num(s.median("post.rps", server), 0),
+            ms(s.median("post.p50_ms", server)),
+            ms(s.median("post.p99_ms", server)),
+            ms(s.median("open_get.p99_ms", server)),
+            num(s.median("open_get.rate", server), 0),
+            ms(s.median("open_post.p99_ms", server)),
+            num(s.median("open_post.rate", server), 0),
+            mib(load_rss),
+            num(cpu, 0),
+            num(s.median("get.rps_per_cpu", server), 0),
+        );
+    }
+    let errors: f64 = THROUGHPUT_SERVERS
+        .iter()
+        .flat_map(|srv| {
+            ["get.errors", "post.errors", "open_get.errors", "open_post.errors"].map(|m| s.sum(m, srv))
+        })
+        .flatten()
+        .sum();
+    let _ = writeln!(
+        w,
+        "\nServer CPU: the server's CPU time over the wall time of its GET run; below ~95% on a saturated server means other processes took part of core 0 (a shared machine), and GET req per CPU-s (req/s ÷ that share) is the noise-robust measure of efficiency. Errors (non-2xx or socket errors) over all these runs: {}.\n",
+        num(Some(errors), 0)
+    );
+
+    if s.get("cold.ms", NATIVE).is_some() {
+        let _ =
+            writeln!(w, "## Cold start (process exec, or `docker run`, → first 200 of `GET /?name=world`)\n");
+        let _ = writeln!(w, "| server | cold start | RSS idle after start (anon) |");
+        let _ = writeln!(w, "|---|---:|---:|");
+        for variant in COLD_VARIANTS {
+            if s.get("cold.ms", variant).is_none() {
+                continue;
+            }
+            let memory = if variant == COLD_CONTAINER {
+                match s.median("cold.container_mem_mib", variant) {
+                    Some(m) => format!("{} (container memory, `docker stats`)", mib(Some(m))),
+                    None => "n/a".into(),
+                }
+            } else {
+                mib_anon(s.median("cold.rss_mib", variant), s.median("cold.anon_mib", variant))
+            };
+            let _ = writeln!(w, "| {variant} | {} | {memory} |", ms(s.median("cold.ms", variant)));
+        }
+        let _ = writeln!(w);
+        if let Some(container) = &meta.container {
+            container_note(w, s, container);
+        }
+    }
+
+    if s.get("mem.idle_mib", ECHO_HOST).is_some() {
+        let _ = writeln!(
+            w,
+            "## Memory (`/proc/PID/status` VmRSS; in brackets RssAnon, the rest being clean file-backed pages of the executable)\n"
+        );
+        let _ = writeln!(
+            w,
+            "| server | idle (after 1 request) | under GET load (peak, fresh server) | {} open keep-alive connections |",
+            group_thousands(meta.idle_connections as i64)
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|");
+        for server in MEMORY_TABLE {
+            if s.get("mem.idle_mib", server).is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "| {server} | {} | {} | {} |",
+                mib_anon(s.median("mem.idle_mib", server), s.median("mem.idle_anon_mib", server)),
+                mib_anon(s.median("mem.load_mib", server), s.median("mem.load_anon_mib", server)),
+                mib_anon(s.median("mem.conns_mib", server), s.median("mem.conns_anon_mib", server))
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nEach column from its own fresh server: RSS after one request; the peak sample during a {} s GET load ({} connections); with the connections open (one request each).\n",
+            meta.open_duration_s, meta.connections
+        );
+    }
+
+    if s.get("stream.mbps", ECHO_HOST).is_some() {
+        let _ = writeln!(
+            w,
+            "## Streaming ({} MiB POST echoed back on one connection)\n",
+            meta.stream_bytes / (1024 * 1024)
+        );
+        let _ = writeln!(w, "| server | MB/s (10^6 bytes each way) | peak RSS growth |");
+        let _ = writeln!(w, "|---|---:|---:|");
+        for server in MEMORY_SERVERS {
+            if s.get("stream.mbps", server).is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "| {server} | {} | {} |",
+                num(s.median("stream.mbps", server), 0),
+                mib(s.median("stream.growth_mib", server))
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\n`echo-host --max-body 2GiB`; peak growth = VmHWM (reset through `/proc/PID/clear_refs`) minus VmRSS before the request.\n"
+        );
+    }
+
+    if s.get("swap.upload_ms", ECHO_HOST).is_some() {
+        let _ = writeln!(
+            w,
+            "## Swap (echo ⇄ misbehave, `--keep-versions 1` so every swap compiles; {} swaps under load)\n",
+            meta.swaps_under_load
+        );
+        let _ = writeln!(w, "| how | to the first response from the new version (median) | min | max |");
+        let _ = writeln!(w, "|---|---:|---:|---:|");
+        for (label, metric) in [
+            ("admin upload (`PUT /.well-known/echo-host/admin/component`)", "swap.upload_ms"),
+            ("file change (`--poll-interval 200ms`, write + rename)", "swap.file_ms"),
+        ] {
+            let values = s.get(metric, ECHO_HOST).unwrap_or_default();
+            let min = values.iter().copied().reduce(f64::min);
+            let max = values.iter().copied().reduce(f64::max);
+            let _ =
+                writeln!(w, "| {label} | {} | {} | {} |", ms(s.median(metric, ECHO_HOST)), ms(min), ms(max));
+        }
+        if s.get("swapload.swaps", ECHO_HOST).is_some() {
+            let _ = writeln!(
+                w,
+                "\nUnder load ({} req/s open loop, `GET /`, {} connections): {} of {} swaps done (each {} median), {} responses, **{} failed**, served by {} versions; p99 {}, max {} during the swaps.\n",
+                num(s.median("swapload.rate", ECHO_HOST), 0),
+                meta.connections,
+                num(s.sum("swapload.swapped", ECHO_HOST), 0),
+                num(s.sum("swapload.swaps", ECHO_HOST), 0),
+                ms(s.median("swapload.swap_ms", ECHO_HOST)),
+                num(s.sum("swapload.responses", ECHO_HOST), 0),
+                num(s.sum("swapload.failed", ECHO_HOST), 0),
+                num(s.median("swapload.versions", ECHO_HOST), 0),
+                ms(s.median("swapload.p99_ms", ECHO_HOST)),
+                ms(s.median("swapload.max_ms", ECHO_HOST)),
+            );
+        }
+    }
+
+    if s.get("scale.rps_1", ECHO_HOST).is_some() {
+        let _ = writeln!(
+            w,
+            "## Scaling (GET req/s; wrk stays on core 1, so with 2 server cores it shares one)\n"
+        );
+        let _ = writeln!(w, "| server | 1 core | 2 cores | × |");
+        let _ = writeln!(w, "|---|---:|---:|---:|");
+        for server in MEMORY_SERVERS {
+            let (one, two) = (s.median("scale.rps_1", server), s.median("scale.rps_2", server));
+            let _ =
+                writeln!(w, "| {server} | {} | {} | {} |", num(one, 0), num(two, 0), num(ratio(two, one), 2));
+        }
+        let _ = writeln!(w);
+    }
+
+    let _ = writeln!(w, "## Targets\n");
+    let _ = writeln!(w, "| target | measured (same run) | |");
+    let _ = writeln!(w, "|---|---|---|");
+    for target in targets(s) {
+        let verdict = match target.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let _ = writeln!(w, "| {} | {} | {verdict} |", target.what, target.measured);
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(group_thousands(1234567), "1,234,567");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(ms(Some(0.4123)), "0.41 ms");
+        assert_eq!(ms(Some(1234.0)), "1,234 ms");
+        assert_eq!(ms(None), "–");
+    }
+
+    #[test]
+    fn targets_are_judged_from_medians() {
+        let mut s = Samples::default();
+        for v in [30_000.0, 31_000.0, 29_000.0] {
+            s.add("get.rps", ECHO_HOST, v);
+        }
+        for v in [10_000.0, 9_000.0, 11_000.0] {
+            s.add("get.rps", WASMTIME, v);
+        }
+        let t = targets(&s);
+        assert_eq!(t[0].met, Some(true));
+        assert!(t[0].measured.contains("3.00×"), "{}", t[0].measured);
+        assert_eq!(t[1].met, None);
+        let md = render(&s, &Meta::default());
+        assert!(md.contains("| echo-host | 30,000 |"), "{md}");
+    }
+
+    #[test]
+    fn the_container_row_or_why_it_is_missing() {
+        let mut s = Samples::default();
+        s.add("cold.ms", NATIVE, 1.5);
+        let skipped = "container cold start skipped: image wasm-echo-host:test not found (make test-container or docker/build-image.sh wasm-echo-host:test builds it)";
+        let container = ContainerOutcome {
+            image: "wasm-echo-host:test".into(),
+            image_id: None,
+            skipped: Some(skipped.into()),
+        };
+        let md = render(&s, &Meta { container: Some(container.clone()), ..Meta::default() });
+        assert!(md.contains(&format!("**{skipped}.**")), "{md}");
+        assert!(!md.contains(COLD_CONTAINER), "{md}");
+
+        s.add("cold.ms", COLD_CONTAINER, 420.0);
+        s.add("cold.container_run_ms", COLD_CONTAINER, 300.0);
+        s.add("cold.container_mem_mib", COLD_CONTAINER, 3.25);
+        let measured =
+            ContainerOutcome { image_id: Some("sha256:0123456789ab".into()), skipped: None, ..container };
+        let md = render(&s, &Meta { container: Some(measured), ..Meta::default() });
+        assert!(
+            md.contains("| container image (docker run, .cwasm) | 420 ms | 3.2 MiB (container memory"),
+            "{md}"
+        );
+        assert!(md.contains("image sha256:0123456789ab"), "{md}");
+        assert!(md.contains("nothing is pinned"), "{md}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The measurements, one module per section, and what they share: the server names, [`Opts`],
+//! the servers of the throughput table, starting a server, and the order of visits. Every section
+//! runs its servers on [`SERVER_CORES`] and its load on [`LOAD_CORES`], repeats `rounds` times
+//! alternating between the servers, and records one value per round in [`Samples`].
+//!
+//! - [`throughput`]: requests/s and latency, closed and open loop.
+//! - [`cold`]: process exec to the first 200, and [`container`]: `docker run` of the image to it.
+//! - [`memory`]: RSS idle, under load, with many idle connections.
+//! - [`stream`]: a large POST echoed back on one connection.
+//! - [`swap`]: swap latency and failed requests during swaps under load.
+//! - [`scaling`]: requests/s on one and two server cores.
+
+mod cold;
+mod container;
+mod memory;
+mod scaling;
+mod stream;
+mod swap;
+mod throughput;
+
+pub use cold::{
+    COLD_CONTAINER, COLD_CWASM, COLD_WASM, COLD_WASMTIME_CACHE, COLD_WASMTIME_NOCACHE, cold_start,
+};
+pub use container::ContainerOutcome;
+pub use memory::memory;
+pub use scaling::scaling;
+pub use stream::streaming;
+pub use swap::swap;
+pub use throughput::throughput;
+
+use std::time::Duration;
+
+use crate::samples::Samples;
+use crate::servers::{Server, Spec};
+use crate::setup::Paths;
+
+/// The server's core, and the load generator's (wrk, the open-loop client, this process).
+pub const SERVER_CORES: &[usize] = &[0];
+pub const LOAD_CORES: &[usize] = &[1];
+pub const BOTH_CORES: &[usize] = &[0, 1];
+
+pub const ECHO_HOST: &str = "echo-host";
+pub const WASMTIME: &str = "wasmtime serve";
+pub const NATIVE: &str = "native hyper";
+pub const FLASK: &str = "Flask (dev server)";
+pub const GUNICORN: &str = "Flask (gunicorn, 1 worker)";
+
+/// The GET the seed's README shows, and the 1 KiB POST body (text: Flask decodes it).
+pub const GET_PATH: &str = "/?name=world";
+pub const POST_BODY_LEN: usize = 1024;
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+const MIB: f64 = 1024.0;
+
+/// How long and how hard to measure.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub rounds: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    /// The open-loop rate (requests/s), lowered per server to half of what it sustains.
+    pub rate: f64,
+    /// Length of each open-loop run and of each scaling run.
+    pub open_duration: Duration,
+    pub idle_connections: usize,
+    pub stream_bytes: u64,
+    pub swaps_under_load: usize,
+}
+
+/// The servers of the throughput table, all serving the echo.
+pub fn specs(paths: &Paths) -> Vec<Spec> {
+    let echo = paths.echo_wasm.display().to_string();
+    vec![
+        Spec::new(
+            ECHO_HOST,
+            &paths.echo_host,
+            &["--listen-addr", "127.0.0.1", "--port", "{port}", "--component", &echo],
+        ),
+        Spec::new(WASMTIME, &paths.wasmtime, &["serve", "--addr", "127.0.0.1:{port}", &echo]),
+        Spec::new(NATIVE, &paths.native_echo, &["{port}"]),
+        Spec::new(FLASK, &paths.python, &["run_seed.py", "{port}"]).cwd(&paths.flask_dir),
+        Spec::new(GUNICORN, &paths.gunicorn, &["-w", "1", "-b", "127.0.0.1:{port}", "app:app"])
+            .cwd(&paths.flask_dir),
+    ]
+}
+
+pub fn post_body() -> Vec<u8> {
+    let pattern = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_";
+    pattern.iter().copied().cycle().take(POST_BODY_LEN).collect()
+}
+
+fn log_path(paths: &Paths, name: &str) -> std::path::PathBuf {
+    let file: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    paths.work.join(format!("{file}.log"))
+}
+
+pub fn start(paths: &Paths, spec: &Spec, cores: &[usize]) -> anyhow::Result<Server> {
+    let mut server = spec.spawn(cores, &log_path(paths, &spec.name))?;
+    server.wait_ready(GET_PATH, STARTUP_TIMEOUT)?;
+    Ok(server)
+}
+
+fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
+
+/// Round `round` visits the servers forwards, the next one backwards, so drift in the machine's
+/// load does not always favour the same server.
+fn order<T>(items: &[T], round: usize) -> Vec<&T> {
+    let mut order: Vec<&T> = items.iter().collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
