@@ -103,8 +103,8 @@ USER 65532:65532
 # ECHO_HOST_ALLOW_PRECOMPILED=false (see deploy/service.yaml). The poll interval stays at the host's
 # default (2 s): for the baked-in file that is a stat every 2 s, and a mounted component is then
 # watched without further settings.
-# mimalloc commits its arenas eagerly by default, which measured +29 MB of RSS under load for no
-# speed; committing on demand keeps RSS where the system allocator's is.
+# mimalloc commits its arenas eagerly by default: measured 24.6 MiB RSS under load in this image
+# against 13.6 MiB when it commits on demand, at the same requests/s.
 ENV ECHO_HOST_COMPONENT=/srv/echo.cwasm \
     ECHO_HOST_ALLOW_PRECOMPILED=true \
     MIMALLOC_ARENA_EAGER_COMMIT=0 \

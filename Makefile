@@ -35,6 +35,7 @@ lint: setup
 	cargo clippy -p echo-guest --target $(WASM_TARGET) -- -D warnings
 
 # The container tests run on their own afterwards: their image build takes both cores for minutes.
+# (`container::` is the host test module; no other test name contains it.)
 unit-and-integration: setup
 	cargo test --workspace --no-fail-fast -- --skip container::
 

@@ -1,12 +1,12 @@
 //! Cold start: from just before `spawn` to the first 200 of `GET /?name=world`, and the idle RSS
 //! after it, for every server and start-up variant (echo-host with a `.wasm` or a `.cwasm`,
-//! wasmtime serve with and without its cache), plus the container image ([`super::container`]).
+//! wasmtime serve with and without its cache), plus the container image ([`super::docker_run`]).
 
 use std::time::Duration;
 
 use anyhow::bail;
 
-use super::container::{ContainerCold, ContainerOutcome};
+use super::docker_run::{ContainerCold, ContainerOutcome};
 use super::*;
 
 pub const COLD_WASM: &str = "echo-host (.wasm)";

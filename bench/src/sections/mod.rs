@@ -4,14 +4,14 @@
 //! alternating between the servers, and records one value per round in [`Samples`].
 //!
 //! - [`throughput`]: requests/s and latency, closed and open loop.
-//! - [`cold`]: process exec to the first 200, and [`container`]: `docker run` of the image to it.
+//! - [`cold`]: process exec to the first 200, and [`docker_run`]: `docker run` of the image to it.
 //! - [`memory`]: RSS idle, under load, with many idle connections.
 //! - [`stream`]: a large POST echoed back on one connection.
 //! - [`swap`]: swap latency and failed requests during swaps under load.
 //! - [`scaling`]: requests/s on one and two server cores.
 
 mod cold;
-mod container;
+mod docker_run;
 mod memory;
 mod scaling;
 mod stream;
@@ -21,7 +21,7 @@ mod throughput;
 pub use cold::{
     COLD_CONTAINER, COLD_CWASM, COLD_WASM, COLD_WASMTIME_CACHE, COLD_WASMTIME_NOCACHE, cold_start,
 };
-pub use container::ContainerOutcome;
+pub use docker_run::ContainerOutcome;
 pub use memory::memory;
 pub use scaling::scaling;
 pub use stream::streaming;
