@@ -7,12 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
-use crate::app::{App, RequestContext};
-use crate::body::{ResponseBody, full};
-use crate::proxy::error_response;
+use crate::app::App;
+use crate::exchange::{RequestContext, ResponseBody, error_response, full};
 use crate::signing::SIGNATURE_HEADER;
 use crate::swap::{self, Candidate, RollbackError};
 
@@ -24,7 +22,22 @@ pub fn owns(path: &str) -> bool {
     path.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext) -> Response<ResponseBody> {
+/// A request body the admin API can read (the exchange's, with its progress timer).
+pub trait AdminBody:
+    http_body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + 'static
+{
+}
+
+impl<B> AdminBody for B where
+    B: http_body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + 'static
+{
+}
+
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<impl AdminBody>,
+    ctx: &RequestContext,
+) -> Response<ResponseBody> {
     let endpoint = req.uri().path()[PREFIX.len()..].trim_end_matches('/').to_string();
     if endpoint == ADMIN || endpoint.starts_with("/admin/") {
         return admin(app, req, ctx, &endpoint[ADMIN.len()..]).await;
@@ -52,7 +65,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &RequestContext
 /// nothing; with one, every call needs `Authorization: Bearer <token>`.
 async fn admin(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<impl AdminBody>,
     ctx: &RequestContext,
     route: &str,
 ) -> Response<ResponseBody> {
@@ -120,7 +133,7 @@ fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     presented.trim().as_bytes().ct_eq(token.as_bytes()).into()
 }
 
-async fn upload(app: &Arc<App>, req: Request<Incoming>, who: String) -> Response<ResponseBody> {
+async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Response<ResponseBody> {
     let limit = app.swap_policy.max_component_size;
     let declared =
         req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

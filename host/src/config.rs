@@ -20,6 +20,13 @@ pub const DEFAULT_MAX_MEMORY: &str = "128MiB";
 pub const DEFAULT_MAX_BODY: &str = "32MiB";
 pub const DEFAULT_CONCURRENCY: usize = 80;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_BODY_READ_TIMEOUT: &str = "60s";
+pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "620s";
+pub const DEFAULT_AFTER_RESPONSE_GRACE: &str = "1s";
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 250;
+pub const DEFAULT_H2_KEEPALIVE_INTERVAL: &str = "60s";
+pub const DEFAULT_H2_KEEPALIVE_TIMEOUT: &str = "20s";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: &str = "64KiB";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -177,8 +184,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ECHO_HOST_ALLOW_PRECOMPILED")]
     pub allow_precompiled: bool,
 
-    /// Longest a request may run (e.g. `300s`, `1m`); past it the guest is stopped and the
-    /// client gets 504, or the connection is closed if the response had started.
+    /// Longest a request may take in wall-clock time, from its head to the last byte of its
+    /// response (e.g. `300s`, `1m`; Cloud Run's default). At the deadline the guest is stopped
+    /// and its slot freed whatever the client does: 504 if no response head was sent, otherwise
+    /// the h2 stream is reset or the HTTP/1.1 connection closed.
     #[arg(long, env = "ECHO_HOST_REQUEST_TIMEOUT", default_value = DEFAULT_REQUEST_TIMEOUT, value_parser = parse_duration)]
     pub request_timeout: Duration,
 
@@ -199,9 +208,51 @@ pub struct ServeArgs {
     #[arg(long, env = "ECHO_HOST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Time a client has to send a request's headers (slowloris protection).
+    /// Time a client has to send a request head (slowloris protection): from connecting to the
+    /// first request (for h2c: the preface and the first HEADERS), and on an HTTP/1.1 keep-alive
+    /// connection from the first byte of each later head. Past it the connection is closed.
     #[arg(long, env = "ECHO_HOST_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// Longest the request body may make no progress while the component waits for it; then
+    /// 408 (or, if the response had started, a cut) and the connection is closed. 60 s, like
+    /// nginx's `client_body_timeout`: Cloud Run's front end forwards the body as the client sends
+    /// it, and no legitimate client pauses a minute mid-body.
+    #[arg(long, env = "ECHO_HOST_BODY_READ_TIMEOUT", default_value = DEFAULT_BODY_READ_TIMEOUT, value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Longest a client may take no response bytes (a full HTTP/2 flow-control window, or a
+    /// socket nobody reads); then the response is cut and its slot freed. 60 s, like nginx's
+    /// `send_timeout`: Cloud Run's front end reads as fast as its client, which never stalls a
+    /// minute.
+    #[arg(long, env = "ECHO_HOST_WRITE_TIMEOUT", default_value = DEFAULT_WRITE_TIMEOUT, value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// A connection with no request in flight is closed after this (h2c: GOAWAY first). The
+    /// default outlasts Google front ends' 600 s keep-alive, so the front end closes first and
+    /// never sends a request into a connection being closed.
+    #[arg(long, env = "ECHO_HOST_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time a component may go on after its response ended (p2 allows work after the body's
+    /// `finish`; a `HEAD` answer ends with the head); then it is stopped. Its `--concurrency`
+    /// slot is held until then. A cut response stops the component at once.
+    #[arg(long, env = "ECHO_HOST_AFTER_RESPONSE_GRACE", default_value = DEFAULT_AFTER_RESPONSE_GRACE, value_parser = parse_duration)]
+    pub after_response_grace: Duration,
+
+    /// Concurrent streams one h2c connection may carry. With the 64 KiB send buffer per stream
+    /// this bounds what one connection can pin (250 streams: 16 MiB, plus its 1 MiB receive
+    /// window).
+    #[arg(long, env = "ECHO_HOST_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_MAX_STREAMS)]
+    pub h2_max_streams: u32,
+
+    /// How often an idle h2c connection is pinged; `0s` turns pings off.
+    #[arg(long, env = "ECHO_HOST_H2_KEEPALIVE_INTERVAL", default_value = DEFAULT_H2_KEEPALIVE_INTERVAL, value_parser = parse_duration)]
+    pub h2_keepalive_interval: Duration,
+
+    /// An h2c connection whose ping is not answered within this is closed.
+    #[arg(long, env = "ECHO_HOST_H2_KEEPALIVE_TIMEOUT", default_value = DEFAULT_H2_KEEPALIVE_TIMEOUT, value_parser = parse_duration)]
+    pub h2_keepalive_timeout: Duration,
 
     /// Most header fields in a request; more gets 431.
     #[arg(long, env = "ECHO_HOST_MAX_HEADERS", default_value_t = DEFAULT_MAX_HEADERS)]
@@ -335,12 +386,30 @@ pub struct Limits {
     pub max_connections: usize,
     #[serde(serialize_with = "serialize_secs")]
     pub header_read_timeout: Duration,
+    #[serde(serialize_with = "serialize_secs")]
+    pub body_read_timeout: Duration,
+    #[serde(serialize_with = "serialize_secs")]
+    pub write_timeout: Duration,
+    #[serde(serialize_with = "serialize_secs")]
+    pub idle_timeout: Duration,
+    #[serde(serialize_with = "serialize_secs")]
+    pub after_response_grace: Duration,
     pub max_headers: usize,
     pub max_header_bytes: u64,
+    pub h2_max_streams: u32,
+    /// `None`: no pings.
+    #[serde(serialize_with = "serialize_optional_secs")]
+    pub h2_keepalive_interval: Option<Duration>,
+    #[serde(serialize_with = "serialize_secs")]
+    pub h2_keepalive_timeout: Duration,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn serialize_optional_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.map_or(0.0, |d| d.as_secs_f64()))
 }
 
 impl Default for Limits {
@@ -363,8 +432,15 @@ impl ServeArgs {
             concurrency: self.concurrency,
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            write_timeout: self.write_timeout,
+            idle_timeout: self.idle_timeout,
+            after_response_grace: self.after_response_grace,
             max_headers: self.max_headers,
             max_header_bytes: self.max_header_bytes,
+            h2_max_streams: self.h2_max_streams,
+            h2_keepalive_interval: Some(self.h2_keepalive_interval).filter(|d| !d.is_zero()),
+            h2_keepalive_timeout: self.h2_keepalive_timeout,
         }
     }
 
@@ -385,8 +461,19 @@ impl ServeArgs {
         if limits.request_timeout.is_zero() {
             bail!("`--request-timeout` must be more than 0s");
         }
-        if limits.header_read_timeout.is_zero() {
-            bail!("`--header-read-timeout` must be more than 0s");
+        for (flag, value) in [
+            ("--header-read-timeout", limits.header_read_timeout),
+            ("--body-read-timeout", limits.body_read_timeout),
+            ("--write-timeout", limits.write_timeout),
+            ("--idle-timeout", limits.idle_timeout),
+            ("--h2-keepalive-timeout", limits.h2_keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("`{flag}` must be more than 0s");
+            }
+        }
+        if limits.h2_max_streams == 0 {
+            bail!("`--h2-max-streams` must be at least 1");
         }
         if limits.max_memory_bytes < 64 * 1024 {
             bail!("`--max-memory` must be at least 64KiB (one wasm page)");

@@ -4,10 +4,11 @@
 //! - [`config`]: the command line, env vars and defaults, validated into a [`config::ServeConfig`].
 //! - [`runtime`]: the wasmtime engine (pooling allocator, epochs), linker and per-request store.
 //! - [`registry`]: loading a component version and the active one that requests read.
-//! - [`server`]: the accept loop (HTTP/1.1 + h2c), limits, routing and graceful shutdown.
-//! - [`proxy`]: one request through the component, and guest failures turned into responses.
-//! - [`body`]: the request body limit and the observed response body.
-//! - [`app`]: the state requests share, request ids, and the per-request guard (access log).
+//! - [`server`]: the accept loop (HTTP/1.1 + h2c), protocol settings, routing, graceful shutdown.
+//! - [`connection`]: one connection's timers (header, idle), its close, and the cut of a stream.
+//! - [`exchange`]: one request from head to last byte: permit, deadline, outcome, access log.
+//! - [`proxy`]: one request through the component, and guest failures turned into outcomes.
+//! - [`app`]: the state requests share, the concurrency permits and request ids.
 //! - [`admin`]: `/.well-known/echo-host/` health, info and metrics.
 //! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
@@ -19,8 +20,9 @@
 
 pub mod admin;
 pub mod app;
-pub mod body;
 pub mod config;
+pub mod connection;
+pub mod exchange;
 pub mod guest_log;
 pub mod outbound;
 pub mod proxy;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -14,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::{Limits, OutboundRule};
+use crate::exchange::StopSignal;
 use crate::guest_log::GuestLog;
 use crate::outbound::OutboundPolicy;
 
@@ -24,8 +25,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Wasm stack per instance. Deep recursion traps here instead of taking the host down.
 pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 
-/// Instances beyond `--concurrency` the pool keeps room for: requests still finishing after
-/// their permit was released, plus a swap's smoke probe.
+/// Instances beyond `--concurrency` the pool keeps room for: a swap's smoke probe (probes take
+/// no permit). A request holds its permit until its guest has stopped, so requests alone never
+/// need more than `--concurrency` slots.
 const POOL_HEADROOM: u32 = 16;
 
 /// What the runtime needs from the configuration.
@@ -189,8 +191,9 @@ impl Runtime {
         )
     }
 
-    /// A fresh store for one request, with its limits and deadline.
-    pub fn new_store(&self, request_id: &str, deadline: Instant) -> Store<RequestState> {
+    /// A fresh store for one request, with its limits; the guest is interrupted once `stop`
+    /// passes (the deadline, or earlier once its response is over).
+    pub fn new_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
         let limits = &self.config.limits;
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.config.guest_env)
@@ -207,20 +210,13 @@ impl Runtime {
                 .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
                 .build(),
             outbound: OutboundPolicy::new(self.outbound.clone(), request_id),
-            timed_out: Arc::new(AtomicBool::new(false)),
         };
-        let timed_out = state.timed_out.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        // Each tick, give the thread back to the executor; past the deadline, trap.
+        // Each tick, give the thread back to the executor; past the stop, trap.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                timed_out.store(true, Ordering::Relaxed);
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
+            if stop.interrupt_now() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
         });
         store
     }
@@ -263,9 +259,6 @@ pub struct RequestState {
     table: ResourceTable,
     limits: StoreLimits,
     outbound: OutboundPolicy,
-    /// Set when the epoch callback stopped the guest for running past its deadline, so the
-    /// resulting trap is reported as a timeout (504) rather than a crash (500).
-    pub timed_out: Arc<AtomicBool>,
 }
 
 impl WasiView for RequestState {

@@ -1,29 +1,29 @@
-//! The accept loop: HTTP/1.1 and h2c on one port, connection and header limits, routing to the
-//! host's own endpoints or the component, and graceful shutdown.
+//! The accept loop: HTTP/1.1 and h2c on one port, the connection limit, the protocol settings,
+//! routing each request to the host's own endpoints or the component, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::app::{App, RequestContext, RequestGuard};
-use crate::body::{ObservedBody, ResponseBody};
-use crate::proxy::{self, error_response};
-use http_body_util::BodyExt;
+use crate::app::App;
+use crate::connection::{self, StreamExecutor, Timeouts};
+use crate::exchange::{Exchange, Outcome, Pending, RequestBody, ResponseBody, declared_length};
+use crate::proxy;
 
-/// Streams one h2c connection may carry at once. Requests past `--concurrency` get 503 anyway;
-/// this bounds the per-connection state a single client can make the host hold.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 250;
+/// Send buffer per h2 stream (hyper's default is 400 KiB): with `--h2-max-streams` it bounds
+/// what one connection's unread responses can pin.
+pub const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets requests in
 /// flight finish for up to `grace`, and returns.
@@ -34,8 +34,11 @@ pub async fn run(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let builder = Arc::new(connection_builder(&app));
-    let connections = Arc::new(Semaphore::new(app.limits().max_connections));
-    let graceful = GracefulShutdown::new();
+    let max_connections = app.limits().max_connections;
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let timeouts =
+        Timeouts { header_read: app.limits().header_read_timeout, idle: app.limits().idle_timeout };
+    let drain = CancellationToken::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -58,29 +61,37 @@ pub async fn run(
         // Small writes from streaming guests must not wait for Nagle's 40 ms.
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| {
+        let (stream, state) = connection::watch(stream);
+        let service = service_fn({
             let app = app.clone();
-            async move { Ok::<_, Infallible>(route(app, req, remote).await) }
+            move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(app, req, remote).await) }
+            }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let served = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, remote = %remote, "connection ended with an error");
+            let closed = connection::serve(served, |c| c.graceful_shutdown(), state, timeouts, drain).await;
+            if let Some(reason) = closed {
+                app.metrics.connection_closed(reason);
+                tracing::debug!(remote = %remote, reason = ?reason, "connection closed by the host");
             }
             drop(permit);
         });
     }
 
     drop(listener);
-    let in_flight = app.metrics.in_flight.get();
+    drain.cancel();
     tracing::info!(
-        in_flight,
+        in_flight = app.metrics.in_flight.get(),
         grace_seconds = grace.as_secs_f64(),
         "shutting down: no longer accepting connections"
     );
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        // Every connection gave its permit back: all closed.
+        _ = connections.acquire_many(all) => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => {
             let cut = app.metrics.in_flight.get();
             tracing::warn!(requests_cut = cut, "shutdown grace period over: cutting the requests still running");
@@ -89,104 +100,68 @@ pub async fn run(
     Ok(())
 }
 
-fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
+fn connection_builder(app: &App) -> auto::Builder<StreamExecutor> {
     let limits = app.limits();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper silently ignores `header_read_timeout`.
+    let mut builder = auto::Builder::new(StreamExecutor);
+    // The header timeouts are the connection's (`connection.rs`), which also cover the h2
+    // preface and the wait before a request's first byte; hyper's own would close an idle
+    // keep-alive connection after `--header-read-timeout`.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(limits.max_headers)
         .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(100)
-        .keep_alive_interval(Duration::from_secs(60))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(limits.h2_keepalive_timeout);
     builder
 }
 
 /// Sends a request to the host's own endpoints or to the component, after the checks that do
-/// not need the guest: body size from `Content-Length`, then the concurrency limit.
+/// not need the guest: header limits, body size from `Content-Length`, then the concurrency
+/// limit. Every answer leaves through the exchange.
 async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
-    let ctx = RequestContext::new(&app, &req, remote);
-    let request_id = ctx.id_header();
-    let component = app.registry.active();
-    let mut response = if let Some(problem) = header_problem(&req, app.limits()) {
+    let exchange = Exchange::start(&app, &req, remote);
+    // The client may leave while the guest runs: hyper then drops this future.
+    let pending = Pending::new(exchange.clone());
+    let response = if header_problem(&req, app.limits()) {
         // hyper enforces these for HTTP/1 while parsing; this covers h2c and sizes below
         // hyper's smallest read buffer (8 KiB).
-        let mut guard = RequestGuard::new(app.clone(), ctx, None);
-        guard.set_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        observe(error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &problem), guard)
+        exchange.answer(Outcome::HeadTooLarge, &app.registry.active().version_header)
     } else if admin::owns(req.uri().path()) {
-        let response = admin::handle(&app, req, &ctx).await;
-        let mut guard = RequestGuard::new(app.clone(), ctx, None);
-        guard.set_status(response.status());
-        observe(response, guard)
-    } else if let Some(length) = declared_length(&req)
-        && length > app.limits().max_body_bytes
-    {
-        app.metrics.body_too_large.inc();
-        let mut guard = RequestGuard::new(app.clone(), ctx, None);
-        guard.set_status(StatusCode::PAYLOAD_TOO_LARGE);
-        let message =
-            format!("request body of {length} bytes exceeds the {}-byte limit", app.limits().max_body_bytes);
-        let mut response = error_response(StatusCode::PAYLOAD_TOO_LARGE, &message);
-        // The body was not read: the connection cannot be reused.
-        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        observe(response, guard)
+        let req = req.map(|body| RequestBody::new(body, u64::MAX, exchange.clone()));
+        let response = admin::handle(&app, req, &exchange.ctx).await;
+        // After the call: an upload names the version it made active.
+        exchange.respond(response, None, &app.registry.active().version_header)
+    } else if declared_length(&req).is_some_and(|length| length > app.limits().max_body_bytes) {
+        exchange.answer(Outcome::BodyTooLarge, &app.registry.active().version_header)
     } else {
-        match app.concurrency.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let guard = RequestGuard::new(app.clone(), ctx, Some(permit));
-                proxy::handle_request(&app, component.clone(), req, guard).await
-            }
-            Err(_) => {
-                app.metrics.overloaded.inc();
-                let mut guard = RequestGuard::new(app.clone(), ctx, None);
-                guard.set_status(StatusCode::SERVICE_UNAVAILABLE);
-                let message = format!(
-                    "the server is at its limit of {} concurrent requests; retry shortly",
-                    app.limits().concurrency
-                );
-                let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
-                response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-                observe(response, guard)
-            }
+        let component = app.registry.active();
+        if exchange.admit() {
+            proxy::handle_request(&exchange, &component, req).await
+        } else {
+            exchange.answer(Outcome::Overloaded, &component.version_header)
         }
     };
-    let headers = response.headers_mut();
-    headers.insert("echo-host-request-id", request_id);
-    headers.entry("echo-host-component").or_insert_with(|| component.version_header.clone());
+    pending.disarm();
     response
 }
 
-fn observe(response: Response<ResponseBody>, guard: RequestGuard) -> Response<ResponseBody> {
-    response.map(|body| ObservedBody::new(None, body, None, guard).boxed_unsync())
-}
-
-/// Checks `--max-headers` and `--max-header-bytes` on the parsed request.
-fn header_problem<B>(req: &Request<B>, limits: &crate::config::Limits) -> Option<String> {
-    let count = req.headers().len();
-    if count > limits.max_headers {
-        return Some(format!("{count} header fields exceed the limit of {}", limits.max_headers));
-    }
+/// Whether the parsed request is over `--max-headers` or `--max-header-bytes`.
+fn header_problem<B>(req: &Request<B>, limits: &crate::config::Limits) -> bool {
     // As on the wire: `name: value\r\n` per field plus the request line.
     let bytes: usize =
         req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>()
             + req.method().as_str().len()
             + req.uri().to_string().len()
             + 12;
-    (bytes as u64 > limits.max_header_bytes).then(|| {
-        format!("the request head ({bytes} bytes) exceeds the limit of {} bytes", limits.max_header_bytes)
-    })
-}
-
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    req.headers().len() > limits.max_headers || bytes as u64 > limits.max_header_bytes
 }

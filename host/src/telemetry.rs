@@ -16,6 +16,15 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
+use crate::connection::CloseReason;
+use crate::exchange::Outcome;
+
+fn close_reason_label(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::HeaderTimeout => "header_timeout",
+        CloseReason::Idle => "idle",
+    }
+}
 
 /// Installs the global logger. `RUST_LOG` narrows or widens it (default `info`).
 pub fn init_logging(format: LogFormat) {
@@ -142,7 +151,11 @@ pub struct Metrics {
     pub traps: Counter,
     pub timeouts: Counter,
     pub body_too_large: Counter,
+    pub body_read_timeouts: Counter,
+    pub write_timeouts: Counter,
     pub overloaded: Counter,
+    /// Connections the host closed, by [`CloseReason`] (header timeout, idle).
+    connections_closed: [Counter; 2],
     pub instantiation: Histogram,
     pub swaps: Counter,
     pub swap_rejections: Counter,
@@ -176,7 +189,10 @@ impl Metrics {
             traps: Counter::default(),
             timeouts: Counter::default(),
             body_too_large: Counter::default(),
+            body_read_timeouts: Counter::default(),
+            write_timeouts: Counter::default(),
             overloaded: Counter::default(),
+            connections_closed: Default::default(),
             instantiation,
             swaps: Counter::default(),
             swap_rejections: Counter::default(),
@@ -204,6 +220,26 @@ impl Metrics {
             metrics.body_too_large.clone(),
         );
         registry.register(
+            "body_read_timeouts",
+            "Requests whose body made no progress for `--body-read-timeout` (408 or cut)",
+            metrics.body_read_timeouts.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Responses cut because the client took no bytes for `--write-timeout`",
+            metrics.write_timeouts.clone(),
+        );
+        for (reason, counter) in
+            [CloseReason::HeaderTimeout, CloseReason::Idle].iter().zip(&metrics.connections_closed)
+        {
+            let label = (Cow::Borrowed("reason"), Cow::Borrowed(close_reason_label(*reason)));
+            registry.sub_registry_with_label(label).register(
+                "connections_closed",
+                "Connections the host closed: no request head within `--header-read-timeout`, or idle for `--idle-timeout`",
+                counter.clone(),
+            );
+        }
+        registry.register(
             "overloaded",
             "Requests refused at `--concurrency` (503)",
             metrics.overloaded.clone(),
@@ -220,6 +256,34 @@ impl Metrics {
             metrics.swap_rejections.clone(),
         );
         Self { registry, ..metrics }
+    }
+
+    /// Counts an exchange that ended: its status class, its duration, and the limit it hit.
+    pub fn record_outcome(&self, outcome: Outcome, status: http::StatusCode, duration: Duration) {
+        self.record_response(status, duration);
+        let counter = match outcome {
+            Outcome::TimedOut => &self.timeouts,
+            Outcome::BodyTooLarge => &self.body_too_large,
+            Outcome::BodyStalled => &self.body_read_timeouts,
+            Outcome::WriteStalled => &self.write_timeouts,
+            Outcome::Overloaded => &self.overloaded,
+            // Traps are counted where the guest ends (a trap after a complete response too).
+            Outcome::Responded
+            | Outcome::HeadTooLarge
+            | Outcome::Trapped
+            | Outcome::NeverResponded
+            | Outcome::ErrorCode
+            | Outcome::ClientGone => return,
+        };
+        counter.inc();
+    }
+
+    pub fn connection_closed(&self, reason: CloseReason) {
+        let index = match reason {
+            CloseReason::HeaderTimeout => 0,
+            CloseReason::Idle => 1,
+        };
+        self.connections_closed[index].inc();
     }
 
     pub fn record_response(&self, status: http::StatusCode, duration: Duration) {

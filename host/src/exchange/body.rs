@@ -1,0 +1,245 @@
+//! The two bodies of an exchange: the request body on its way to the guest ([`RequestBody`]:
+//! `--max-body` and `--body-read-timeout`) and the response on its way to the client
+//! ([`ExchangeBody`]: bytes counted, progress reported for `--write-timeout`, its end or its
+//! abandonment reported to the exchange).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::time::{Instant, Sleep};
+
+use super::lifecycle::Outcome;
+use super::{Exchange, GuestEnd};
+
+/// The body type of every response the host sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
+
+/// A complete in-memory response body.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request body that fails once more than `limit` bytes arrived, or when no bytes arrive for
+/// `--body-read-timeout` while someone waits for them; either is a fault of the exchange.
+pub struct RequestBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    exchange: Arc<Exchange>,
+    /// Runs only while the reader waits (a guest that does not read is not stalled).
+    stall: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl<B> RequestBody<B> {
+    pub fn new(inner: B, limit: u64, exchange: Arc<Exchange>) -> Self {
+        Self { inner, remaining: limit, limit, exchange, stall: None, waiting: false }
+    }
+
+    fn stall_timeout(&self) -> Duration {
+        self.exchange.limits().body_read_timeout
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.exchange.fault(Outcome::BodyTooLarge);
+                        return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(
+                            this.limit,
+                        )))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let at = Instant::now() + this.stall_timeout();
+                if !this.waiting {
+                    this.waiting = true;
+                    match &mut this.stall {
+                        Some(sleep) => sleep.as_mut().reset(at),
+                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                let stall = this.stall.as_mut().expect("armed above");
+                ready!(stall.as_mut().poll(cx));
+                this.exchange.fault(Outcome::BodyStalled);
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body on its way out: counts bytes, tells the exchange when hyper took a frame or
+/// waits for one, ends the exchange at its end, and fails (so hyper resets or closes) once the
+/// exchange was cut.
+pub struct ExchangeBody {
+    exchange: Arc<Exchange>,
+    /// A frame already taken from `inner` (the request path peeks at the first).
+    first: Option<Frame<Bytes>>,
+    inner: ResponseBody,
+    bytes: u64,
+    /// The body's declared length (`Content-Length`, or an exact size hint): hyper stops
+    /// polling once that many bytes went out, so reaching it is the end.
+    expected: Option<u64>,
+    ended: bool,
+}
+
+impl ExchangeBody {
+    pub(super) fn new(
+        exchange: Arc<Exchange>,
+        first: Option<Frame<Bytes>>,
+        inner: ResponseBody,
+        declared: Option<u64>,
+    ) -> Self {
+        let first_len = first.as_ref().and_then(Frame::data_ref).map_or(0, |d| d.len() as u64);
+        let expected = declared.or_else(|| inner.size_hint().exact().map(|n| n + first_len));
+        Self { exchange, first, inner, bytes: 0, expected, ended: false }
+    }
+
+    fn reached_declared_length(&self) -> bool {
+        self.expected.is_some_and(|n| self.bytes >= n)
+    }
+
+    fn handed(&mut self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.len() as u64;
+        }
+        self.exchange.progress.handed(self.bytes);
+        // hyper stops polling once `is_end_stream` says so (a body of known length), so the end
+        // is noticed here rather than at a `None` that never comes.
+        if self.inner.is_end_stream() || self.reached_declared_length() {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.exchange.finish();
+    }
+
+    fn cut(&mut self, outcome: Outcome) -> anyhow::Error {
+        self.ended = true;
+        self.exchange.fault(outcome);
+        self.exchange.finish();
+        anyhow::anyhow!("the response was cut: {}", outcome.name())
+    }
+}
+
+impl Body for ExchangeBody {
+    type Data = Bytes;
+    type Error = anyhow::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.exchange.is_cut() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(anyhow::anyhow!("the response was cut"))));
+        }
+        let polled = match this.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.handed(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            // The guest's body broke (it trapped or dropped it unfinished).
+            Poll::Ready(Some(Err(error))) => {
+                let outcome = match this.exchange.guest_end() {
+                    Some(GuestEnd::TimedOut) => Outcome::TimedOut,
+                    _ => Outcome::Trapped,
+                };
+                let cut = this.cut(outcome);
+                Poll::Ready(Some(Err(error.context(cut))))
+            }
+            // A trap or the deadline ends a body as quietly as `finish` does: the guest task
+            // recorded how it ended before its store (the body's sender) went away.
+            Poll::Ready(None) => match this.exchange.guest_end() {
+                Some(GuestEnd::Trapped) => Poll::Ready(Some(Err(this.cut(Outcome::Trapped)))),
+                Some(GuestEnd::TimedOut) => Poll::Ready(Some(Err(this.cut(Outcome::TimedOut)))),
+                _ => {
+                    this.end();
+                    Poll::Ready(None)
+                }
+            },
+            Poll::Pending => {
+                this.exchange.progress.waiting_on_guest();
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.first.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+            let extra = data.len() as u64;
+            hint.set_lower(hint.lower() + extra);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + extra);
+            }
+        }
+        hint
+    }
+}
+
+impl Drop for ExchangeBody {
+    /// hyper drops a body it will not poll again: after its declared length, for `HEAD`, `204`
+    /// and `304` (never polled), or when the client went away.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let complete = self.reached_declared_length()
+            || self.expected == Some(0)
+            || self.exchange.ctx.method == http::Method::HEAD;
+        if !complete {
+            self.exchange.fault(Outcome::ClientGone);
+        }
+        self.exchange.finish();
+    }
+}

@@ -1,0 +1,482 @@
+//! One request from its accepted head to the last byte of its response (an exchange): the
+//! concurrency permit, the deadline, when the guest must stop, the headers the host adds, the
+//! outcome and the access-log record. Every response leaves through [`Exchange::respond`] and
+//! every exchange ends in [`Exchange::finish`], once.
+//!
+//! - [`lifecycle`]: the pure state machine that decides the outcome and what a fault means.
+//! - [`body`]: the request body (limit, progress timer) and the response body (progress, end).
+//! - [`stop`]: the guest's stop time, shared with its store's epoch callback.
+//! - [`record`]: the request's context and its access-log line.
+//!
+//! Three parties act on an exchange: the request path (hyper's service future: checks, the
+//! guest's response head), the response body (polled by hyper), and the supervisor (the guest
+//! task, which also watches the deadline and the write timeout, because hyper stops polling a
+//! body its client does not read). The first fault wins; `finish` happens once.
+
+mod body;
+mod lifecycle;
+mod record;
+mod stop;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
+pub use lifecycle::{Action, Lifecycle, Outcome, Phase};
+pub use record::{RequestContext, declared_length};
+pub use stop::StopSignal;
+
+use crate::app::{App, Permit};
+use crate::config::Limits;
+use crate::connection::Scope;
+
+/// How the guest's run ended, as far as the exchange cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// `handle` returned.
+    Returned,
+    /// It trapped, or the host failed running it.
+    Trapped,
+    /// Stopped at the request deadline.
+    TimedOut,
+    /// Stopped by the host because its response was over (ended, cut or answered by the host).
+    Stopped,
+}
+
+impl GuestEnd {
+    /// What a guest that ended this way before its response head means for the exchange.
+    pub fn outcome_before_head(self) -> Outcome {
+        match self {
+            Self::Returned => Outcome::NeverResponded,
+            Self::Trapped => Outcome::Trapped,
+            Self::TimedOut => Outcome::TimedOut,
+            // Only a fault stops a guest before its head, and that fault was decided first.
+            Self::Stopped => Outcome::ClientGone,
+        }
+    }
+}
+
+/// Whose exchange this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A client's request: counted, logged.
+    Request,
+    /// A swap's smoke probe: logged at debug, not counted.
+    Probe,
+}
+
+/// One exchange. Shared (`Arc`) by the request path, the response body and the guest task.
+pub struct Exchange {
+    app: Arc<App>,
+    pub ctx: RequestContext,
+    pub deadline: Instant,
+    kind: Kind,
+    /// Where it runs (`None` for a probe): its connection and the token that cuts its response.
+    scope: Option<Scope>,
+    /// When the guest must stop.
+    pub stop: Arc<StopSignal>,
+    state: Mutex<State>,
+    /// Response-body progress, updated by the body without the lock.
+    progress: Progress,
+    /// Wakes the request path while it waits for the guest's head: a fault to answer, the guest
+    /// ended.
+    waiter: Notify,
+    /// Wakes the supervisor: the head went out, the exchange finished.
+    supervisor: Notify,
+}
+
+struct State {
+    lifecycle: Lifecycle,
+    /// Held until the response is over and the guest has stopped.
+    permit: Option<Permit>,
+    guest: Guest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    NotStarted,
+    Running,
+    Ended(GuestEnd),
+}
+
+impl Exchange {
+    /// A request accepted on the current connection.
+    pub fn start<B>(app: &Arc<App>, req: &Request<B>, remote: std::net::SocketAddr) -> Arc<Self> {
+        let ctx = RequestContext::new(app, req, remote);
+        let scope = Scope::current();
+        if let Some(scope) = &scope {
+            scope.connection.request_started(req.version() == http::Version::HTTP_2);
+        }
+        Self::new(app, ctx, scope, Kind::Request, app.limits().request_timeout)
+    }
+
+    /// A smoke probe of a candidate component, with its own time limit.
+    pub fn probe<B>(app: &Arc<App>, req: &Request<B>, timeout: Duration) -> Arc<Self> {
+        let mut ctx = RequestContext::new(app, req, ([127, 0, 0, 1], 0).into());
+        ctx.id = format!("probe-{}", ctx.id);
+        Self::new(app, ctx, None, Kind::Probe, timeout)
+    }
+
+    fn new(
+        app: &Arc<App>,
+        ctx: RequestContext,
+        scope: Option<Scope>,
+        kind: Kind,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        let deadline = ctx.started + timeout;
+        Arc::new(Self {
+            app: app.clone(),
+            deadline,
+            kind,
+            scope,
+            stop: Arc::new(StopSignal::new(deadline)),
+            state: Mutex::new(State { lifecycle: Lifecycle::new(), permit: None, guest: Guest::NotStarted }),
+            progress: Progress::new(ctx.started),
+            waiter: Notify::new(),
+            supervisor: Notify::new(),
+            ctx,
+        })
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    pub fn limits(&self) -> &Limits {
+        self.app.limits()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a `--concurrency` permit for the guest; `false` when none is free.
+    pub fn admit(&self) -> bool {
+        match self.app.try_permit() {
+            Some(permit) => {
+                self.state().permit = Some(permit);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The one way out for every response, the guest's or the host's: adds the host's headers,
+    /// records the head, and wraps the body so its end (or abandonment) finishes the exchange.
+    /// `version` names the component that answered (for the host's own answers: the active one).
+    /// A fault decided before the head replaces the response with the host's answer to it.
+    pub fn respond(
+        self: &Arc<Self>,
+        response: Response<ResponseBody>,
+        first: Option<Frame<Bytes>>,
+        version: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        match self.pending_answer() {
+            Some(decided) => self.send(self.error_response(decided), None, version),
+            None => self.send(response, first, version),
+        }
+    }
+
+    /// The host's own answer to `outcome` (or to the fault decided before it).
+    pub fn answer(self: &Arc<Self>, outcome: Outcome, version: &HeaderValue) -> Response<ResponseBody> {
+        self.fault(outcome);
+        let decided = self.pending_answer().unwrap_or(outcome);
+        self.send(self.error_response(decided), None, version)
+    }
+
+    fn send(
+        self: &Arc<Self>,
+        response: Response<ResponseBody>,
+        first: Option<Frame<Bytes>>,
+        version: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        let outcome = {
+            let mut state = self.state();
+            state.lifecycle.head(parts.status);
+            state.lifecycle.outcome()
+        };
+        parts.headers.insert("echo-host-request-id", self.ctx.id_header());
+        parts.headers.insert("echo-host-component", version.clone());
+        // The request body was not read to its end: the connection cannot carry another request
+        // (HTTP/2 has no such header: the stream ends by itself).
+        if outcome.is_some_and(Outcome::closes_connection) && self.ctx.version != http::Version::HTTP_2 {
+            parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        self.progress.handed(0);
+        self.supervisor.notify_one();
+        let body = ExchangeBody::new(self.clone(), first, body, declared);
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// The host's plain-text answer to `outcome`, naming the request id.
+    fn error_response(&self, outcome: Outcome) -> Response<ResponseBody> {
+        let message = self.message(outcome);
+        let mut response =
+            error_response(outcome.status(), &format!("{message} (request id {})", self.ctx.id));
+        if outcome == Outcome::Overloaded {
+            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+
+    /// What the host says when it answers `outcome` itself.
+    fn message(&self, outcome: Outcome) -> String {
+        let limits = self.limits();
+        match outcome {
+            Outcome::Overloaded => format!(
+                "the server is at its limit of {} concurrent requests; retry shortly",
+                limits.concurrency
+            ),
+            Outcome::HeadTooLarge => format!(
+                "the request head exceeds the limits of {} header fields and {} bytes",
+                limits.max_headers, limits.max_header_bytes
+            ),
+            Outcome::BodyTooLarge => match self.ctx.request_size {
+                Some(length) if length > limits.max_body_bytes => {
+                    format!("request body of {length} bytes exceeds the {}-byte limit", limits.max_body_bytes)
+                }
+                _ => format!("request body exceeds the {}-byte limit", limits.max_body_bytes),
+            },
+            Outcome::BodyStalled => format!(
+                "the request body made no progress for {}s (`--body-read-timeout`)",
+                limits.body_read_timeout.as_secs_f64()
+            ),
+            Outcome::TimedOut => format!(
+                "the component did not respond within the {}s request timeout",
+                (self.deadline - self.ctx.started).as_secs_f64()
+            ),
+            Outcome::Trapped => "the component failed while handling the request".into(),
+            Outcome::NeverResponded => "the component did not produce a response".into(),
+            Outcome::ErrorCode => "the component reported an error".into(),
+            Outcome::Responded | Outcome::WriteStalled | Outcome::ClientGone => outcome.name().into(),
+        }
+    }
+
+    /// A fault, from wherever it was seen. Before the head the request path answers it (and the
+    /// guest stops now); after it the response is cut and the exchange finishes.
+    pub fn fault(&self, outcome: Outcome) -> Action {
+        let action = self.state().lifecycle.fault(outcome);
+        match action {
+            Action::Answer(_) => {
+                self.stop.stop_now();
+                self.waiter.notify_one();
+            }
+            Action::Cut => {
+                if let Some(scope) = &self.scope {
+                    scope.cut();
+                }
+                self.finish();
+            }
+            Action::Nothing => {}
+        }
+        action
+    }
+
+    /// The outcome decided before the head, which the request path must answer.
+    pub fn pending_answer(&self) -> Option<Outcome> {
+        let state = self.state();
+        match state.lifecycle.phase() {
+            Phase::Waiting => state.lifecycle.outcome(),
+            _ => None,
+        }
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.state().lifecycle.is_cut()
+    }
+
+    /// Ends the exchange (first call only): counts, logs, lets the guest stop (after
+    /// `--after-response-grace` when the response ended, at once when it was cut) and releases
+    /// the permit once the guest has stopped.
+    pub fn finish(&self) {
+        let (outcome, status, cut, permit) = {
+            let mut state = self.state();
+            let Some((outcome, status)) = state.lifecycle.finish() else { return };
+            let cut = state.lifecycle.is_cut();
+            let permit = match state.guest {
+                Guest::Running => None,
+                Guest::NotStarted | Guest::Ended(_) => state.permit.take(),
+            };
+            (outcome, status, cut, permit)
+        };
+        drop(permit);
+        match outcome {
+            Outcome::Responded => self.stop.stop_by(Instant::now() + self.limits().after_response_grace),
+            _ => self.stop.stop_now(),
+        }
+        if let Some(scope) = &self.scope {
+            scope.connection.request_finished();
+        }
+        self.supervisor.notify_one();
+        let latency = self.ctx.started.elapsed();
+        let bytes = self.progress.bytes();
+        match self.kind {
+            Kind::Request => {
+                self.app.metrics.record_outcome(outcome, status, latency);
+                self.ctx.log(outcome, cut, status, bytes, latency);
+            }
+            Kind::Probe => {
+                tracing::debug!(request_id = %self.ctx.id, status = status.as_u16(), outcome = outcome.name(), "swap probe answered");
+            }
+        }
+    }
+
+    pub fn guest_started(&self) {
+        self.state().guest = Guest::Running;
+    }
+
+    /// The guest task's report, made before its store (and the response body's sender) goes.
+    pub fn guest_ended(&self, end: GuestEnd) {
+        let permit = {
+            let mut state = self.state();
+            state.guest = Guest::Ended(end);
+            match state.lifecycle.phase() {
+                Phase::Finished => state.permit.take(),
+                _ => None,
+            }
+        };
+        drop(permit);
+        self.waiter.notify_one();
+    }
+
+    pub fn guest_end(&self) -> Option<GuestEnd> {
+        match self.state().guest {
+            Guest::Ended(end) => Some(end),
+            _ => None,
+        }
+    }
+
+    /// Resolves when something the request path waits on may have changed.
+    pub async fn changed(&self) {
+        self.waiter.notified().await
+    }
+
+    /// Watches the response until the exchange finishes: cuts it at the deadline, or when the
+    /// client took nothing for `--write-timeout` (hyper stops polling a body its client does not
+    /// read, so the body itself cannot notice).
+    pub async fn supervise(&self) {
+        loop {
+            let Some(next) = self.check(Instant::now()) else { return };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.supervisor.notified() => {}
+            }
+        }
+    }
+
+    /// Acts on what is due at `now`; returns when to look again, `None` once finished.
+    fn check(&self, now: Instant) -> Option<Instant> {
+        match self.state().lifecycle.phase() {
+            Phase::Finished => return None,
+            // The request path answers the deadline itself before the head.
+            Phase::Waiting => return Some(self.deadline),
+            Phase::Streaming(_) => {}
+        }
+        if now >= self.deadline {
+            self.fault(Outcome::TimedOut);
+            return None;
+        }
+        let write_timeout = self.limits().write_timeout;
+        let next = match self.progress.handed_at() {
+            // hyper waits for the guest: the client is not behind. A stall cannot complete
+            // before `now + write_timeout`.
+            None => now + write_timeout,
+            Some(handed) if now >= handed + write_timeout => {
+                self.fault(Outcome::WriteStalled);
+                return None;
+            }
+            Some(handed) => handed + write_timeout,
+        };
+        Some(next.min(self.deadline))
+    }
+}
+
+/// The response body's progress: bytes out, and when hyper last took a frame without coming
+/// back for the next (the client is behind), or that it waits for the guest.
+struct Progress {
+    base: Instant,
+    bytes: AtomicU64,
+    /// Nanoseconds after `base` when the last frame (or the head) went to hyper.
+    handed: AtomicU64,
+    waiting_on_guest: AtomicBool,
+}
+
+impl Progress {
+    fn new(base: Instant) -> Self {
+        Self {
+            base,
+            bytes: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            waiting_on_guest: AtomicBool::new(false),
+        }
+    }
+
+    fn handed(&self, bytes: u64) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.handed.store(nanos, Ordering::Relaxed);
+        self.waiting_on_guest.store(false, Ordering::Release);
+    }
+
+    fn waiting_on_guest(&self) {
+        self.waiting_on_guest.store(true, Ordering::Release);
+    }
+
+    fn handed_at(&self) -> Option<Instant> {
+        if self.waiting_on_guest.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.base + Duration::from_nanos(self.handed.load(Ordering::Relaxed)))
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A plain-text response from the host itself.
+pub fn error_response(status: http::StatusCode, message: &str) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(format!("{message}\n")))
+        .expect("static response parts are valid")
+}
+
+/// Marks an exchange whose request path was dropped before it produced a response (the client
+/// went away while the guest ran): finishes it as `ClientGone`.
+pub struct Pending(Option<Arc<Exchange>>);
+
+impl Pending {
+    pub fn new(exchange: Arc<Exchange>) -> Self {
+        Self(Some(exchange))
+    }
+
+    /// The request path produced its response; the body now owns the end.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.0.take() {
+            exchange.fault(Outcome::ClientGone);
+            exchange.finish();
+        }
+    }
+}
