@@ -9,7 +9,8 @@
 //! - [`body`]: the request body limit and the observed response body.
 //! - [`app`]: the state requests share, request ids, and the per-request guard (access log).
 //! - [`admin`]: `/.well-known/echo-host/` health, info and metrics.
-//! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics.
+//! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics; [`log_writer`]: stdout
+//!   through a bounded queue, so a stalled log pipe drops lines instead of blocking requests.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
 //! - [`swap`]: the validation gate a candidate passes before it goes live, and rollback.
 //! - [`source`]: where candidates come from: a watched file or a polled URL.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod guest_log;
+pub mod log_writer;
 pub mod outbound;
 pub mod proxy;
 pub mod push;
