@@ -36,6 +36,8 @@ pub const DEFAULT_KEEP_VERSIONS: usize = 4;
 pub const DEFAULT_MAX_COMPONENT_SIZE: &str = "64MiB";
 pub const DEFAULT_SWAP_PROBE_TIMEOUT: &str = "5s";
 pub const DEFAULT_FETCH_TIMEOUT: &str = "30s";
+/// A few MiB of access-log lines (~0.5 KiB each); a guest line can be up to 16 KiB.
+pub const DEFAULT_LOG_BUFFER_LINES: usize = 2048;
 /// The env var holding the admin token itself (Cloud Run exposes Secret Manager secrets as env vars).
 pub const ADMIN_TOKEN_ENV: &str = "ECHO_HOST_ADMIN_TOKEN";
 
@@ -279,6 +281,13 @@ pub struct ServeArgs {
     /// Log format on stdout.
     #[arg(long, env = "ECHO_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+
+    /// Log lines held in memory while stdout is slow to take them. When they are full, further
+    /// lines are dropped and counted (`echo_host_log_lines_dropped_total`) instead of making
+    /// requests wait; logging resumes as stdout drains. 2048 lines are ~1 MiB of access-log
+    /// lines, at most 32 MiB of the guest's longest (16 KiB) lines.
+    #[arg(long, env = "ECHO_HOST_LOG_BUFFER_LINES", default_value_t = DEFAULT_LOG_BUFFER_LINES)]
+    pub log_buffer_lines: usize,
 }
 
 /// One `--allow-outbound` entry: a host name, and a port or any port.
@@ -373,6 +382,8 @@ pub struct ServeConfig {
     /// What the component sees as its environment.
     pub guest_env: Vec<(String, String)>,
     pub log_format: LogFormat,
+    /// Lines the log queue holds before it drops (`--log-buffer-lines`).
+    pub log_buffer_lines: usize,
 }
 
 /// The per-request and per-connection limits, shared by the runtime and the server.
@@ -491,6 +502,9 @@ impl ServeArgs {
         if self.keep_versions == 0 {
             bail!("`--keep-versions` must be at least 1 (the active version)");
         }
+        if self.log_buffer_lines == 0 {
+            bail!("`--log-buffer-lines` must be at least 1");
+        }
         let admin_token = match &self.admin_token_file {
             Some(path) => {
                 let token = std::fs::read_to_string(path)
@@ -549,6 +563,7 @@ impl ServeArgs {
             allow_outbound: self.allow_outbound.clone(),
             guest_env,
             log_format: self.log_format,
+            log_buffer_lines: self.log_buffer_lines,
         })
     }
 }
@@ -590,6 +605,8 @@ mod tests {
         let err = args(&["--component", "/definitely/not/here.wasm"]).validate().unwrap_err();
         assert!(format!("{err:#}").contains("/definitely/not/here.wasm"), "{err:#}");
         assert!(args(&["--max-memory", "1KiB"]).validate().is_err());
+        let err = args(&["--log-buffer-lines", "0"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--log-buffer-lines"), "{err}");
     }
 
     #[test]

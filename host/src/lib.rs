@@ -10,7 +10,8 @@
 //! - [`proxy`]: one request through the component, and guest failures turned into outcomes.
 //! - [`app`]: the state requests share, the concurrency permits and request ids.
 //! - [`admin`]: `/.well-known/echo-host/` health, info and metrics.
-//! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics.
+//! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics; [`log_writer`]: stdout
+//!   through a bounded queue, so a stalled log pipe drops lines instead of blocking requests.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
 //! - [`swap`]: the validation gate a candidate passes before it goes live, and rollback.
 //! - [`source`]: where candidates come from: a watched file or a polled URL.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod exchange;
 pub mod guest_log;
+pub mod log_writer;
 pub mod outbound;
 pub mod proxy;
 pub mod push;

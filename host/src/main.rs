@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Validate before anything else, so a bad flag never binds the port.
     let config = args.validate()?;
-    echo_host::telemetry::init_logging(config.log_format);
+    echo_host::telemetry::init_logging_buffered(config.log_format, config.log_buffer_lines);
     // On one core (Cloud Run's 1 vCPU; `available_parallelism` reads the cgroup quota and the
     // affinity mask) a current-thread runtime serves without cross-thread wake-ups: measured
     // 1.24x requests/s and 1.56x requests per CPU-second over a one-worker multi-thread runtime.
@@ -48,7 +48,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    runtime.enable_all().build()?.block_on(echo_host::serve(config))
+    let served = runtime.enable_all().build()?.block_on(echo_host::serve(config));
+    echo_host::telemetry::flush_logs();
+    served
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -15,9 +15,10 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::LogFormat;
+use crate::config::{DEFAULT_LOG_BUFFER_LINES, LogFormat};
 use crate::connection::CloseReason;
 use crate::exchange::Outcome;
+use crate::log_writer;
 
 fn close_reason_label(reason: CloseReason) -> &'static str {
     match reason {
@@ -26,16 +27,28 @@ fn close_reason_label(reason: CloseReason) -> &'static str {
     }
 }
 
-/// Installs the global logger. `RUST_LOG` narrows or widens it (default `info`).
+/// Installs the global logger with the default `--log-buffer-lines`.
 pub fn init_logging(format: LogFormat) {
+    init_logging_buffered(format, DEFAULT_LOG_BUFFER_LINES);
+}
+
+/// Installs the global logger, writing to stdout through a queue of `buffer_lines` lines
+/// ([`log_writer`]). `RUST_LOG` narrows or widens it (default `info`).
+pub fn init_logging_buffered(format: LogFormat, buffer_lines: usize) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(log_writer::stdout(buffer_lines));
     // A second init (tests start several servers in one process) keeps the first logger.
     let _ = match format {
         LogFormat::Json => builder.event_format(CloudLoggingFormat).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
+}
+
+/// Writes out the queued log lines before the process exits (bounded: stdout may be stalled).
+pub fn flush_logs() {
+    log_writer::flush();
 }
 
 /// One JSON object per line as Cloud Logging reads it: `severity`, `message`, `time`,
@@ -255,6 +268,7 @@ impl Metrics {
             "Candidate components rejected by validation",
             metrics.swap_rejections.clone(),
         );
+        registry.register_collector(Box::new(log_writer::DroppedLines));
         Self { registry, ..metrics }
     }
 

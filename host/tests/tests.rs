@@ -22,5 +22,7 @@ mod differential;
 mod swap;
 // Component sources: a watched file and a polled URL, their failure modes, swaps under load.
 mod sources;
+// A stalled stdout: log lines dropped and counted, requests and health never wait on it.
+mod log_pipe;
 // The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
 mod container;

@@ -1,0 +1,92 @@
+//! Stdout for the logger: a bounded queue that one thread drains, so a stalled stdout drops log
+//! lines (counted) instead of blocking the threads that serve requests.
+
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+
+/// Longest [`flush`] waits for the queue to reach stdout: past it, exit goes on without the rest
+/// (Cloud Run kills 10 s after SIGTERM, and `--shutdown-grace` defaults to 9 s).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The process's one writer; the first [`stdout`] call creates it.
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+struct Writer {
+    /// Cloned into the logger; each clone enqueues without waiting and counts what did not fit.
+    lines: NonBlocking,
+    /// Keeps the writer thread alive; [`flush`] takes and drops it.
+    guard: Mutex<Option<WorkerGuard>>,
+}
+
+/// The writer the logger formats into. The first call sets the queue size (`buffer_lines`
+/// lines); later calls return the same writer.
+pub fn stdout(buffer_lines: usize) -> NonBlocking {
+    let writer = WRITER.get_or_init(|| {
+        let (lines, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(buffer_lines)
+            .thread_name("echo-host-log")
+            .finish(std::io::stdout());
+        Writer { lines, guard: Mutex::new(Some(guard)) }
+    });
+    writer.lines.clone()
+}
+
+/// Lines dropped so far because the queue was full (0 before the writer exists).
+pub fn dropped_lines() -> u64 {
+    WRITER.get().map_or(0, |writer| writer.lines.error_counter().dropped_lines() as u64)
+}
+
+/// Writes out what is queued and stops the writer thread, waiting at most [`FLUSH_TIMEOUT`]:
+/// stdout may be the thing that stalled. Lines logged afterwards are dropped.
+pub fn flush() {
+    let Some(writer) = WRITER.get() else { return };
+    let Some(guard) = writer.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() else {
+        return;
+    };
+    // The guard's drop waits for the thread, and prints to stdout when the queue is full.
+    let (done, flushed) = mpsc::channel();
+    std::thread::spawn(move || {
+        drop(guard);
+        let _ = done.send(());
+    });
+    let _ = flushed.recv_timeout(FLUSH_TIMEOUT);
+}
+
+/// `log_lines_dropped_total`, read from the writer at each scrape (the writer is per process,
+/// metrics are per [`App`](crate::app::App)).
+#[derive(Debug)]
+pub struct DroppedLines;
+
+impl Collector for DroppedLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(dropped_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because stdout did not take them fast enough (`--log-buffer-lines` full)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::telemetry::Metrics;
+
+    #[test]
+    fn dropped_lines_are_a_counter_in_the_metrics() {
+        let text = Metrics::new().render();
+        assert!(text.contains("# TYPE echo_host_log_lines_dropped counter"), "{text}");
+        assert!(
+            text.contains(&format!("echo_host_log_lines_dropped_total {}", super::dropped_lines())),
+            "{text}"
+        );
+    }
+}
