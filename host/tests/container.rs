@@ -640,9 +640,21 @@ fn runs_as_cloud_run_runs_it() {
     assert_eq!(info["service"]["K_SERVICE"], "echo", "{info:#}");
     assert_eq!(info["service"]["K_REVISION"], "echo-00001", "{info:#}");
 
-    // The host's logs: stdout, one JSON object per line, each with a severity.
-    std::thread::sleep(Duration::from_millis(200));
-    let (stdout, _) = c.output();
+    // The host's logs: stdout, one JSON object per line, each with a severity. Read once the
+    // access log line of the last request above is there, so the access log lines are among them.
+    let logged_at = Instant::now();
+    let stdout = loop {
+        let (stdout, _) = c.output();
+        if stdout.lines().any(|l| l.contains("\"httpRequest\"") && l.contains("/.well-known/echo-host/info"))
+        {
+            break stdout;
+        }
+        assert!(
+            logged_at.elapsed() < Duration::from_secs(30),
+            "no access log line for GET /.well-known/echo-host/info within 30 s; stdout:\n{stdout}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 2, "expected start-up and access log lines on stdout, got:\n{stdout}");
     for line in &lines {
@@ -752,7 +764,19 @@ fn sigterm_drains_requests_in_flight() {
         assert!(Instant::now() < deadline, "the slow requests did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Sent is not received: stop only once the host counts all three in flight. Their bodies go
+    // on arriving for 2.5 s more; the host's own count at the SIGTERM is checked below.
+    let in_flight = crate::util::poll_metric_until(
+        &c.url("/.well-known/echo-host/metrics"),
+        "echo_host_requests_in_flight",
+        Duration::from_secs(30),
+        |n| n >= 3.0,
+    );
+    assert!(
+        in_flight >= 3.0,
+        "the host never had the 3 slow requests in flight ({in_flight}); logs:\n{}",
+        c.logs()
+    );
     let stopping = Instant::now();
     docker_ok(&["stop", "-t", "10", &c.name]);
     let stop_took = stopping.elapsed();
@@ -773,6 +797,18 @@ fn sigterm_drains_requests_in_flight() {
         stop_took.as_millis()
     ));
     assert_eq!(code, 0, "the host must exit 0 after a drain; logs:\n{}", c.logs());
+    // What the host itself counted at the SIGTERM: the drain above had three requests to finish.
+    let (stdout, _) = c.output();
+    let at_sigterm = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|entry| entry["message"].as_str().is_some_and(|m| m.starts_with("shutting down")))
+        .and_then(|entry| entry["in_flight"].as_i64());
+    assert!(
+        at_sigterm.is_some_and(|n| n >= 3),
+        "the SIGTERM should find the 3 slow requests in flight, the host logged {at_sigterm:?}; logs:\n{}",
+        c.logs()
+    );
     assert!(
         stop_took < Duration::from_secs(8),
         "stopping took {stop_took:?}: close to Cloud Run's SIGKILL at 10 s"
@@ -864,6 +900,23 @@ impl Load {
         (stats.iter().map(|s| s.failed).sum(), stats.iter().flat_map(|s| s.errors.clone()).collect())
     }
 
+    /// Waits until every instance has answered `n` requests of the load.
+    fn wait_served(&self, n: usize, patience: Duration) {
+        let started = Instant::now();
+        loop {
+            let served: Vec<usize> = self.stats.lock().unwrap().iter().map(|s| s.ok).collect();
+            if served.iter().all(|&ok| ok >= n) {
+                return;
+            }
+            assert!(
+                started.elapsed() < patience,
+                "the load did not reach {n} answers per instance within {patience:?}: {served:?}; errors {:?}",
+                self.failures().1
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn total_ok(&self) -> usize {
         self.stats.lock().unwrap().iter().map(|s| s.ok).sum()
     }
@@ -952,7 +1005,8 @@ fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
     }
     let ports: Vec<u16> = instances.iter().map(|c| c.port).collect();
     let load = Load::start(ports.clone(), 6);
-    std::thread::sleep(Duration::from_secs(1));
+    // The swap must land under load: every instance is answering it before the file changes.
+    load.wait_served(20, Duration::from_secs(30));
 
     // 1. A new version in the shared directory: every instance converges, no request fails.
     let swapped_at = Instant::now();
@@ -982,6 +1036,8 @@ fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
         converged.iter().flatten().map(Duration::as_millis).collect::<Vec<_>>()
     ));
     assert!(slowest < POLL * 4 + Duration::from_secs(3), "convergence took {slowest:?}");
+    // Not a wait for an event: a window of two more polls per instance, under load, in which a
+    // failure caused by the swap would still show up in the count below.
     std::thread::sleep(POLL * 2);
     let (failed, errors) = load.failures();
     assert_eq!(failed, 0, "requests failed during the swap: {errors:?}");
@@ -1032,6 +1088,8 @@ fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
     let ok_before = load.total_ok();
     docker_ok(&["stop", "-t", "10", &instances[lost].name]);
     load.other_stopped.store(true, Ordering::SeqCst);
+    // A window of load on the survivors, not a wait for an event: in it they must serve
+    // (`ok_after_stop_of_other`) and fail nothing.
     std::thread::sleep(Duration::from_secs(2));
     let ok_during = load.total_ok() - ok_before;
     let stats = load.finish();

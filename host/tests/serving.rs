@@ -157,8 +157,17 @@ fn one_core_keeps_serving_beside_a_busy_guest_and_a_swap() {
     let dir = util::scratch_dir();
     let token = util::write_file(dir.path(), "token", format!("{TOKEN}\n").as_bytes());
     let misbehave = util::misbehave_wasm().to_str().unwrap();
+    // The loop runs to this deadline: it must outlive the ten requests and the swap below, each
+    // request beside the busy guest taking about 0.6 s here (some 9 s gone once swapped).
     let host = HostProcess::start_on_one_core(
-        &["--component", misbehave, "--request-timeout", "8s", "--admin-token-file", token.to_str().unwrap()],
+        &[
+            "--component",
+            misbehave,
+            "--request-timeout",
+            "20s",
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
         &[],
     );
     let serving = host.wait_for_line("serving HTTP", Duration::from_secs(10)).expect("no start-up line");
@@ -169,7 +178,16 @@ fn one_core_keeps_serving_beside_a_busy_guest_and_a_swap() {
         std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()))
     };
     let looping = spin(client.clone(), host.url("/loop"));
-    std::thread::sleep(Duration::from_millis(300));
+    // The loop is running in the guest once its instance exists: nothing else has reached the
+    // guest yet, and the host calls the handler right after instantiating, with no await between.
+    let metrics = host.url("/.well-known/echo-host/metrics");
+    let instantiated = util::poll_metric_until(
+        &metrics,
+        "echo_host_instantiation_seconds_count",
+        Duration::from_secs(30),
+        |n| n >= 1.0,
+    );
+    assert_eq!(instantiated, 1.0, "the looping request never reached the guest");
     for _ in 0..10 {
         let response = client.get(host.url("/ok")).send().unwrap();
         assert_eq!(response.status(), 200);

@@ -297,23 +297,64 @@ async fn push_uploads_from_the_command_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_streaming_request_finishes_on_the_version_it_started_on() {
+    const LINES: usize = 30;
+    const PAUSE: Duration = Duration::from_millis(500);
     let dir = util::scratch_dir();
     let misbehave = util::misbehave_wasm().to_str().unwrap().to_string();
     let server = start_with_admin(dir.path(), &["--component", &misbehave]).await;
     let misbehave_sha = sha12(&std::fs::read(&misbehave).unwrap());
+    let echo = std::fs::read(util::echo_wasm()).unwrap();
+    let echo_sha = sha12(&echo);
 
-    // 30 chunks, 100 ms apart: three seconds of streaming with a swap in the middle.
-    let stream = client().get(server.url("/stream?chunks=30&ms=100")).send().await.unwrap();
+    // 30 lines, 500 ms apart: the guest cannot end the stream sooner than 14.5 s after it was
+    // asked for, many times what the swap's compile and probe take (about 0.5 s in a debug build).
+    let asked = Instant::now();
+    let mut stream = client()
+        .get(server.url(&format!("/stream?chunks={LINES}&ms={}", PAUSE.as_millis())))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stream.headers()["echo-host-component"].to_str().unwrap(), format!("sha256:{misbehave_sha}"));
-    let body = tokio::spawn(async move { stream.text().await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, outcome) = upload(&server, std::fs::read(util::echo_wasm()).unwrap(), &[]).await;
-    assert_eq!(status, 200, "{outcome}");
-    assert_ne!(serving_version(&server).await, misbehave_sha, "new requests get the new version");
+    // Reads the body as it arrives, publishing how many whole lines have come so far.
+    let (arrived, mut lines) = tokio::sync::watch::channel(0usize);
+    let reader = tokio::spawn(async move {
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.chunk().await? {
+            body.extend_from_slice(&chunk);
+            arrived.send_replace(body.iter().filter(|&&b| b == b'\n').count());
+        }
+        Ok::<_, reqwest::Error>(String::from_utf8_lossy(&body).into_owned())
+    });
+    tokio::time::timeout(Duration::from_secs(30), lines.wait_for(|&n| n >= 1))
+        .await
+        .expect("the stream's first line never arrived")
+        .expect("the reader ended before the first line");
 
-    let body = body.await.unwrap().expect("the streaming response survived the swap");
-    assert_eq!(body.lines().count(), 30, "{body}");
-    assert!(body.ends_with("chunk 29\n"), "{body}");
+    // The swap, while the stream runs; confirmed by a new request getting the new version.
+    let (status, outcome) = upload(&server, echo, &[]).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(serving_version(&server).await, echo_sha, "new requests get the new version");
+    let swapped_after = asked.elapsed();
+    let lines_before_swap = *lines.borrow();
+    // Both say the swap landed mid-stream: the last line had not arrived, and (not subject to how
+    // promptly the reader ran) the guest's pauses cannot have added up to the stream's end yet.
+    assert!(
+        lines_before_swap < LINES,
+        "the swap was seen only after all {LINES} lines arrived: it did not happen mid-stream"
+    );
+    assert!(
+        swapped_after < PAUSE * (LINES as u32 - 1),
+        "the swap took until {swapped_after:?} after the stream began, when it may have ended: \
+         nothing shows it happened mid-stream"
+    );
+
+    let body = reader.await.unwrap().expect("the streaming response survived the swap");
+    let expected: String = (0..LINES).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(body, expected, "the stream ends complete, from the version it started on");
+    eprintln!(
+        "swap seen {:.1} s into the stream, after {lines_before_swap} of {LINES} lines",
+        swapped_after.as_secs_f64()
+    );
 }
 
 /// What a response's body must look like for the component its version header names.

@@ -297,3 +297,29 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&path, bytes).unwrap();
     path
 }
+
+/// Polls the Prometheus text at `metrics_url` (a blocking client, for `#[test]`s driving a child
+/// process or a container) until `sample` satisfies `done` or `patience` runs out; returns the
+/// last value read, for the caller to assert on. Lets a test wait for what it needs to have
+/// happened (a request in flight, a guest instantiated) instead of sleeping and hoping.
+pub fn poll_metric_until(
+    metrics_url: &str,
+    sample: &str,
+    patience: Duration,
+    done: impl Fn(f64) -> bool,
+) -> f64 {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let deadline = Instant::now() + patience;
+    loop {
+        let text = client
+            .get(metrics_url)
+            .send()
+            .and_then(|response| response.text())
+            .unwrap_or_else(|e| panic!("GET {metrics_url} failed: {e}"));
+        let value = metric_value(&text, sample);
+        if done(value) || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
