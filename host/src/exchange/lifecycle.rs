@@ -143,6 +143,17 @@ impl Lifecycle {
         }
     }
 
+    /// Ends a response that is on its way, whatever was decided before (a host answer to an
+    /// earlier fault can stall too). Returns whether there was anything to cut.
+    pub fn cut_off(&mut self, outcome: Outcome) -> bool {
+        if !matches!(self.phase, Phase::Streaming(_)) {
+            return false;
+        }
+        self.outcome.get_or_insert(outcome);
+        self.cut = true;
+        true
+    }
+
     /// The response head goes out. A head that answers a fault keeps the fault as the outcome.
     pub fn head(&mut self, status: StatusCode) {
         if self.phase == Phase::Waiting {
@@ -179,6 +190,7 @@ mod tests {
     fn a_fault_before_the_head_is_answered_with_its_status() {
         let mut life = Lifecycle::new();
         assert_eq!(life.fault(Outcome::TimedOut), Action::Answer(StatusCode::GATEWAY_TIMEOUT));
+        assert!(!life.is_cut());
         // The 504 itself goes out and ends: still a timeout.
         life.head(StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(life.finish(), Some((Outcome::TimedOut, StatusCode::GATEWAY_TIMEOUT)));
@@ -220,6 +232,19 @@ mod tests {
         let mut life = Lifecycle::new();
         assert_eq!(life.fault(Outcome::ClientGone), Action::Answer(Outcome::ClientGone.status()));
         assert_eq!(life.finish(), Some((Outcome::ClientGone, StatusCode::from_u16(499).unwrap())));
+    }
+
+    #[test]
+    fn a_stalled_answer_to_a_fault_can_still_be_cut_off() {
+        let mut life = Lifecycle::new();
+        assert_eq!(life.fault(Outcome::TimedOut), Action::Answer(StatusCode::GATEWAY_TIMEOUT));
+        life.head(StatusCode::GATEWAY_TIMEOUT);
+        assert!(!life.is_cut(), "the 504 is an answer, not a cut");
+        assert_eq!(life.fault(Outcome::WriteStalled), Action::Nothing);
+        assert!(life.cut_off(Outcome::WriteStalled));
+        assert!(life.is_cut());
+        assert_eq!(life.finish(), Some((Outcome::TimedOut, StatusCode::GATEWAY_TIMEOUT)));
+        assert!(!life.cut_off(Outcome::WriteStalled), "nothing left to cut once finished");
     }
 
     #[test]

@@ -100,6 +100,16 @@ struct State {
     guest: Guest,
 }
 
+impl State {
+    /// The permit, once nothing needs it: the guest has stopped, and the response is over or is
+    /// the host's own answer to a fault.
+    fn release_permit(&mut self) -> Option<Permit> {
+        let guest_done = !matches!(self.guest, Guest::Running);
+        let response_done = self.lifecycle.phase() == Phase::Finished || self.lifecycle.outcome().is_some();
+        if guest_done && response_done { self.permit.take() } else { None }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Guest {
     NotStarted,
@@ -217,7 +227,15 @@ impl Exchange {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         self.progress.handed(0);
-        self.supervisor.notify_one();
+        let no_guest = self.state().guest == Guest::NotStarted;
+        if no_guest && self.kind == Kind::Request {
+            // The guest task supervises a guest's response; the host's own answers get a task
+            // of their own, so a client that never reads them cannot hold them past the limits.
+            let exchange = self.clone();
+            tokio::spawn(async move { exchange.supervise().await });
+        } else {
+            self.supervisor.notify_one();
+        }
         let body = ExchangeBody::new(self.clone(), first, body, declared);
         Response::from_parts(parts, body.boxed_unsync())
     }
@@ -269,7 +287,12 @@ impl Exchange {
     /// A fault, from wherever it was seen. Before the head the request path answers it (and the
     /// guest stops now); after it the response is cut and the exchange finishes.
     pub fn fault(&self, outcome: Outcome) -> Action {
-        let action = self.state().lifecycle.fault(outcome);
+        let (action, permit) = {
+            let mut state = self.state();
+            let action = state.lifecycle.fault(outcome);
+            (action, state.release_permit())
+        };
+        drop(permit);
         match action {
             Action::Answer(_) => {
                 self.stop.stop_now();
@@ -307,10 +330,7 @@ impl Exchange {
             let mut state = self.state();
             let Some((outcome, status)) = state.lifecycle.finish() else { return };
             let cut = state.lifecycle.is_cut();
-            let permit = match state.guest {
-                Guest::Running => None,
-                Guest::NotStarted | Guest::Ended(_) => state.permit.take(),
-            };
+            let permit = state.release_permit();
             (outcome, status, cut, permit)
         };
         drop(permit);
@@ -344,10 +364,7 @@ impl Exchange {
         let permit = {
             let mut state = self.state();
             state.guest = Guest::Ended(end);
-            match state.lifecycle.phase() {
-                Phase::Finished => state.permit.take(),
-                _ => None,
-            }
+            state.release_permit()
         };
         drop(permit);
         self.waiter.notify_one();
@@ -380,13 +397,20 @@ impl Exchange {
 
     /// Acts on what is due at `now`; returns when to look again, `None` once finished.
     fn check(&self, now: Instant) -> Option<Instant> {
-        match self.state().lifecycle.phase() {
+        let (phase, answered) = {
+            let state = self.state();
+            (state.lifecycle.phase(), state.lifecycle.outcome().is_some())
+        };
+        match phase {
             Phase::Finished => return None,
-            // The request path answers the deadline itself before the head.
-            Phase::Waiting => return Some(self.deadline),
+            // The request path answers the deadline itself before the head; look again when it
+            // should have (it wakes this task when the head goes out).
+            Phase::Waiting => return Some(now.max(self.deadline) + Duration::from_secs(1)),
             Phase::Streaming(_) => {}
         }
-        if now >= self.deadline {
+        // The host's answer to a fault (a 504 sent at the deadline) is bound by the write
+        // timeout alone.
+        if !answered && now >= self.deadline {
             self.fault(Outcome::TimedOut);
             return None;
         }
@@ -396,12 +420,23 @@ impl Exchange {
             // before `now + write_timeout`.
             None => now + write_timeout,
             Some(handed) if now >= handed + write_timeout => {
-                self.fault(Outcome::WriteStalled);
+                self.cut_off(Outcome::WriteStalled);
                 return None;
             }
             Some(handed) => handed + write_timeout,
         };
-        Some(next.min(self.deadline))
+        Some(if answered { next } else { next.min(self.deadline) })
+    }
+
+    /// Cuts a response on its way out, even one answering an earlier fault.
+    fn cut_off(&self, outcome: Outcome) {
+        if self.state().lifecycle.cut_off(outcome) {
+            if let Some(scope) = &self.scope {
+                scope.cut();
+            }
+            self.stop.stop_now();
+            self.finish();
+        }
     }
 }
 
