@@ -216,7 +216,11 @@ impl Metrics {
             "Time from request head to the end of the response body",
             metrics.request_duration.clone(),
         );
-        registry.register("requests_in_flight", "Requests being served now", metrics.in_flight.clone());
+        registry.register(
+            "requests_in_flight",
+            "Requests holding a `--concurrency` permit: guest running or response on its way",
+            metrics.in_flight.clone(),
+        );
         registry.register(
             "guest_traps",
             "Requests whose guest trapped (including memory and stack exhaustion)",
