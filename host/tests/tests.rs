@@ -14,6 +14,9 @@ mod flask_parity;
 mod serving;
 // Every limit flag hit over real HTTP: deadline, memory, body, concurrency, headers, connections.
 mod limits;
+// Hostile clients: zero h2 windows, readers that never read, trickled bodies, silent and idle
+// connections, guests running past their response; every permit, guest and connection comes back.
+mod hostile;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
 // echo-host and `wasmtime serve` on the same component: same status, type and body.
