@@ -14,8 +14,7 @@ mod flask_parity;
 mod serving;
 // Every limit flag hit over real HTTP: deadline, memory, body, concurrency, headers, connections.
 mod limits;
-// Hostile clients: zero h2 windows, readers that never read, trickled bodies, silent and idle
-// connections, guests running past their response; every permit, guest and connection comes back.
+// Hostile clients: zero h2 windows, slow readers, trickled bodies, silent and idle connections.
 mod hostile;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;

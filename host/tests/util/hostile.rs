@@ -231,10 +231,10 @@ pub struct H2Exchange {
     pub closed: Option<Duration>,
 }
 
+/// The first GOAWAY (a graceful one may be followed by another naming the last stream).
 #[derive(Debug)]
 pub struct GoAway {
     pub at: Duration,
-    pub last_stream_id: u32,
     pub error_code: u32,
 }
 
@@ -287,12 +287,8 @@ impl H2Frames {
                     exchange.response_end = Some(started.elapsed())
                 }
                 GOAWAY if payload.len() >= 8 => {
-                    let word = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
-                    exchange.goaway.get_or_insert(GoAway {
-                        at: started.elapsed(),
-                        last_stream_id: word(0) & 0x7fff_ffff,
-                        error_code: word(4),
-                    });
+                    let error_code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                    exchange.goaway.get_or_insert(GoAway { at: started.elapsed(), error_code });
                 }
                 _ => {}
             }
