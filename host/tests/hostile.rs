@@ -167,6 +167,7 @@ async fn h2_zero_window_streams_are_reset_at_the_deadline_and_free_their_permits
     let (status, body, at) = get_until_ok(server.addr, "/?after=zero-window", PATIENCE).await;
     eprintln!("GET / answered {status} {:?} after the start", at - started);
     assert_eq!(status, StatusCode::OK, "another client while the zero-window connection is open: {body}");
+    assert!(at - started <= REQUEST_TIMEOUT + PATIENCE, "served only {:?} after the start", at - started);
     connection.assert_open("after its streams were reset").await;
 
     let expected = timeouts_before + STREAMS as f64;
@@ -684,7 +685,7 @@ async fn idle_h2c_connection_gets_goaway_then_is_closed() {
     let before = sample(server.addr, closed_sample).await;
     let mut h2 = H2Frames::connect(server.addr).await;
     h2.get(1, "/?idle=h2c").await;
-    let exchange = h2.run(CLOSE_BOUND + Duration::from_secs(5)).await;
+    let exchange = h2.run(CLOSE_BOUND + Duration::from_secs(5), |_| false).await;
     eprintln!("idle h2c connection: {exchange:?}");
     assert_eq!(exchange.status_200, Some(true), "stream 1 should be answered 200: {exchange:?}");
     let answered = exchange.response_end.expect("stream 1 never ended");
@@ -705,6 +706,47 @@ async fn idle_h2c_connection_gets_goaway_then_is_closed() {
     let expected = before + 1.0;
     let counted = wait_sample(server.addr, closed_sample, PATIENCE, |v| v >= expected).await;
     assert_eq!(counted, expected, "the idle connection should count once");
+}
+
+// ------------------------------------------------------------------------------------------------
+// --h2-max-streams
+// ------------------------------------------------------------------------------------------------
+
+/// The per-connection stream limit is advertised in the server's SETTINGS, and a stream past it
+/// is refused (a stream error: `RST_STREAM` with `REFUSED_STREAM` or `PROTOCOL_ERROR`) while the
+/// others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_max_streams_is_advertised_and_enforced() {
+    const LIMIT: u32 = 10;
+    let server =
+        TestServer::start(&["--component", misbehave(), "--concurrency", "100", "--h2-max-streams", "10"])
+            .await;
+    let mut h2 = H2Frames::connect(server.addr).await;
+    let settings = h2.run(PATIENCE, |x| x.max_concurrent_streams.is_some()).await;
+    assert_eq!(settings.max_concurrent_streams, Some(LIMIT), "the server's SETTINGS: {settings:?}");
+    // Ten streams held open by sleeping guests, then one more (client stream ids are odd).
+    for n in 0..LIMIT {
+        h2.get(2 * n + 1, &format!("/sleep?ms=20000&n={n}")).await;
+    }
+    let in_flight = wait_in_flight(&server, |v| v >= f64::from(LIMIT)).await;
+    assert_eq!(in_flight, f64::from(LIMIT), "the ten streams should be in the guest");
+    let extra = 2 * LIMIT + 1;
+    h2.get(extra, "/ok?n=extra").await;
+    let exchange = h2.run(PATIENCE, |x| x.resets.iter().any(|&(id, _)| id == extra)).await;
+    let refusal = exchange.resets.iter().find(|&&(id, _)| id == extra);
+    // REFUSED_STREAM (7) or PROTOCOL_ERROR (1): RFC 9113 §5.1.2.
+    assert!(
+        matches!(refusal, Some((_, 7 | 1))),
+        "stream {extra}, past --h2-max-streams {LIMIT}, was not refused: {exchange:?}"
+    );
+    assert!(
+        exchange.goaway.is_none() && exchange.closed.is_none(),
+        "a stream error, not a connection one: {exchange:?}"
+    );
+    assert!(
+        exchange.resets.iter().all(|&(id, _)| id == extra),
+        "only the stream past the limit is refused: {exchange:?}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -769,6 +811,50 @@ async fn guests_running_after_their_response_are_stopped_after_the_grace() {
         "/ok took until {:?} after the last response",
         last_answer.elapsed()
     );
+}
+
+/// The grace is a grace: a guest that waits after its response keeps running, and keeps its
+/// permit, until `--after-response-grace` has passed; then it is stopped and the permit is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_keeps_its_permit_through_the_grace_and_no_longer() {
+    const GRACE: Duration = Duration::from_secs(5);
+    let server = TestServer::start(&[
+        "--component",
+        misbehave(),
+        "--concurrency",
+        "1",
+        "--request-timeout",
+        "60s",
+        "--after-response-grace",
+        "5s",
+    ])
+    .await;
+    let client = client();
+    let reply = util::get(&client, server.url("/finish-then-sleep?ms=60000")).await;
+    let answered = Instant::now();
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "finished\n"));
+
+    // Well inside the 5 s grace: the one permit is still the sleeping guest's.
+    let during = util::get(&client, server.url("/ok?during=grace")).await;
+    let in_flight = server.app.metrics.in_flight.get();
+    let checked = answered.elapsed();
+    eprintln!("{checked:?} after the response: /ok answered {}, {in_flight} in flight", during.status);
+    if checked < GRACE - Duration::from_secs(1) {
+        assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE, "during the grace: {:?}", during.body);
+        assert_eq!(in_flight, 1, "the guest in its grace holds its permit");
+    }
+
+    let in_flight =
+        wait_sample(server.addr, "echo_host_requests_in_flight", GRACE + PATIENCE, |v| v == 0.0).await;
+    let freed = answered.elapsed();
+    eprintln!("the permit was back {freed:?} after the response");
+    assert_eq!(in_flight, 0.0, "the guest was not stopped {:?} after its grace", PATIENCE);
+    assert!(
+        freed >= GRACE - Duration::from_secs(1),
+        "stopped {freed:?} after the response: before its grace"
+    );
+    let reply = util::get(&client, server.url("/ok?after=grace")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -190,6 +190,7 @@ pub async fn join_stream_ends(tasks: Vec<JoinHandle<StreamEnd>>, until: Instant)
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
@@ -226,6 +227,10 @@ pub struct H2Exchange {
     /// Whether stream 1's response head was `:status 200` (HPACK static index 8).
     pub status_200: Option<bool>,
     pub response_end: Option<Duration>,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` from the server's first SETTINGS.
+    pub max_concurrent_streams: Option<u32>,
+    /// Every `RST_STREAM` the server sent: stream id and error code.
+    pub resets: Vec<(u32, u32)>,
     pub goaway: Option<GoAway>,
     /// EOF or a reset of the TCP connection.
     pub closed: Option<Duration>,
@@ -258,12 +263,15 @@ impl H2Frames {
         self.stream.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, stream_id, &block)).await.unwrap();
     }
 
-    /// Reads frames until the connection closes or `patience` passes.
-    pub async fn run(&mut self, patience: Duration) -> H2Exchange {
+    /// Reads frames until the connection closes, `done` says so, or `patience` passes.
+    pub async fn run(&mut self, patience: Duration, done: impl Fn(&H2Exchange) -> bool) -> H2Exchange {
         let started = Instant::now();
         let deadline = started + patience;
         let mut exchange = H2Exchange::default();
         for _ in 0..10_000 {
+            if done(&exchange) {
+                break;
+            }
             let read = tokio::time::timeout_at(deadline.into(), read_frame(&mut self.stream)).await;
             let Ok(read) = read else { break };
             let Ok(Some((kind, flags, stream_id, payload))) = read else {
@@ -272,7 +280,17 @@ impl H2Frames {
             };
             match kind {
                 SETTINGS if flags & ACK == 0 => {
+                    for setting in payload.chunks_exact(6) {
+                        // SETTINGS_MAX_CONCURRENT_STREAMS
+                        if setting[..2] == [0, 3] && exchange.max_concurrent_streams.is_none() {
+                            exchange.max_concurrent_streams =
+                                Some(u32::from_be_bytes(setting[2..].try_into().unwrap()));
+                        }
+                    }
                     let _ = self.stream.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+                }
+                RST_STREAM if payload.len() == 4 => {
+                    exchange.resets.push((stream_id, u32::from_be_bytes(payload[..].try_into().unwrap())));
                 }
                 PING if flags & ACK == 0 => {
                     let _ = self.stream.write_all(&frame(PING, ACK, 0, &payload)).await;
