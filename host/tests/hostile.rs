@@ -45,11 +45,13 @@ fn misbehave() -> &'static str {
 // Metrics and recovery, for the in-process server and the child process alike
 // ------------------------------------------------------------------------------------------------
 
-/// The server's Prometheus text, on a connection of its own that is closed afterwards (the
-/// client is dropped), so scraping never holds one of `--max-connections`.
+/// The server's Prometheus text, on a connection of its own that the server closes after the
+/// answer (`Connection: close`): scraping never holds one of `--max-connections`, and never
+/// leaves an idle connection behind to be counted by the connection metrics under test.
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let url = format!("http://{addr}/.well-known/echo-host/metrics");
-    let response = client().get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let request = client().get(&url).header(reqwest::header::CONNECTION, "close");
+    let response = request.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     response.text().await.unwrap()
 }
 
