@@ -14,6 +14,8 @@ mod flask_parity;
 mod serving;
 // Every limit flag hit over real HTTP: deadline, memory, body, concurrency, headers, connections.
 mod limits;
+// Hostile clients: zero h2 windows, slow readers, trickled bodies, silent and idle connections.
+mod hostile;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
 // echo-host and `wasmtime serve` on the same component: same status, type and body.

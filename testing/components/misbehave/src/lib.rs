@@ -10,6 +10,9 @@
 //! | `/panic` | `panic!` (an abort, hence a trap, under `panic = "abort"`) |
 //! | `/loop` | busy loop forever, never yielding: only epoch interruption stops it |
 //! | `/loop-after-response` | 200 with a streaming body, writes `started\n`, then busy loops |
+//! | `/finish-then-loop` | 200 `finished\n`, the body finished (`OutgoingBody::finish`), then busy loops (any method, `HEAD` too) |
+//! | `/finish-then-sleep?ms=N` | 200 `finished\n`, the body finished, then waits N ms on a monotonic-clock pollable |
+//! | `/read-body` | reads the whole request body (blocking reads), then 200 `read N bytes`; 500 `body error` if reading fails |
 //! | `/alloc` | allocates 1 MiB blocks forever until the memory limit makes it trap |
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
 //! | `/recurse` | unbounded recursion: a stack overflow trap |
@@ -65,6 +68,22 @@ impl Guest for Misbehave {
                 }
                 busy_loop()
             }
+            "/finish-then-loop" => {
+                respond(out, 200, b"finished\n");
+                busy_loop()
+            }
+            // The response is complete; the guest goes on waiting (p2 allows work after `finish`).
+            "/finish-then-sleep" => match number(query, "ms", 0) {
+                Ok(ms) => {
+                    respond(out, 200, b"finished\n");
+                    sleep_ms(ms);
+                }
+                Err(bad) => respond(out, 400, bad.as_bytes()),
+            },
+            "/read-body" => match read_body(request) {
+                Ok(bytes) => respond(out, 200, format!("read {bytes} bytes").as_bytes()),
+                Err(()) => respond(out, 500, b"body error"),
+            },
             "/alloc" if param(query, "mb").is_none() => alloc_forever(),
             "/recurse" => {
                 black_box(recurse(0));
@@ -263,6 +282,24 @@ fn fetch(url: &str) -> (u16, Vec<u8>) {
     drop(stream); // a child of `body`
     drop(IncomingBody::finish(body));
     (200, answer)
+}
+
+/// Reads the request body to its end with blocking reads, before any response: how many bytes
+/// came, or `Err` if the body could not be taken or a read failed (the host cut it).
+fn read_body(request: IncomingRequest) -> Result<u64, ()> {
+    let body = request.consume()?;
+    let stream = body.stream()?;
+    let mut total = 0u64;
+    let outcome = loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(bytes) => total += bytes.len() as u64,
+            Err(StreamError::Closed) => break Ok(total),
+            Err(StreamError::LastOperationFailed(_)) => break Err(()),
+        }
+    };
+    drop(stream); // a child of `body`
+    drop(IncomingBody::finish(body));
+    outcome
 }
 
 fn sleep_ms(ms: u64) {
