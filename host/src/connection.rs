@@ -124,7 +124,9 @@ impl ConnectionState {
 
     fn bytes_read(&self) {
         if self.read_since_idle.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0 {
-            self.read_since_idle.store(self.nanos(Instant::now()), Ordering::Relaxed);
+            self.read_since_idle.store(self.nanos(Instant::now()), Ordering::Release);
+            // The idle timer gives way to the header timer.
+            self.changed.notify_one();
         }
     }
 
