@@ -104,12 +104,12 @@ impl ConnectionState {
         self.accepted + Duration::from_nanos(nanos)
     }
 
-    /// A request started on this connection.
+    /// A request started on this connection. The connection task is not woken: a timer that
+    /// fires while requests are in flight is checked again and ignored.
     pub fn request_started(&self, http2: bool) {
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
             self.started.store(true, Ordering::Release);
             self.http2.store(http2, Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
@@ -239,9 +239,13 @@ where
                     }
                     _ = state.changed.notified() => {}
                     _ = sleep_until_some(timer.map(|(at, _)| at)) => {
-                        let reason = timer.expect("the sleep only ends with a timer").1;
-                        graceful_shutdown(connection.as_mut());
-                        closing = Some((Instant::now() + CLOSE_GRACE, reason));
+                        // A request may have started since the timer was set.
+                        if let Some((at, reason)) = state.next_close(timeouts)
+                            && at <= Instant::now()
+                        {
+                            graceful_shutdown(connection.as_mut());
+                            closing = Some((Instant::now() + CLOSE_GRACE, reason));
+                        }
                     }
                     _ = sleep_until_some(closing.map(|(at, _)| at)) => {
                         return closing.map(|(_, reason)| reason);

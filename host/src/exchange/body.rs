@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -241,5 +242,48 @@ impl Drop for ExchangeBody {
             self.exchange.fault(Outcome::ClientGone);
         }
         self.exchange.finish();
+    }
+}
+
+/// The response body's progress: bytes out, and when hyper last took a frame without coming
+/// back for the next (the client is behind), or that it waits for the guest.
+pub(super) struct Progress {
+    base: Instant,
+    bytes: AtomicU64,
+    /// Nanoseconds after `base` when the last frame (or the head) went to hyper.
+    handed: AtomicU64,
+    waiting_on_guest: AtomicBool,
+}
+
+impl Progress {
+    pub(super) fn new(base: Instant) -> Self {
+        Self {
+            base,
+            bytes: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            waiting_on_guest: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn handed(&self, bytes: u64) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.handed.store(nanos, Ordering::Relaxed);
+        self.waiting_on_guest.store(false, Ordering::Release);
+    }
+
+    pub(super) fn waiting_on_guest(&self) {
+        self.waiting_on_guest.store(true, Ordering::Release);
+    }
+
+    pub(super) fn handed_at(&self) -> Option<Instant> {
+        if self.waiting_on_guest.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.base + Duration::from_nanos(self.handed.load(Ordering::Relaxed)))
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 }

@@ -18,7 +18,6 @@ mod lifecycle;
 mod record;
 mod stop;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use body::Progress;
 pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
 pub use lifecycle::{Action, Lifecycle, Outcome, Phase};
 pub use record::{RequestContext, declared_length};
@@ -437,49 +437,6 @@ impl Exchange {
             self.stop.stop_now();
             self.finish();
         }
-    }
-}
-
-/// The response body's progress: bytes out, and when hyper last took a frame without coming
-/// back for the next (the client is behind), or that it waits for the guest.
-struct Progress {
-    base: Instant,
-    bytes: AtomicU64,
-    /// Nanoseconds after `base` when the last frame (or the head) went to hyper.
-    handed: AtomicU64,
-    waiting_on_guest: AtomicBool,
-}
-
-impl Progress {
-    fn new(base: Instant) -> Self {
-        Self {
-            base,
-            bytes: AtomicU64::new(0),
-            handed: AtomicU64::new(0),
-            waiting_on_guest: AtomicBool::new(false),
-        }
-    }
-
-    fn handed(&self, bytes: u64) {
-        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.bytes.store(bytes, Ordering::Relaxed);
-        self.handed.store(nanos, Ordering::Relaxed);
-        self.waiting_on_guest.store(false, Ordering::Release);
-    }
-
-    fn waiting_on_guest(&self) {
-        self.waiting_on_guest.store(true, Ordering::Release);
-    }
-
-    fn handed_at(&self) -> Option<Instant> {
-        if self.waiting_on_guest.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(self.base + Duration::from_nanos(self.handed.load(Ordering::Relaxed)))
-    }
-
-    fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
     }
 }
 
