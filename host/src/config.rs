@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod limits;
 mod parse;
+pub use limits::Limits;
 pub use parse::{parse_duration, parse_size};
 use parse::{parse_env_pair, parse_outbound, parse_probe};
 
@@ -386,75 +388,10 @@ pub struct ServeConfig {
     pub log_buffer_lines: usize,
 }
 
-/// The per-request and per-connection limits, shared by the runtime and the server.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Limits {
-    #[serde(serialize_with = "serialize_secs")]
-    pub request_timeout: Duration,
-    pub max_memory_bytes: u64,
-    pub max_body_bytes: u64,
-    pub concurrency: usize,
-    pub max_connections: usize,
-    #[serde(serialize_with = "serialize_secs")]
-    pub header_read_timeout: Duration,
-    #[serde(serialize_with = "serialize_secs")]
-    pub body_read_timeout: Duration,
-    #[serde(serialize_with = "serialize_secs")]
-    pub write_timeout: Duration,
-    #[serde(serialize_with = "serialize_secs")]
-    pub idle_timeout: Duration,
-    #[serde(serialize_with = "serialize_secs")]
-    pub after_response_grace: Duration,
-    pub max_headers: usize,
-    pub max_header_bytes: u64,
-    pub h2_max_streams: u32,
-    /// `None`: no pings.
-    #[serde(serialize_with = "serialize_optional_secs")]
-    pub h2_keepalive_interval: Option<Duration>,
-    #[serde(serialize_with = "serialize_secs")]
-    pub h2_keepalive_timeout: Duration,
-}
-
-fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-fn serialize_optional_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.map_or(0.0, |d| d.as_secs_f64()))
-}
-
-impl Default for Limits {
-    /// The defaults the flags document; handy for tests and embedding.
-    fn default() -> Self {
-        let cli = Cli::parse_from(["echo-host"]);
-        cli.serve.limits()
-    }
-}
-
 /// Environment variables the host passes through to the component (Cloud Run's own).
 const PASSED_THROUGH_ENV: &[&str] = &["K_SERVICE", "K_REVISION", "K_CONFIGURATION"];
 
 impl ServeArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            request_timeout: self.request_timeout,
-            max_memory_bytes: self.max_memory,
-            max_body_bytes: self.max_body,
-            concurrency: self.concurrency,
-            max_connections: self.max_connections,
-            header_read_timeout: self.header_read_timeout,
-            body_read_timeout: self.body_read_timeout,
-            write_timeout: self.write_timeout,
-            idle_timeout: self.idle_timeout,
-            after_response_grace: self.after_response_grace,
-            max_headers: self.max_headers,
-            max_header_bytes: self.max_header_bytes,
-            h2_max_streams: self.h2_max_streams,
-            h2_keepalive_interval: Some(self.h2_keepalive_interval).filter(|d| !d.is_zero()),
-            h2_keepalive_timeout: self.h2_keepalive_timeout,
-        }
-    }
-
     /// Checks the flags against each other and the file system, reading the process environment
     /// for the variables passed through to the component.
     pub fn validate(&self) -> anyhow::Result<ServeConfig> {
@@ -463,38 +400,7 @@ impl ServeArgs {
 
     pub fn validate_with_env(&self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<ServeConfig> {
         let limits = self.limits();
-        if limits.concurrency == 0 {
-            bail!("`--concurrency` must be at least 1");
-        }
-        if limits.max_connections == 0 {
-            bail!("`--max-connections` must be at least 1");
-        }
-        if limits.request_timeout.is_zero() {
-            bail!("`--request-timeout` must be more than 0s");
-        }
-        for (flag, value) in [
-            ("--header-read-timeout", limits.header_read_timeout),
-            ("--body-read-timeout", limits.body_read_timeout),
-            ("--write-timeout", limits.write_timeout),
-            ("--idle-timeout", limits.idle_timeout),
-            ("--h2-keepalive-timeout", limits.h2_keepalive_timeout),
-        ] {
-            if value.is_zero() {
-                bail!("`{flag}` must be more than 0s");
-            }
-        }
-        if limits.h2_max_streams == 0 {
-            bail!("`--h2-max-streams` must be at least 1");
-        }
-        if limits.max_memory_bytes < 64 * 1024 {
-            bail!("`--max-memory` must be at least 64KiB (one wasm page)");
-        }
-        if limits.max_memory_bytes > 4 * 1024 * 1024 * 1024 {
-            bail!("`--max-memory` must be at most 4GiB (32-bit wasm memories)");
-        }
-        if limits.max_headers == 0 || limits.max_header_bytes < 1024 {
-            bail!("`--max-headers` must be at least 1 and `--max-header-bytes` at least 1KiB");
-        }
+        limits.validate()?;
         let component = match &self.component {
             Some(text) => ComponentSource::parse(text)?,
             None => ComponentSource::Builtin,
