@@ -113,20 +113,22 @@ impl ConnectionState {
         }
     }
 
-    /// A request on this connection finished.
+    /// A request on this connection finished. Requests, reads and HTTP/1.1 responses run in
+    /// the connection's own task, which checks its timers after every poll; only an h2 stream's
+    /// task has to wake it, when the last request in flight ends.
     pub fn request_finished(&self) {
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.read_since_idle.store(0, Ordering::Release);
             self.idle_since.store(self.nanos(Instant::now()), Ordering::Release);
-            self.changed.notify_one();
+            if self.http2.load(Ordering::Acquire) {
+                self.changed.notify_one();
+            }
         }
     }
 
     fn bytes_read(&self) {
         if self.read_since_idle.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0 {
             self.read_since_idle.store(self.nanos(Instant::now()), Ordering::Release);
-            // The idle timer gives way to the header timer.
-            self.changed.notify_one();
         }
     }
 
@@ -221,46 +223,60 @@ where
     SCOPE
         .scope(scope, async move {
             tokio::pin!(connection);
+            let cut = cut.cancelled();
+            let drain = drain.cancelled();
+            let timer = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(cut, drain, timer);
+            let mut changed = Box::pin(state.changed.notified());
+            // The instant `timer` is set for; it is moved only earlier, and re-checked when it
+            // fires (a later deadline, a request started since), so a busy connection does not
+            // touch the timer wheel per request.
+            let mut armed: Option<Instant> = None;
             let mut closing: Option<(Instant, CloseReason)> = None;
             let mut draining = false;
-            loop {
-                let timer = if closing.is_some() { None } else { state.next_close(timeouts) };
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(error = %error, "connection ended with an error");
-                        }
-                        return closing.map(|(_, reason)| reason);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    if let Err(error) = result {
+                        tracing::debug!(error = %error, "connection ended with an error");
                     }
-                    _ = cut.cancelled() => return closing.map(|(_, reason)| reason),
-                    _ = drain.cancelled(), if !draining => {
-                        draining = true;
+                    return Poll::Ready(closing.map(|(_, reason)| reason));
+                }
+                if cut.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(closing.map(|(_, reason)| reason));
+                }
+                if !draining && drain.as_mut().poll(cx).is_ready() {
+                    draining = true;
+                    graceful_shutdown(connection.as_mut());
+                    cx.waker().wake_by_ref();
+                }
+                while changed.as_mut().poll(cx).is_ready() {
+                    changed = Box::pin(state.changed.notified());
+                }
+                let due = closing.or_else(|| state.next_close(timeouts));
+                if let Some((at, reason)) = due {
+                    if at <= Instant::now() {
+                        if closing.is_some() {
+                            return Poll::Ready(Some(reason));
+                        }
                         graceful_shutdown(connection.as_mut());
+                        closing = Some((Instant::now() + CLOSE_GRACE, reason));
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
-                    _ = state.changed.notified() => {}
-                    _ = sleep_until_some(timer.map(|(at, _)| at)) => {
-                        // A request may have started since the timer was set.
-                        if let Some((at, reason)) = state.next_close(timeouts)
-                            && at <= Instant::now()
-                        {
-                            graceful_shutdown(connection.as_mut());
-                            closing = Some((Instant::now() + CLOSE_GRACE, reason));
-                        }
-                    }
-                    _ = sleep_until_some(closing.map(|(at, _)| at)) => {
-                        return closing.map(|(_, reason)| reason);
+                    if armed.is_none_or(|armed| armed > at) {
+                        timer.as_mut().reset(at);
+                        armed = Some(at);
                     }
                 }
-            }
+                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    armed = None;
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            })
+            .await
         })
         .await
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Spawns hyper's h2 stream tasks, each inside a [`Scope`] of its own whose cut drops the task:
