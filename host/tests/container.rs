@@ -8,6 +8,9 @@
 //!   as Cloud Run runs it:
 //!   non-default `PORT`, read-only root, non-root user, 512 MiB, SIGTERM on stop; and three of
 //!   them share one component directory, as instances share a Cloud Storage mount.
+//! - `fleet_follows_the_store_*`: three of them follow one release store (`--store`) on the Cloud
+//!   Storage emulator, fake-gcs-server, in a container of its own on the test's network (its
+//!   image, from scratch, made by `docker/make-emulator-image.sh`); pushes with `echo-host push`.
 //!
 //! Set `ECHO_HOST_DOCKER_BUILD_BASE` to build on another base image (e.g. `rust:1.95-bookworm`
 //! where the engine can pull it) instead of making the local one.
@@ -476,13 +479,28 @@ impl Container {
     /// `docker run -d --name NAME -p 127.0.0.1:<free port>:<container_port> ARGS IMAGE`, retried
     /// on a fresh port if another process took the one picked.
     fn run(cleanup: &mut Cleanup, prefix: &str, container_port: u16, args: &[&str]) -> Container {
+        Self::run_image(cleanup, prefix, IMAGE, container_port, args, &[])
+    }
+
+    /// Like [`Container::run`] with another image, and `command` after it (the entrypoint's
+    /// arguments), in which `{name}` stands for the container's name (its host name on a network).
+    fn run_image(
+        cleanup: &mut Cleanup,
+        prefix: &str,
+        image: &str,
+        container_port: u16,
+        args: &[&str],
+        command: &[&str],
+    ) -> Container {
         for _ in 0..5 {
             let name = unique(prefix);
             let port = free_port();
             let publish = format!("127.0.0.1:{port}:{container_port}");
+            let command: Vec<String> = command.iter().map(|a| a.replace("{name}", &name)).collect();
             let mut argv = vec!["run", "-d", "--name", &name, "-p", &publish];
             argv.extend_from_slice(args);
-            argv.push(IMAGE);
+            argv.push(image);
+            argv.extend(command.iter().map(String::as_str));
             cleanup.containers.push(name.clone());
             let out = docker(&argv);
             if out.status.success() {
@@ -1110,4 +1128,301 @@ fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
     );
     assert!(ok_during > 0);
     assert_eq!(instances[lost].exit_code(), 0, "logs:\n{}", instances[lost].logs());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet following one release store on Cloud Storage (fake-gcs-server in a container)
+// ---------------------------------------------------------------------------------------------
+
+// TEMPORARY stand-in for `crate::util::gcs::fake_gcs_server` (host/tests/util/gcs.rs, written on
+// another branch): the path of a fake-gcs-server binary, from `ECHO_HOST_TEST_FAKE_GCS_SERVER`.
+// Removed when util/gcs.rs lands on main.
+mod gcs {
+    pub fn fake_gcs_server() -> std::path::PathBuf {
+        std::env::var_os("ECHO_HOST_TEST_FAKE_GCS_SERVER")
+            .expect("ECHO_HOST_TEST_FAKE_GCS_SERVER: the fake-gcs-server binary (until util/gcs.rs lands)")
+            .into()
+    }
+}
+use gcs::fake_gcs_server;
+
+/// The tag of the emulator image (`docker/make-emulator-image.sh`).
+const EMULATOR_IMAGE: &str = "echo-host-test-gcs:local";
+/// fake-gcs-server's port inside its container.
+const EMULATOR_PORT: u16 = 4443;
+
+/// The Cloud Storage emulator image: the static fake-gcs-server binary alone, from scratch. Built
+/// once per test run (seconds: one COPY).
+fn emulator_image() -> &'static str {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let binary = fake_gcs_server();
+        let mut command = Command::new("bash");
+        command
+            .arg(workspace().join("docker/make-emulator-image.sh"))
+            .arg(&binary)
+            .arg(EMULATOR_IMAGE)
+            .current_dir(workspace());
+        let (ok, tail) = run_streaming("emulator image", &mut command);
+        if ok { Ok(()) } else { Err(format!("docker/make-emulator-image.sh failed:\n{tail}")) }
+    });
+    match built {
+        Ok(()) => EMULATOR_IMAGE,
+        Err(e) => panic!("building the emulator image failed:\n{e}"),
+    }
+}
+
+/// Creates `bucket` on the emulator published at `emulator`, retrying while it starts.
+fn create_bucket(client: &reqwest::blocking::Client, emulator: &Container, bucket: &str) {
+    let started = Instant::now();
+    loop {
+        let created = client
+            .post(emulator.url("/storage/v1/b"))
+            .json(&serde_json::json!({ "name": bucket }))
+            .send()
+            .map(|r| r.status());
+        match created {
+            Ok(status) if status.is_success() => return,
+            Ok(status) => panic!("creating bucket `{bucket}` answered {status}; logs:\n{}", emulator.logs()),
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the emulator did not answer within 30 s ({e}); logs:\n{}", emulator.logs()),
+        }
+    }
+}
+
+/// Every instance's logs, for a failure message.
+fn all_logs(containers: &[&Container]) -> String {
+    containers.iter().map(|c| format!("=== {} ===\n{}", c.name, c.logs())).collect::<Vec<_>>().join("\n")
+}
+
+/// The first JSON value in `text` (the push's answer comes before its fleet table).
+fn first_json(text: &str) -> Option<serde_json::Value> {
+    let start = text.find('{')?;
+    serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>().next()?.ok()
+}
+
+/// Three instances of the image follow one release store on the emulator (`--store`): 10 pushes
+/// to one of them with the real `echo-host push --wait`, alternating two components, each served
+/// by all three afterwards; the time from the push's start until every instance serves it is
+/// measured by polling `GET /` on each (every 20 ms) and printed. Then the fleet view, the
+/// `echo-host fleet` table, and a graceful stop that takes an instance's heartbeat away.
+#[test]
+fn fleet_follows_the_store_one_push_updates_every_instance() {
+    require_docker!();
+    image();
+    emulator_image();
+    const POLL: Duration = Duration::from_secs(1);
+    const PUSHES: usize = 10;
+    const TOKEN: &str = "container-test-admin-token-0123456789abcdef";
+    let echo = std::fs::read(echo_wasm()).unwrap();
+    let misbehave = std::fs::read(misbehave_wasm()).unwrap();
+    let sha256 = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let files = [("misbehave", misbehave_wasm(), &misbehave), ("echo", echo_wasm(), &echo)];
+
+    let mut cleanup = Cleanup::default();
+    let network = unique("store-net");
+    docker_ok(&["network", "create", &network]);
+    cleanup.networks.push(network.clone());
+    let emulator = Container::run_image(
+        &mut cleanup,
+        "gcs",
+        EMULATOR_IMAGE,
+        EMULATOR_PORT,
+        &["--network", &network, "--read-only", "--memory", "256m"],
+        &["-external-url", &format!("http://{{name}}:{EMULATOR_PORT}")],
+    );
+    let client = blocking_client(Duration::from_secs(10));
+    create_bucket(&client, &emulator, "bkt");
+
+    let emulator_url = format!("http://{}:{EMULATOR_PORT}", emulator.name);
+    let token_env = format!("{ADMIN_TOKEN_ENV}={TOKEN}");
+    let instances: Vec<Container> = (0..3)
+        .map(|_| {
+            Container::run_image(
+                &mut cleanup,
+                "store",
+                IMAGE,
+                DEFAULT_PORT,
+                &[
+                    "--network",
+                    &network,
+                    "--read-only",
+                    "--memory",
+                    "512m",
+                    "-e",
+                    &token_env,
+                    "-e",
+                    "K_SERVICE=echo",
+                    "-e",
+                    "K_REVISION=echo-00001",
+                ],
+                &[
+                    "--store",
+                    "gs://bkt/fleet/",
+                    "--storage-emulator-host",
+                    &emulator_url,
+                    "--poll-interval",
+                    "1s",
+                    "--heartbeat-interval",
+                    "2s",
+                ],
+            )
+        })
+        .collect();
+    let everyone: Vec<&Container> = std::iter::once(&emulator).chain(&instances).collect();
+    for c in &instances {
+        c.wait_ready(Duration::from_secs(60));
+    }
+
+    // 1. Ten pushes to instance 0, each timed until all three serve it.
+    let push_to = instances[0].url("");
+    let mut all_serving: Vec<Duration> = Vec::new();
+    let mut pushed = String::new();
+    for n in 0..PUSHES {
+        let (what, path, bytes) = files[n % 2];
+        let version = version_of(bytes);
+        pushed = sha256(bytes);
+        let started = Instant::now();
+        let push = Command::new(env!("CARGO_BIN_EXE_echo-host"))
+            .arg("push")
+            .arg(&push_to)
+            .arg(path)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--wait")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run `echo-host push`");
+        let push = std::thread::spawn(move || push.wait_with_output().unwrap());
+        let mut serving: Vec<Option<Duration>> = vec![None; instances.len()];
+        while serving.iter().any(Option::is_none) {
+            for (i, c) in instances.iter().enumerate() {
+                if serving[i].is_none() && probe(&client, c.port).is_ok_and(|(_, v, _)| v == version) {
+                    serving[i] = Some(started.elapsed());
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "push {n} ({what}): not every instance serves {version} after 60 s: {serving:?}\n{}",
+                all_logs(&everyone)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = push.join().unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "push {n} ({what}): `echo-host push --wait` failed ({}):\n{stdout}\n{stderr}\n{}",
+            output.status,
+            all_logs(&everyone)
+        );
+        let answer = first_json(&stdout).unwrap_or_else(|| panic!("push {n}: no JSON answer in:\n{stdout}"));
+        assert_eq!(answer["released"], true, "push {n}: {answer:#}");
+        assert_eq!(answer["sha256"].as_str(), Some(pushed.as_str()), "push {n}: {answer:#}");
+        assert_eq!(answer["version"].as_str(), Some(version.as_str()), "push {n}: {answer:#}");
+        // `--wait` returned: every instance serves it, and still does.
+        for c in &instances {
+            let (body, served, _) = probe(&client, c.port).unwrap();
+            assert_eq!(served, version, "push {n} ({what}): {} after `push --wait` returned", c.name);
+            if what == "misbehave" {
+                assert_eq!(body, "misbehave ok", "{}", c.name);
+            }
+        }
+        let slowest = serving.iter().flatten().max().copied().unwrap();
+        say(&format!(
+            "store push {n} ({what}): every instance served {version} {} ms after the push started ({:?} ms); \
+             `push --wait` returned after {} ms",
+            slowest.as_millis(),
+            serving.iter().flatten().map(Duration::as_millis).collect::<Vec<_>>(),
+            started.elapsed().as_millis()
+        ));
+        all_serving.push(slowest);
+    }
+    all_serving.sort();
+    let (median, max) = (all_serving[all_serving.len() / 2], *all_serving.last().unwrap());
+    say(&format!(
+        "store: push -> every instance serving over {PUSHES} pushes, poll interval {POLL:?}: median {} ms, max {} ms",
+        median.as_millis(),
+        max.as_millis()
+    ));
+    assert!(max < POLL * 4 + Duration::from_secs(3), "a push took {max:?} to reach every instance");
+
+    // 2. The fleet view, from another instance than the one pushed to: one release, served by all.
+    let fleet_url = instances[2].url("/.well-known/echo-host/admin/fleet");
+    let fleet: serde_json::Value = client.get(&fleet_url).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+    assert_eq!(fleet["store"], "gs://bkt/fleet/", "{fleet:#}");
+    assert_eq!(fleet["converged"], true, "{fleet:#}");
+    assert_eq!(fleet["manifest"]["stable"].as_str(), Some(format!("sha256:{pushed}").as_str()), "{fleet:#}");
+    let history = fleet["manifest"]["history"].as_array().expect("manifest.history");
+    assert_eq!(history.len(), PUSHES, "one history entry per push: {fleet:#}");
+    assert!(history.iter().all(|h| h["action"] == "push"), "{fleet:#}");
+    let listed = fleet["instances"].as_array().expect("instances");
+    assert_eq!(listed.len(), 3, "three live instances expected: {fleet:#}");
+    let ids: BTreeSet<&str> = listed.iter().filter_map(|i| i["instance"].as_str()).collect();
+    assert_eq!(ids.len(), 3, "three distinct instance ids expected: {fleet:#}");
+    for instance in listed {
+        assert_eq!(instance["serves_release"], true, "{fleet:#}");
+        assert_eq!(instance["sha256"].as_str(), Some(pushed.as_str()), "{fleet:#}");
+        assert_eq!(instance["revision"], "echo-00001", "{fleet:#}");
+        assert_eq!(instance["manifest_generation"], fleet["manifest_generation"], "{fleet:#}");
+    }
+    assert!(client.get(&fleet_url).send().unwrap().status() == 401, "the fleet view needs the token");
+
+    // 3. `echo-host fleet`: the same view as a table.
+    let table = Command::new(env!("CARGO_BIN_EXE_echo-host"))
+        .arg("fleet")
+        .arg(instances[1].url(""))
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success(),
+        "`echo-host fleet` failed: {text}{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(text.lines().next().is_some_and(|l| l.contains("gs://bkt/fleet/")), "{text}");
+    for id in &ids {
+        assert!(text.contains(id), "`echo-host fleet` does not list {id}:\n{text}");
+    }
+
+    // 4. A graceful stop deletes the instance's heartbeat: the others' view drops it at once.
+    let stopped = &instances[2];
+    let stopped_id = client
+        .get(stopped.url("/.well-known/echo-host/info"))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["store"]["instance"]
+        .as_str()
+        .map(str::to_string)
+        .expect("info.store.instance");
+    docker_ok(&["stop", "-t", "10", &stopped.name]);
+    assert_eq!(stopped.exit_code(), 0, "logs:\n{}", stopped.logs());
+    let fleet: serde_json::Value = client
+        .get(instances[0].url("/.well-known/echo-host/admin/fleet"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let live: Vec<&str> = fleet["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["instance"].as_str())
+        .collect();
+    assert_eq!(live.len(), 2, "the stopped instance's heartbeat should be gone: {fleet:#}");
+    assert!(!live.contains(&stopped_id.as_str()), "{stopped_id} still listed: {fleet:#}");
+    assert_eq!(fleet["converged"], true, "{fleet:#}");
 }
