@@ -8,7 +8,7 @@
 //! - [`servers`]: a server as a pinned child process; RSS sampling.
 //! - [`sections`]: the measurements, one module per section (throughput, cold start with the
 //!   container image, memory, streaming, swap, scaling), each alternating between servers for
-//!   `--rounds` rounds.
+//!   `--rounds` rounds; and the fleet (three echo-hosts on one release store, pushes).
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.
 //! - [`http1`]: response parsing and a blocking client; [`procfs`]: `/proc` and affinity.
 //! - [`samples`], [`report`], [`chart`]: per-round values, the markdown, the PNG.
@@ -33,13 +33,14 @@ use crate::sections::Opts;
 
 const USAGE: &str =
     "usage: echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,cold,memory,stream,swap,scaling] [--out DIR]
+                  [--only throughput,cold,memory,stream,swap,scaling,fleet] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
                     open-loop and scaling runs take 3)
   --rate R          open-loop rate, lowered to half of what a server sustains (default 4000)
-  --quick           1 round of 2 s runs and a 256 MiB stream: a smoke test, not a measurement
+  --quick           1 round of 2 s runs, a 256 MiB stream, 4 fleet pushes per poll interval (not
+                    10): a smoke test, not a measurement
   --no-build        use the binaries as they are (no cargo build first)
   --only LIST       run only these sections
   --out DIR         where results go (default bench/results)
@@ -49,7 +50,7 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 6] = ["throughput", "cold", "memory", "stream", "swap", "scaling"];
+const SECTIONS: [&str; 7] = ["throughput", "cold", "memory", "stream", "swap", "scaling", "fleet"];
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -73,6 +74,7 @@ fn run() -> anyhow::Result<()> {
         idle_connections: 1000,
         stream_bytes: 1 << 30,
         swaps_under_load: 50,
+        fleet_pushes: 10,
     };
     let mut build = true;
     let mut only: Vec<String> = SECTIONS.iter().map(|s| s.to_string()).collect();
@@ -90,6 +92,7 @@ fn run() -> anyhow::Result<()> {
                 opts.open_duration = Duration::from_secs(2);
                 opts.warmup = Duration::from_secs(1);
                 opts.stream_bytes = 256 << 20;
+                opts.fleet_pushes = 4;
             }
             "--no-build" => build = false,
             "--only" => {
@@ -114,7 +117,7 @@ fn run() -> anyhow::Result<()> {
     }
 
     let cpu = cpu_model();
-    setup::prepare(&mut paths, build)?;
+    setup::prepare(&mut paths, build, setup::Needs::of(&only))?;
     procfs::raise_fd_limit();
     // This process is part of the load side: wrk, the open-loop client, the samplers.
     procfs::pin_current(sections::LOAD_CORES).context("cannot pin the benchmark to core 1")?;
@@ -133,6 +136,7 @@ fn run() -> anyhow::Result<()> {
             "stream" => sections::streaming(&paths, &opts, &mut samples)?,
             "swap" => sections::swap(&paths, &opts, &mut samples)?,
             "scaling" => sections::scaling(&paths, &opts, &mut samples)?,
+            "fleet" => sections::fleet(&paths, &opts, &mut samples)?,
             _ => unreachable!("sections are checked"),
         }
         eprintln!("[bench] {section} took {:.0} s", section_started.elapsed().as_secs_f64());
@@ -160,6 +164,7 @@ fn run() -> anyhow::Result<()> {
         idle_connections: opts.idle_connections,
         stream_bytes: opts.stream_bytes,
         swaps_under_load: opts.swaps_under_load,
+        fleet_pushes: opts.fleet_pushes,
         container,
     };
     let markdown = report::render(&samples, &meta);

@@ -45,6 +45,11 @@ impl Spec {
         self
     }
 
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Spec {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
     pub fn renamed(mut self, name: &str) -> Spec {
         self.name = name.to_string();
         self

