@@ -480,7 +480,7 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
         }
         let _ = writeln!(
             w,
-            "\nEach push is an admin upload (`PUT /.well-known/echo-host/admin/component`) to instance 0, alternating echo and misbehave; timed from the start of the upload to the first `GET /` on each instance (polled every 5 ms) with the new `echo-host-component`. `--store gs://bkt/fleet-POLL/ --storage-emulator-host` (fake-gcs-server, in-memory, loopback), `--heartbeat-interval 2s`, `--keep-versions 1` (every swap compiles). The instances and the emulator share both cores (not pinned), the probing client runs on core 1.\n"
+            "\nEach push is an admin upload (`PUT /.well-known/echo-host/admin/component`) to one instance (each in turn), alternating echo and misbehave, back to back (each starts just after the previous one reached the last instance: near the worst case); timed from the start of the upload to the first `GET /` on each instance (polled every 5 ms) with the new `echo-host-component`. `--store gs://bkt/fleet-POLL/ --storage-emulator-host` (fake-gcs-server, in-memory, loopback), `--heartbeat-interval 2s`, `--keep-versions 1` (every swap compiles). The instances and the emulator share both cores (not pinned), the probing client runs on core 1.\n"
         );
     }
 

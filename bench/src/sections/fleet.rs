@@ -1,6 +1,10 @@
 //! Fleet: three echo-host processes following one release store (`--store gs://bkt/PREFIX/`) on the
-//! Cloud Storage emulator (fake-gcs-server on loopback); pushes to one of them (the admin upload),
+//! Cloud Storage emulator (fake-gcs-server on loopback); pushes (the admin upload) to each in turn,
 //! timed until every instance serves the pushed version, at two poll intervals.
+//!
+//! The pushes go back to back: each starts as soon as the previous one reached the last instance,
+//! that is just after that instance's manifest poll, so it waits close to a whole interval for its
+//! next: near the worst case, which is what the target (the max) is about.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -60,7 +64,7 @@ fn version_of(client: &mut Client) -> anyhow::Result<String> {
 }
 
 /// "push → every instance serving" at each poll interval: `opts.fleet_pushes` pushes, alternating
-/// the echo and misbehave components, each to instance 0 of a fresh fleet of three.
+/// the echo and misbehave components, to the instances of a fresh fleet of three in turn.
 pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<()> {
     let dir = paths.work.join("fleet");
     std::fs::create_dir_all(&dir)?;
@@ -133,7 +137,7 @@ pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Resul
         }
         for n in 0..opts.fleet_pushes {
             let bytes = if n % 2 == 0 { misbehave.clone() } else { echo.clone() };
-            let target = fleet[0].addr;
+            let target = fleet[n % fleet.len()].addr;
             let started = Instant::now();
             let pusher = std::thread::spawn(move || {
                 let response =
