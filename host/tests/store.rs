@@ -738,8 +738,10 @@ fn thirty_seconds_of_store_outage_under_load_fail_no_request() {
                 while !stop.load(Ordering::Relaxed) {
                     match client.get(&url).send() {
                         Ok(r) if r.status() == 200 && r.headers()["echo-host-component"] == want.as_str() => {
-                            ok += 1;
-                            let _ = r.bytes();
+                            match r.bytes() {
+                                Ok(_) => ok += 1,
+                                Err(e) => failures.push(format!("reading a body: {e:#}")),
+                            }
                         }
                         Ok(r) => failures.push(format!(
                             "{} {:?}",
