@@ -1,5 +1,6 @@
 //! The host's own endpoints under `/.well-known/echo-host/`: health, info, metrics, and the
-//! token-protected admin API (upload, rollback, history). They are answered without calling the
+//! token-protected admin API (upload, rollback, history, fleet). With a release store, upload
+//! and rollback write the store and the fleet follows; without one they act on this instance. They are answered without calling the
 //! component; every other path goes to the component.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::app::App;
 use crate::exchange::{RequestContext, ResponseBody, error_response, full};
 use crate::signing::SIGNATURE_HEADER;
+use crate::store::release;
 use crate::swap::{self, Candidate, RollbackError};
 
 const ADMIN: &str = "/admin";
@@ -93,11 +95,13 @@ async fn admin(
         (Method::PUT, "/component") => upload(app, req, who).await,
         (_, "/component") => method_not_allowed("PUT"),
         (Method::POST, "/rollback") => {
-            let to = req.uri().query().and_then(|q| {
-                q.split('&')
-                    .find_map(|pair| pair.strip_prefix("to="))
-                    .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
-            });
+            let to = query_value(&req, "to");
+            if let Some(store) = &app.store {
+                return match release::rollback(store, to.as_deref(), &who).await {
+                    Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
+                    Err(error) => json(error.status(), &error.to_json()),
+                };
+            }
             match swap::rollback(app, to.as_deref(), &who).await {
                 Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
                 Err(error) => {
@@ -112,10 +116,12 @@ async fn admin(
         (_, "/rollback") => method_not_allowed("POST"),
         (Method::GET | Method::HEAD, "/history") => json(StatusCode::OK, &history(app)),
         (_, "/history") => method_not_allowed("GET, HEAD"),
+        (Method::GET | Method::HEAD, "/fleet") => fleet(app).await,
+        (_, "/fleet") => method_not_allowed("GET, HEAD"),
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin endpoints: PUT component, POST rollback, GET history",
+            "admin endpoints: PUT component, POST rollback, GET history, GET fleet",
         ),
     }
 }
@@ -145,6 +151,7 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
         );
     }
     let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
+    let req_query = Request::builder().uri(req.uri().clone()).body(()).unwrap_or_default();
     let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
     let bytes: Bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -172,7 +179,24 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
             "the upload ended before its Content-Length",
         );
     }
-    let candidate = Candidate { bytes: bytes.to_vec(), source: who, signature };
+    let if_generation = match query_value(&req_query, "if_generation").map(|g| g.parse::<i64>()) {
+        None => None,
+        Some(Ok(generation)) if generation >= 0 => Some(generation),
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`if_generation` must be a manifest generation (0: no manifest yet)",
+            );
+        }
+    };
+    let candidate = Candidate { bytes: bytes.to_vec(), source: who.clone(), signature };
+    if let Some(store) = &app.store {
+        return match release::push(app, store, candidate, if_generation, &who).await {
+            Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
+            Err(error) => json(error.status(), &error.to_json()),
+        };
+    }
     match swap::submit(app, candidate).await {
         Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
         Err(rejection) => json_error(rejection.status(), rejection.kind(), &rejection.to_string()),
@@ -202,6 +226,34 @@ fn history(app: &App) -> serde_json::Value {
         "swaps": app.registry.swap_count(),
         "rejections": app.registry.rejection_count(),
         "last_rejection": app.registry.last_rejection(),
+    })
+}
+
+/// The fleet view (admin): the release and every live instance, from the store.
+async fn fleet(app: &App) -> Response<ResponseBody> {
+    let Some(store) = &app.store else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no_store",
+            "this host has no `--store`: there is no fleet view, each instance swaps on its own",
+        );
+    };
+    match crate::store::heartbeat::fleet(store).await {
+        Ok(view) => json(StatusCode::OK, &view),
+        Err(error) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &format!("cannot read the fleet from the release store: {error}"),
+        ),
+    }
+}
+
+/// One query parameter's value, with `%3A` (`:`) decoded.
+fn query_value<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
     })
 }
 
@@ -247,6 +299,19 @@ fn info(app: &App) -> serde_json::Value {
             "K_REVISION": std::env::var("K_REVISION").ok(),
             "K_CONFIGURATION": std::env::var("K_CONFIGURATION").ok(),
         },
+        "store": app.store.as_ref().map(|store| {
+            let status = store.status();
+            serde_json::json!({
+                "url": store.location.to_string(),
+                "instance": store.instance,
+                "manifest_generation": status.manifest_generation.map(|g| g.to_string()),
+                "stable": status.stable,
+                "last_ok_at": status.last_ok_at,
+                "last_error": status.last_error,
+                "consecutive_failures": status.consecutive_failures,
+                "heartbeat_interval_s": store.heartbeat_interval.as_secs_f64(),
+            })
+        }),
         "limits": app.limits(),
         "requests_in_flight": app.metrics.in_flight.get(),
     })

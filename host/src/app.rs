@@ -1,5 +1,5 @@
-//! The state every request shares ([`App`]): runtime, registry, metrics, the `--concurrency`
-//! permits ([`Permit`]) and request ids.
+//! The state every request shares ([`App`]): runtime, registry, metrics, the release store, the
+//! `--concurrency` permits ([`Permit`]) and request ids.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{Limits, SwapPolicy};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// Shared by every connection and request.
@@ -27,6 +28,8 @@ pub struct App {
     pub swap_policy: SwapPolicy,
     /// The admin API's bearer token; `None` means the API does not exist.
     pub admin_token: Option<String>,
+    /// The fleet's release store (`--store`), when there is one.
+    pub store: Option<Arc<Store>>,
     request_ids: RequestIds,
 }
 
@@ -47,7 +50,20 @@ impl App {
             metrics: Metrics::new(),
             started_at: SystemTime::now(),
             project_id,
+            store: None,
             request_ids: RequestIds::new(),
+        }
+    }
+
+    /// Follows the release store `store`.
+    pub fn with_store(self, store: Option<Arc<Store>>) -> Self {
+        Self { store, ..self }
+    }
+
+    /// A swap or a rejection happened: the heartbeat says so now rather than at its next tick.
+    pub fn tell_fleet(&self) {
+        if let Some(store) = &self.store {
+            store.heartbeat_now.notify_one();
         }
     }
 

@@ -12,9 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod limits;
 mod parse;
+mod storage;
 pub use limits::Limits;
 pub use parse::{parse_duration, parse_size};
 use parse::{parse_env_pair, parse_outbound, parse_probe};
+pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};
 
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "300s";
@@ -67,8 +69,11 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Precompile a component for this host's exact engine configuration (`.cwasm`).
     Compile(CompileArgs),
-    /// Upload a component to a running host's admin API and print the result.
+    /// Upload a component to a running host's admin API and print the result (with a release
+    /// store: release it to the whole fleet; `--wait` until every instance serves it).
     Push(PushArgs),
+    /// Print the fleet (a host with `--store`): the release and every live instance's version.
+    Fleet(FleetArgs),
     /// Make an ed25519 key pair for signing components (`KEY` and `KEY.pub`).
     Keygen(KeygenArgs),
     /// Sign a component with a private key from `keygen`, writing `FILE.sig`.
@@ -87,6 +92,23 @@ pub struct PushArgs {
     /// Send this detached signature (default: `FILE.sig` when it exists).
     #[arg(long)]
     pub signature: Option<PathBuf>,
+    /// Then wait until every live instance of the fleet serves it (a host with `--store`); exit
+    /// non-zero after `--wait-timeout`, listing the instances that do not, or as soon as every
+    /// one of those has rejected it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The base URL of any instance, e.g. `https://echo-abc-uc.a.run.app`.
+    pub url: String,
+    /// File holding the admin token.
+    #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -137,8 +159,9 @@ pub struct ServeArgs {
     pub listen_addr: IpAddr,
 
     /// The component to serve: a file (`.wasm`, or a `.cwasm` from `echo-host compile` with
-    /// `--allow-precompiled`) or an `http(s)://` URL. Both are watched and swapped in when they
-    /// change. Default: the built-in echo component.
+    /// `--allow-precompiled`), an `http(s)://` URL or a Cloud Storage object `gs://BUCKET/OBJECT`.
+    /// Each is watched and swapped in when it changes (with `--store`: see there). Default: the
+    /// built-in echo component.
     #[arg(long, env = "ECHO_HOST_COMPONENT")]
     pub component: Option<String>,
 
@@ -290,6 +313,9 @@ pub struct ServeArgs {
     /// lines, at most 32 MiB of the guest's longest (16 KiB) lines.
     #[arg(long, env = "ECHO_HOST_LOG_BUFFER_LINES", default_value_t = DEFAULT_LOG_BUFFER_LINES)]
     pub log_buffer_lines: usize,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// One `--allow-outbound` entry: a host name, and a port or any port.
@@ -312,6 +338,8 @@ pub enum ComponentSource {
     Builtin,
     File(PathBuf),
     Url(String),
+    /// A Cloud Storage object, through the JSON API.
+    Gcs(crate::gcs::GsObject),
 }
 
 impl ComponentSource {
@@ -324,8 +352,11 @@ impl ComponentSource {
             }
             return Ok(Self::Url(text.to_string()));
         }
+        if text.starts_with("gs://") {
+            return Ok(Self::Gcs(crate::gcs::GsObject::parse("--component", text)?));
+        }
         if text.contains("://") {
-            bail!("`--component` `{text}`: only files and http(s) URLs are supported");
+            bail!("`--component` `{text}`: only files, http(s) URLs and gs:// objects are supported");
         }
         let path = PathBuf::from(text);
         let meta = std::fs::metadata(&path)
@@ -343,6 +374,7 @@ impl std::fmt::Display for ComponentSource {
             Self::Builtin => write!(f, "builtin:echo"),
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Url(url) => write!(f, "{url}"),
+            Self::Gcs(object) => write!(f, "{object}"),
         }
     }
 }
@@ -386,6 +418,11 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Lines the log queue holds before it drops (`--log-buffer-lines`).
     pub log_buffer_lines: usize,
+    /// The release store (`--store`), when there is one.
+    pub store: Option<crate::gcs::GsPrefix>,
+    pub heartbeat_interval: Duration,
+    /// Where Cloud Storage is and how to authenticate (for `--store` and `gs://` components).
+    pub storage: crate::gcs::StorageConfig,
 }
 
 /// Environment variables the host passes through to the component (Cloud Run's own).
@@ -408,6 +445,7 @@ impl ServeArgs {
         if self.keep_versions == 0 {
             bail!("`--keep-versions` must be at least 1 (the active version)");
         }
+        let (store, storage) = self.storage.validate()?;
         if self.log_buffer_lines == 0 {
             bail!("`--log-buffer-lines` must be at least 1");
         }
@@ -470,6 +508,9 @@ impl ServeArgs {
             guest_env,
             log_format: self.log_format,
             log_buffer_lines: self.log_buffer_lines,
+            store,
+            heartbeat_interval: self.storage.heartbeat_interval,
+            storage,
         })
     }
 }

@@ -14,9 +14,12 @@
 //!   through a bounded queue, so a stalled log pipe drops lines instead of blocking requests.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
 //! - [`swap`]: the validation gate a candidate passes before it goes live, and rollback.
-//! - [`source`]: where candidates come from: a watched file or a polled URL.
+//! - [`source`]: where candidates come from: a watched file, a polled URL or `gs://` object.
+//! - [`store`]: the fleet's release store on Cloud Storage: manifest, follower, pushes and
+//!   rollbacks, heartbeats and the fleet view; [`gcs`]: the Cloud Storage JSON API client.
 //! - [`signing`]: ed25519 keys and detached signatures (`keygen`, `sign`, `--trusted-key`).
-//! - [`push`]: `echo-host push`, the admin upload from a shell.
+//! - [`push`]: `echo-host push` (the admin upload from a shell, `--wait` for the fleet) and
+//!   `echo-host fleet`.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod admin;
@@ -24,6 +27,7 @@ pub mod app;
 pub mod config;
 pub mod connection;
 pub mod exchange;
+pub mod gcs;
 pub mod guest_log;
 pub mod log_writer;
 pub mod outbound;
@@ -35,6 +39,7 @@ pub mod server;
 pub mod shutdown;
 pub mod signing;
 pub mod source;
+pub mod store;
 pub mod swap;
 pub mod telemetry;
 
@@ -47,11 +52,13 @@ use crate::app::App;
 use crate::config::{CompileArgs, ServeConfig};
 use crate::registry::{Registry, load_component};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::{Store, StoreSettings};
 
 /// The wasmtime version this host embeds (the workspace pins it exactly).
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
-/// Builds the runtime and loads the initial component through the same checks a swap makes.
+/// Builds the runtime and loads the initial component through the same checks a swap makes:
+/// with `--store`, the store's release (or `--component` until there is one).
 pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
     let started = Instant::now();
     let runtime = Runtime::new(RuntimeConfig {
@@ -59,19 +66,44 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         guest_env: config.guest_env.clone(),
         allow_outbound: config.allow_outbound.clone(),
     })?;
-    let candidate = source::fetch_initial(&config.component, &watch_config(config)).await?;
-    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&candidate.bytes));
-    swap::check_policy(&config.swap, &candidate, &sha256)
-        .with_context(|| format!("cannot serve the component from `{}`", candidate.source))?;
-    let allow_precompiled = config.allow_precompiled;
-    let (runtime, component) = tokio::task::spawn_blocking(move || {
-        let component =
-            load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)
-                .with_context(|| format!("cannot serve the component from `{}`", candidate.source));
-        (runtime, component)
-    })
-    .await?;
-    let component = component?;
+    let store = match &config.store {
+        Some(location) => Some(Arc::new(
+            Store::open(StoreSettings {
+                location: location.clone(),
+                storage: config.storage.clone(),
+                poll_interval: config.poll_interval,
+                heartbeat_interval: config.heartbeat_interval,
+                fetch_timeout: config.fetch_timeout,
+                max_component_size: config.swap.max_component_size,
+            })
+            .await?,
+        )),
+        None => None,
+    };
+    let mut component = None;
+    let mut runtime = runtime;
+    if let Some(store) = &store
+        && let Some(candidate) = release_at_start(store, config).await
+    {
+        let (back, loaded) = load_initial(runtime, candidate, config).await?;
+        runtime = back;
+        match loaded {
+            Ok(loaded) => component = Some(loaded),
+            Err(error) => tracing::warn!(
+                store = %store.location,
+                "cannot serve the store's release at start, serving `--component` `{}` until the store names one that loads: {error:#}",
+                config.component
+            ),
+        }
+    }
+    let (runtime, component) = match component {
+        Some(component) => (runtime, component),
+        None => {
+            let candidate = source::fetch_initial(&config.component, &watch_config(config)).await?;
+            let (runtime, loaded) = load_initial(runtime, candidate, config).await?;
+            (runtime, loaded?)
+        }
+    };
     tracing::info!(
         source = %component.source,
         sha256 = %component.sha256,
@@ -85,7 +117,57 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
     );
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
     let registry = Registry::new(component, config.swap.keep_versions);
-    Ok(App::new(runtime, registry, project, config.swap.clone(), config.admin_token.clone()))
+    Ok(App::new(runtime, registry, project, config.swap.clone(), config.admin_token.clone())
+        .with_store(store))
+}
+
+/// The store's release as a candidate, or `None` (no release yet, or the store does not answer
+/// within `--fetch-timeout`: a new instance must start even while the store is down).
+async fn release_at_start(store: &Store, config: &ServeConfig) -> Option<swap::Candidate> {
+    let read = async {
+        let (release, _) = store.current().await?;
+        let Some(release) = release else { return Ok(None) };
+        let sha256 = release.manifest.stable_sha256().to_string();
+        store.fetch_component(&sha256, release.generation).await.map(Some)
+    };
+    match tokio::time::timeout(config.fetch_timeout, read).await {
+        Ok(Ok(Some(candidate))) => Some(candidate),
+        Ok(Ok(None)) => {
+            tracing::info!(store = %store.location, "the release store has no release yet; serving `{}` until the first push", config.component);
+            None
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(store = %store.location, "cannot read the release store at start, serving `{}` and following the store once it answers: {error}", config.component);
+            None
+        }
+        Err(_) => {
+            tracing::warn!(store = %store.location, "the release store did not answer within `--fetch-timeout` at start, serving `{}` and following it once it answers", config.component);
+            None
+        }
+    }
+}
+
+/// Checks and compiles the start-up candidate on a blocking thread; the runtime comes back
+/// either way, the component only if it passed.
+async fn load_initial(
+    runtime: Runtime,
+    candidate: swap::Candidate,
+    config: &ServeConfig,
+) -> anyhow::Result<(Runtime, anyhow::Result<registry::ActiveComponent>)> {
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&candidate.bytes));
+    if let Err(rejection) = swap::check_policy(&config.swap, &candidate, &sha256) {
+        let error = anyhow::Error::new(rejection)
+            .context(format!("cannot serve the component from `{}`", candidate.source));
+        return Ok((runtime, Err(error)));
+    }
+    let allow_precompiled = config.allow_precompiled;
+    Ok(tokio::task::spawn_blocking(move || {
+        let component =
+            load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)
+                .with_context(|| format!("cannot serve the component from `{}`", candidate.source));
+        (runtime, component)
+    })
+    .await?)
 }
 
 fn watch_config(config: &ServeConfig) -> source::WatchConfig {
@@ -93,12 +175,36 @@ fn watch_config(config: &ServeConfig) -> source::WatchConfig {
         poll_interval: config.poll_interval,
         fetch_timeout: config.fetch_timeout,
         max_component_size: config.swap.max_component_size,
+        storage: config.storage.clone(),
     }
 }
 
-/// Starts watching the component's source for new versions (nothing for the built-in one).
-pub fn start_watching(app: &Arc<App>, config: &ServeConfig) -> Option<tokio::task::JoinHandle<()>> {
+/// The background tasks that bring new versions: aborted when dropped.
+pub struct Watchers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Watchers {
+    pub fn abort(&self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Starts following the release store (and writing heartbeats), or else watching the
+/// component's source for new versions; `None` when there is nothing to watch.
+pub fn start_watching(app: &Arc<App>, config: &ServeConfig) -> Option<Watchers> {
+    if let Some(store) = &app.store {
+        return Some(Watchers(vec![
+            tokio::spawn(store::follow::run(app.clone(), store.clone())),
+            tokio::spawn(store::heartbeat::run(app.clone(), store.clone())),
+        ]));
+    }
     source::spawn_watcher(app.clone(), &config.component, watch_config(config))
+        .map(|task| Watchers(vec![task]))
 }
 
 /// `echo-host serve`: load, bind only once ready (Cloud Run's startup probe is the port), serve
@@ -117,10 +223,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         workers = tokio_runtime.metrics().num_workers(),
         "serving HTTP/1.1 and h2c on {addr}"
     );
-    let watcher = start_watching(&app, &config);
-    server::run(listener, app, shutdown::signal(), config.shutdown_grace).await?;
-    if let Some(watcher) = watcher {
-        watcher.abort();
+    let watchers = start_watching(&app, &config);
+    server::run(listener, app.clone(), shutdown::signal(), config.shutdown_grace).await?;
+    drop(watchers);
+    if let Some(store) = &app.store {
+        store.leave().await;
     }
     tracing::info!("stopped");
     Ok(())

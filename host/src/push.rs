@@ -1,16 +1,21 @@
 //! `echo-host push URL FILE`: uploads a component to a running host's admin API and prints what
-//! the host answered (the swap outcome, or why the candidate was rejected).
+//! the host answered (the release or swap, or why the candidate was rejected); with `--wait`,
+//! then follows the fleet view until every live instance serves it. `echo-host fleet URL`
+//! prints that view as a table.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde_json::Value;
 
-use crate::config::PushArgs;
+use crate::config::{FleetArgs, PushArgs};
 use crate::signing::{SIGNATURE_HEADER, sibling};
 
+/// How often `--wait` reads the fleet view.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
 pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read the token file `{}`", args.token_file.display()))?;
+    let token = read_token(&args.token_file)?;
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
     let signature_path = args.signature.clone().unwrap_or_else(|| sibling(&args.file, "sig"));
@@ -20,11 +25,8 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
         Err(e) => bail!("cannot read the signature `{}`: {e}", signature_path.display()),
     };
     let endpoint = format!("{}/.well-known/echo-host/admin/component", args.url.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let mut request = client.put(&endpoint).bearer_auth(token.trim()).body(bytes);
+    let client = client(Duration::from_secs(300))?;
+    let mut request = client.put(&endpoint).bearer_auth(&token).body(bytes);
     if let Some(signature) = signature {
         request = request.header(SIGNATURE_HEADER, signature);
     }
@@ -35,5 +37,195 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     if !status.is_success() {
         bail!("the host answered {status}");
     }
+    if !args.wait {
+        return Ok(());
+    }
+    let answer: Value = serde_json::from_str(&body).context("the host's answer is not JSON")?;
+    if answer["released"] != Value::Bool(true) {
+        eprintln!("the host has no `--store`: it swapped on its own and there is no fleet to wait for");
+        return Ok(());
+    }
+    let sha256 = answer["sha256"].as_str().context("the host's answer names no `sha256`")?.to_string();
+    wait(&client, &args.url, &token, &sha256, args.wait_timeout).await
+}
+
+/// `echo-host fleet URL`: the fleet view as a table.
+pub async fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
+    let token = read_token(&args.token_file)?;
+    let view = read_fleet(&client(Duration::from_secs(30))?, &args.url, &token).await?;
+    print!("{}", table(&view));
     Ok(())
+}
+
+/// Follows the fleet view until every live instance serves `sha256`, every one that does not has
+/// rejected it, or `timeout` passes.
+async fn wait(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    sha256: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let version = format!("sha256:{}", &sha256[..12.min(sha256.len())]);
+    eprintln!("waiting up to {timeout:?} for every live instance to serve {version}");
+    loop {
+        // A failed read (the store briefly unavailable) is retried until the timeout.
+        let view = read_fleet(client, url, token).await;
+        if let Ok(view) = &view {
+            let instances = view["instances"].as_array().cloned().unwrap_or_default();
+            let behind: Vec<&Value> = instances.iter().filter(|i| i["sha256"] != sha256).collect();
+            if !instances.is_empty() && behind.is_empty() {
+                print!("{}", table(view));
+                eprintln!(
+                    "all {} live instances serve {version} after {:.1} s",
+                    instances.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            let rejected = |i: &&Value| i["last_rejection"]["sha256"] == sha256;
+            if !behind.is_empty() && behind.iter().all(rejected) {
+                print!("{}", table(view));
+                bail!(
+                    "{} of {} instances rejected {version}:\n{}",
+                    behind.len(),
+                    instances.len(),
+                    describe(&behind)
+                );
+            }
+            if started.elapsed() >= timeout {
+                print!("{}", table(view));
+                bail!(
+                    "after {timeout:?}, {} of {} live instances do not serve {version}:\n{}",
+                    behind.len(),
+                    instances.len(),
+                    describe(&behind)
+                );
+            }
+        } else if started.elapsed() >= timeout {
+            view?;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+fn describe(instances: &[&Value]) -> String {
+    instances
+        .iter()
+        .map(|i| {
+            let rejection = i["last_rejection"]["reason"].as_str().unwrap_or("no rejection recorded");
+            format!("  {} serves {} (last rejection: {rejection})", text(&i["instance"]), text(&i["version"]))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn read_fleet(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+    let endpoint = format!("{}/.well-known/echo-host/admin/fleet", url.trim_end_matches('/'));
+    let response = client
+        .get(&endpoint)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach `{endpoint}`"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let view: Value =
+        serde_json::from_str(&body).with_context(|| format!("`{endpoint}` answered {status}, not JSON"))?;
+    if !status.is_success() {
+        bail!("`{endpoint}` answered {status}: {}", text(&view["error"]));
+    }
+    Ok(view)
+}
+
+/// The fleet view as text: a header line, then one row per live instance.
+pub fn table(view: &Value) -> String {
+    let release = view["manifest"]["stable"].as_str().map_or("none".to_string(), short);
+    let mut out = format!(
+        "store {}  release {}  manifest generation {}  {}\n",
+        text(&view["store"]),
+        release,
+        text(&view["manifest_generation"]),
+        if view["converged"] == true { "converged" } else { "not converged" }
+    );
+    let header =
+        ["INSTANCE", "REVISION", "VERSION", "AGE", "MANIFEST", "REQUESTS", "ERRORS", "LAST-REJECTION"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for i in view["instances"].as_array().into_iter().flatten() {
+        let rejection = match &i["last_rejection"] {
+            Value::Null => "-".to_string(),
+            r => format!("{} {}", short(r["sha256"].as_str().unwrap_or("?")), text(&r["reason"])),
+        };
+        rows.push(vec![
+            text(&i["instance"]),
+            text(&i["revision"]),
+            text(&i["version"]),
+            format!("{}s", text(&i["age_s"])),
+            text(&i["manifest_generation"]),
+            text(&i["requests"]),
+            text(&i["errors"]),
+            rejection.chars().take(100).collect(),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn short(version: &str) -> String {
+    let hex = version.trim_start_matches("sha256:");
+    format!("sha256:{}", &hex[..12.min(hex.len())])
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file `{}`", path.display()))?;
+    Ok(token.trim().to_string())
+}
+
+fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder().timeout(timeout).build().context("cannot build the HTTP client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_a_row_per_instance_and_names_rejections() {
+        let view = serde_json::json!({
+            "store": "gs://b/p/", "manifest": {"stable": format!("sha256:{}", "a".repeat(64))},
+            "manifest_generation": "17", "converged": false,
+            "instances": [
+                {"instance": "i-1", "revision": "echo-00001", "version": "sha256:aaaaaaaaaaaa", "age_s": 1.5,
+                 "manifest_generation": "17", "requests": 10, "errors": 0, "last_rejection": null},
+                {"instance": "i-2", "revision": null, "version": "sha256:bbbbbbbbbbbb", "age_s": 0.2,
+                 "manifest_generation": "17", "requests": 3, "errors": 1,
+                 "last_rejection": {"sha256": "a".repeat(64), "reason": "invalid component: bad magic"}}
+            ]
+        });
+        let table = table(&view);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].contains("release sha256:aaaaaaaaaaaa") && lines[0].contains("not converged"),
+            "{table}"
+        );
+        assert!(lines[1].starts_with("INSTANCE"), "{table}");
+        assert!(lines[3].contains("i-2") && lines[3].contains("bad magic"), "{table}");
+    }
 }

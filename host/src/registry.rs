@@ -109,6 +109,8 @@ impl ActiveComponent {
 pub struct RejectionRecord {
     pub at: String,
     pub source: String,
+    /// The candidate's sha256, when its bytes were read.
+    pub sha256: Option<String>,
     pub reason: String,
 }
 
@@ -124,6 +126,9 @@ pub struct Registry {
     swaps: AtomicU64,
     rejections: AtomicU64,
     last_rejection: Mutex<Option<RejectionRecord>>,
+    /// A version that passed the gate but is not live yet: a push to the release store, which
+    /// goes live when the store says so. [`Registry::find`] sees it, so it is not compiled twice.
+    prepared: Mutex<Option<Arc<ActiveComponent>>>,
     /// Candidates are validated and published one at a time, so two sources cannot interleave
     /// a check and a publish.
     pub swap_lock: tokio::sync::Mutex<()>,
@@ -139,6 +144,7 @@ impl Registry {
             swaps: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             last_rejection: Mutex::new(None),
+            prepared: Mutex::new(None),
             swap_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -163,8 +169,16 @@ impl Registry {
 
     /// A kept version by sha256 (full hex, or a prefix of at least 12 hex digits).
     pub fn find(&self, sha256: &str) -> Option<Arc<ActiveComponent>> {
-        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        history.iter().find(|v| sha256.len() >= 12 && v.sha256.starts_with(sha256)).cloned()
+        let matches = |v: &&Arc<ActiveComponent>| sha256.len() >= 12 && v.sha256.starts_with(sha256);
+        let kept = self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().find(matches).cloned();
+        kept.or_else(|| {
+            self.prepared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(matches).cloned()
+        })
+    }
+
+    /// Keeps a validated version compiled until it goes live (or another one is prepared).
+    pub fn prepare(&self, component: Arc<ActiveComponent>) {
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(component);
     }
 
     /// The version before the active one, if still kept.

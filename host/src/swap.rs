@@ -84,46 +84,8 @@ pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome,
     let _one_at_a_time = app.registry.swap_lock.lock().await;
     let started = Instant::now();
     let source = candidate.source.clone();
-    let result = validate_and_publish(app, candidate, started).await;
-    match &result {
-        Ok(outcome) if outcome.swapped => tracing::info!(
-            source = %source,
-            sha256 = %outcome.sha256,
-            previous_sha256 = %outcome.previous_sha256,
-            reused = outcome.reused,
-            elapsed_ms = outcome.elapsed_ms,
-            "swapped to component {} from {source}",
-            outcome.version
-        ),
-        Ok(_) => tracing::debug!(source = %source, "candidate is already the active version"),
-        Err(rejection) => record_rejection(app, &source, rejection),
-    }
-    result
-}
-
-/// Logs, counts and remembers (for `info`) a rejected candidate. Sources that refuse a candidate
-/// before it reaches [`submit`] (a file over the size limit is never read) call it directly.
-pub fn record_rejection(app: &App, source: &str, rejection: &Rejection) {
-    app.metrics.swap_rejections.inc();
-    app.registry.record_rejection(RejectionRecord {
-        at: crate::admin::rfc3339(std::time::SystemTime::now()),
-        source: source.to_string(),
-        reason: rejection.to_string(),
-    });
-    tracing::warn!(
-        source,
-        kind = rejection.kind(),
-        "rejected candidate component, the active version keeps serving: {rejection}"
-    );
-}
-
-async fn validate_and_publish(
-    app: &Arc<App>,
-    candidate: Candidate,
-    started: Instant,
-) -> Result<SwapOutcome, Rejection> {
-    let active = app.registry.active();
     let sha256 = hex::encode(Sha256::digest(&candidate.bytes));
+    let active = app.registry.active();
     let outcome = |swapped, reused, version: &str| SwapOutcome {
         swapped,
         sha256: sha256.clone(),
@@ -133,11 +95,82 @@ async fn validate_and_publish(
         elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
     };
     if sha256 == active.sha256 {
+        tracing::debug!(source = %source, "candidate is already the active version");
         return Ok(outcome(false, false, active.version_header.to_str().unwrap_or_default()));
     }
-    check_policy(&app.swap_policy, &candidate, &sha256)?;
+    let (next, reused) = match gate(app, candidate, &sha256).await {
+        Ok(passed) => passed,
+        Err(rejection) => {
+            record_rejection(app, &source, Some(&sha256), &rejection);
+            return Err(rejection);
+        }
+    };
+    let version = next.version_header.to_str().unwrap_or_default().to_string();
+    app.registry.publish(next);
+    app.metrics.swaps.inc();
+    app.tell_fleet();
+    let outcome = outcome(true, reused, &version);
+    tracing::info!(
+        source = %source,
+        sha256 = %outcome.sha256,
+        previous_sha256 = %outcome.previous_sha256,
+        reused = outcome.reused,
+        elapsed_ms = outcome.elapsed_ms,
+        "swapped to component {} from {source}",
+        outcome.version
+    );
+    Ok(outcome)
+}
 
-    let (next, reused) = match app.registry.find(&sha256) {
+/// Runs the gate on `candidate` without publishing it, keeping it compiled for when it goes
+/// live (a push to the release store). Returns its sha256; rejections are logged and counted.
+pub async fn prepare(app: &Arc<App>, candidate: Candidate) -> Result<String, Rejection> {
+    let _one_at_a_time = app.registry.swap_lock.lock().await;
+    let source = candidate.source.clone();
+    let sha256 = hex::encode(Sha256::digest(&candidate.bytes));
+    if sha256 == app.registry.active().sha256 {
+        return Ok(sha256);
+    }
+    match gate(app, candidate, &sha256).await {
+        Ok((next, _)) => {
+            app.registry.prepare(Arc::new(next));
+            Ok(sha256)
+        }
+        Err(rejection) => {
+            record_rejection(app, &source, Some(&sha256), &rejection);
+            Err(rejection)
+        }
+    }
+}
+
+/// Logs, counts and remembers (for `info`) a rejected candidate. Sources that refuse a candidate
+/// before it reaches [`submit`] (a file over the size limit is never read) call it directly.
+pub fn record_rejection(app: &App, source: &str, sha256: Option<&str>, rejection: &Rejection) {
+    app.metrics.swap_rejections.inc();
+    app.registry.record_rejection(RejectionRecord {
+        at: crate::admin::rfc3339(std::time::SystemTime::now()),
+        source: source.to_string(),
+        sha256: sha256.map(str::to_string),
+        reason: rejection.to_string(),
+    });
+    tracing::warn!(
+        source,
+        sha256,
+        kind = rejection.kind(),
+        "rejected candidate component, the active version keeps serving: {rejection}"
+    );
+    app.tell_fleet();
+}
+
+/// Every check, in order: policy, compile + link (or a kept compiled version), smoke probe.
+/// Returns the version ready to publish and whether it was reused.
+async fn gate(
+    app: &Arc<App>,
+    candidate: Candidate,
+    sha256: &str,
+) -> Result<(ActiveComponent, bool), Rejection> {
+    check_policy(&app.swap_policy, &candidate, sha256)?;
+    let (next, reused) = match app.registry.find(sha256) {
         Some(kept) => (kept.reactivated(candidate.source), true),
         None => {
             let app = app.clone();
@@ -151,7 +184,6 @@ async fn validate_and_publish(
             (loaded, false)
         }
     };
-
     if let Some(probe) = &app.swap_policy.probe {
         let described = format!("{} {}", probe.method, probe.path);
         match crate::proxy::probe(app, &next, probe).await {
@@ -167,11 +199,7 @@ async fn validate_and_publish(
             }
         }
     }
-
-    let version = next.version_header.to_str().unwrap_or_default().to_string();
-    app.registry.publish(next);
-    app.metrics.swaps.inc();
-    Ok(outcome(true, reused, &version))
+    Ok((next, reused))
 }
 
 /// The checks that need only the bytes: size, sha256 pin, signature. The start-up component
@@ -207,8 +235,6 @@ pub enum RollbackError {
 /// Makes a kept version active again: instant, nothing is compiled. `to` is a sha256 (or a
 /// prefix of at least 12 hex digits, optionally `sha256:`-prefixed); `None` means the previous one.
 pub async fn rollback(app: &Arc<App>, to: Option<&str>, who: &str) -> Result<SwapOutcome, RollbackError> {
-    let _one_at_a_time = app.registry.swap_lock.lock().await;
-    let started = Instant::now();
     let target: Arc<ActiveComponent> = match to {
         Some(sha) => {
             let sha = sha.trim().trim_start_matches("sha256:").to_ascii_lowercase();
@@ -216,22 +242,32 @@ pub async fn rollback(app: &Arc<App>, to: Option<&str>, who: &str) -> Result<Swa
         }
         None => app.registry.previous().ok_or(RollbackError::NoPrevious)?,
     };
+    let source = format!("rollback by {who} (was {})", target.source);
+    let outcome =
+        reactivate(app, &target, source).await.ok_or(RollbackError::AlreadyActive(target.sha256.clone()))?;
+    tracing::info!(who, sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "rolled back to component {}", outcome.version);
+    Ok(outcome)
+}
+
+/// Publishes a compiled version again under new provenance; `None` if it is the active one.
+pub async fn reactivate(app: &Arc<App>, target: &ActiveComponent, source: String) -> Option<SwapOutcome> {
+    let _one_at_a_time = app.registry.swap_lock.lock().await;
+    let started = Instant::now();
     let active = app.registry.active();
     if target.sha256 == active.sha256 {
-        return Err(RollbackError::AlreadyActive(target.sha256.clone()));
+        return None;
     }
-    let next = target.reactivated(format!("rollback by {who} (was {})", target.source));
+    let next = target.reactivated(source);
     let version = next.version_header.to_str().unwrap_or_default().to_string();
     app.registry.publish(next);
     app.metrics.swaps.inc();
-    let outcome = SwapOutcome {
+    app.tell_fleet();
+    Some(SwapOutcome {
         swapped: true,
         sha256: target.sha256.clone(),
         version,
         previous_sha256: active.sha256.clone(),
         reused: true,
         elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-    };
-    tracing::info!(who, sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "rolled back to component {}", outcome.version);
-    Ok(outcome)
+    })
 }

@@ -172,6 +172,9 @@ pub struct Metrics {
     pub instantiation: Histogram,
     pub swaps: Counter,
     pub swap_rejections: Counter,
+    /// Polls of the release store's manifest, and store calls that failed (polls, heartbeats).
+    pub store_polls: Counter,
+    pub store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -209,6 +212,8 @@ impl Metrics {
             instantiation,
             swaps: Counter::default(),
             swap_rejections: Counter::default(),
+            store_polls: Counter::default(),
+            store_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -272,6 +277,16 @@ impl Metrics {
             "Candidate components rejected by validation",
             metrics.swap_rejections.clone(),
         );
+        registry.register(
+            "store_polls",
+            "Polls of the release store's manifest (`--store`)",
+            metrics.store_polls.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Release store calls that failed: polls, fetches, heartbeats",
+            metrics.store_errors.clone(),
+        );
         registry.register_collector(Box::new(log_writer::DroppedLines));
         Self { registry, ..metrics }
     }
@@ -308,6 +323,16 @@ impl Metrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.responses[class].inc();
         self.request_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Responses sent, of every status.
+    pub fn responses_total(&self) -> u64 {
+        self.responses.iter().map(Counter::get).sum()
+    }
+
+    /// 5xx responses sent.
+    pub fn server_errors_total(&self) -> u64 {
+        self.responses[4].get()
     }
 
     /// The OpenMetrics text that Prometheus scrapes.

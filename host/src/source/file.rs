@@ -224,7 +224,7 @@ async fn check(
 /// A file over the size limit is not read at all; record it as `submit` would.
 fn reject_too_large(app: &Arc<App>, path: &Path, size: u64, limit: u64) {
     let source = format!("file:{}", path.display());
-    crate::swap::record_rejection(app, &source, &Rejection::TooLarge { size, limit });
+    crate::swap::record_rejection(app, &source, None, &Rejection::TooLarge { size, limit });
 }
 
 /// Starts inotify on the file's directory; `None` (polling only) where that is not possible.

@@ -25,12 +25,6 @@ use crate::swap::{Candidate, Rejection};
 /// A detached signature is base64 text of 64 bytes; anything much longer is not one.
 const MAX_SIGNATURE_SIZE: u64 = 64 * 1024;
 
-/// Repeated failures back off up to this (or the poll interval, if longer).
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Failures in a row polled at the normal interval before backing off.
-const FAILURES_BEFORE_BACKOFF: u32 = 3;
-
 /// Fetches `url` (and `URL.sig`, if it exists) as a candidate.
 pub async fn fetch_candidate(url: &str, config: &WatchConfig) -> anyhow::Result<Candidate> {
     let fetch = async {
@@ -71,7 +65,7 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
             }
             Err(error) => {
                 state.failures = state.failures.saturating_add(1);
-                let next = backoff(config.poll_interval, state.failures);
+                let next = super::backoff(config.poll_interval, state.failures);
                 tracing::warn!(
                     url = %url,
                     failures = state.failures,
@@ -80,16 +74,7 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
                 );
             }
         }
-        delay = backoff(config.poll_interval, state.failures);
-    }
-}
-
-/// The wait before the next poll after `failures` failed polls in a row.
-fn backoff(poll_interval: Duration, failures: u32) -> Duration {
-    let cap = MAX_BACKOFF.max(poll_interval);
-    match failures.checked_sub(FAILURES_BEFORE_BACKOFF) {
-        None | Some(0) => poll_interval,
-        Some(extra) => poll_interval.saturating_mul(1 << extra.min(16)).min(cap),
+        delay = super::backoff(config.poll_interval, state.failures);
     }
 }
 
@@ -323,21 +308,4 @@ fn describe(error: reqwest::Error, timeout: Duration) -> anyhow::Error {
         return anyhow!("timed out after {timeout:?} (`--fetch-timeout`)");
     }
     anyhow::Error::new(error.without_url())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_starts_after_a_few_failures_and_is_capped() {
-        let poll = Duration::from_secs(2);
-        assert_eq!(backoff(poll, 0), poll);
-        assert_eq!(backoff(poll, 3), poll);
-        assert_eq!(backoff(poll, 4), poll * 2);
-        assert_eq!(backoff(poll, 5), poll * 4);
-        assert_eq!(backoff(poll, 100), MAX_BACKOFF);
-        // A poll interval longer than the cap is never shortened.
-        assert_eq!(backoff(Duration::from_secs(60), 100), Duration::from_secs(60));
-    }
 }

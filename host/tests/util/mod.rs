@@ -36,7 +36,7 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The `--component` source watcher, stopped with the server.
-    watcher: Option<tokio::task::JoinHandle<()>>,
+    watcher: Option<echo_host::Watchers>,
 }
 
 impl TestServer {

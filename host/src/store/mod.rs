@@ -1,0 +1,254 @@
+//! The fleet's release store on Cloud Storage (`--store gs://BUCKET/PREFIX/`): what is in it and
+//! how this instance reads and writes it.
+//!
+//! ```text
+//! manifest.json                the release the fleet serves (see [`manifest`])
+//! components/<sha256>.wasm     immutable; `.sig` beside it when signed
+//! instances/<id>.json          one heartbeat per live instance (see [`heartbeat`])
+//! ```
+//! Every instance follows the manifest ([`follow`]); a push or rollback on any instance writes it
+//! with a generation precondition ([`release`]), so concurrent writers never lose an update.
+
+pub mod follow;
+pub mod heartbeat;
+pub mod manifest;
+pub mod release;
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use crate::gcs::{Gcs, GcsError, GsPrefix, ObjectMeta, StorageConfig};
+use crate::swap::Candidate;
+pub use manifest::Manifest;
+
+const MANIFEST: &str = "manifest.json";
+const INSTANCES: &str = "instances/";
+
+/// One instance's handle on the store, and what it last saw of it.
+pub struct Store {
+    gcs: Gcs,
+    pub location: GsPrefix,
+    /// This instance's name in `instances/` (the metadata server's id, else random).
+    pub instance: String,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    max_component_size: u64,
+    status: Mutex<SyncStatus>,
+    /// Wakes the follower at once (after this instance wrote the manifest).
+    pub(crate) poll_now: tokio::sync::Notify,
+    /// Wakes the heartbeat at once (after a swap or a rejection).
+    pub(crate) heartbeat_now: tokio::sync::Notify,
+}
+
+/// The settings a [`Store`] is opened with.
+pub struct StoreSettings {
+    pub location: GsPrefix,
+    pub storage: StorageConfig,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub fetch_timeout: Duration,
+    pub max_component_size: u64,
+}
+
+/// What the follower last saw, for `info`, the heartbeat and the fleet view.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncStatus {
+    /// The manifest generation last read (as text: generations exceed JSON's safe integers).
+    #[serde(serialize_with = "generation_text")]
+    pub manifest_generation: Option<i64>,
+    /// The manifest's stable version then.
+    pub stable: Option<String>,
+    pub last_ok_at: Option<String>,
+    pub last_error: Option<ErrorRecord>,
+    /// Failed polls in a row (0 once one succeeds).
+    pub consecutive_failures: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorRecord {
+    pub at: String,
+    pub message: String,
+}
+
+fn generation_text<S: serde::Serializer>(g: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match g {
+        Some(g) => s.serialize_some(&g.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Reading the release failed: the store, or a manifest that is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Gcs(#[from] GcsError),
+    #[error("`{object}` (generation {generation}) changes nothing: {error:#}")]
+    InvalidManifest { object: String, generation: i64, error: anyhow::Error },
+}
+
+/// The manifest with the generation it was read at.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub manifest: Manifest,
+    pub generation: i64,
+}
+
+impl Store {
+    /// Opens the store (no request is made) and names this instance.
+    pub async fn open(settings: StoreSettings) -> anyhow::Result<Store> {
+        let gcs = Gcs::new(&settings.storage, settings.fetch_timeout)?;
+        let instance = match &settings.storage.metadata_host {
+            Some(host) => crate::gcs::auth::instance_id(host).await,
+            None => None,
+        }
+        .unwrap_or_else(|| hex::encode(crate::gcs::rand_bytes::<8>()));
+        Ok(Store {
+            gcs,
+            location: settings.location,
+            instance,
+            poll_interval: settings.poll_interval,
+            heartbeat_interval: settings.heartbeat_interval,
+            max_component_size: settings.max_component_size,
+            status: Mutex::new(SyncStatus::default()),
+            poll_now: tokio::sync::Notify::new(),
+            heartbeat_now: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn update_status(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn gcs(&self) -> &Gcs {
+        &self.gcs
+    }
+
+    fn bucket(&self) -> &str {
+        &self.location.bucket
+    }
+
+    pub fn component_object(&self, sha256: &str) -> String {
+        self.location.object(&format!("components/{sha256}.wasm"))
+    }
+
+    fn heartbeat_object(&self, instance: &str) -> String {
+        self.location.object(&format!("{INSTANCES}{instance}.json"))
+    }
+
+    /// The manifest's metadata (one request: what every poll costs).
+    pub async fn manifest_meta(&self) -> Result<Option<ObjectMeta>, GcsError> {
+        self.gcs.metadata(self.bucket(), &self.location.object(MANIFEST)).await
+    }
+
+    /// The manifest of `meta`'s generation.
+    pub async fn read_manifest(&self, meta: &ObjectMeta) -> Result<Release, StoreError> {
+        let bytes = self.gcs.download(self.bucket(), meta, manifest::MAX_MANIFEST_SIZE).await?;
+        let manifest = Manifest::parse(&bytes).map_err(|error| StoreError::InvalidManifest {
+            object: format!("gs://{}/{}", self.bucket(), self.location.object(MANIFEST)),
+            generation: meta.generation,
+            error,
+        })?;
+        Ok(Release { manifest, generation: meta.generation })
+    }
+
+    /// The current release and the manifest's generation (0: no manifest). A manifest that does
+    /// not parse reads as no release, with its generation, so a writer can replace it.
+    pub async fn current(&self) -> Result<(Option<Release>, i64), GcsError> {
+        let Some(meta) = self.manifest_meta().await? else { return Ok((None, 0)) };
+        match self.read_manifest(&meta).await {
+            Ok(release) => Ok((Some(release), meta.generation)),
+            Err(StoreError::InvalidManifest { .. }) => Ok((None, meta.generation)),
+            Err(StoreError::Gcs(error)) => Err(error),
+        }
+    }
+
+    /// Writes the manifest if its generation is still `if_generation` (0: if there is none);
+    /// returns the new generation.
+    pub async fn write_manifest(&self, manifest: &Manifest, if_generation: i64) -> Result<i64, GcsError> {
+        let object = self.location.object(MANIFEST);
+        let meta = self
+            .gcs
+            .upload(self.bucket(), &object, &manifest.to_bytes(), "application/json", Some(if_generation))
+            .await?;
+        Ok(meta.generation)
+    }
+
+    /// Uploads a component (and its signature) under its sha256. Components are immutable: one
+    /// that is already there is left as it is.
+    pub async fn put_component(
+        &self,
+        sha256: &str,
+        bytes: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<(), GcsError> {
+        let object = self.component_object(sha256);
+        if let Some(signature) = signature {
+            self.gcs.upload(self.bucket(), &format!("{object}.sig"), signature, "text/plain", None).await?;
+        }
+        match self.gcs.upload(self.bucket(), &object, bytes, "application/wasm", Some(0)).await {
+            Ok(_) | Err(GcsError::PreconditionFailed(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether the store holds the component `sha256`.
+    pub async fn has_component(&self, sha256: &str) -> Result<bool, GcsError> {
+        Ok(self.gcs.metadata(self.bucket(), &self.component_object(sha256)).await?.is_some())
+    }
+
+    /// Downloads the component `sha256` and its signature as a candidate.
+    pub async fn fetch_component(&self, sha256: &str, generation: i64) -> Result<Candidate, GcsError> {
+        let object = self.component_object(sha256);
+        let Some(meta) = self.gcs.metadata(self.bucket(), &object).await? else {
+            return Err(GcsError::NotFound(format!("gs://{}/{object}", self.bucket())));
+        };
+        let bytes = self.gcs.download(self.bucket(), &meta, self.max_component_size).await?;
+        let signature = match self.gcs.metadata(self.bucket(), &format!("{object}.sig")).await? {
+            Some(sig) => Some(self.gcs.download(self.bucket(), &sig, 64 * 1024).await?),
+            None => None,
+        };
+        Ok(Candidate {
+            bytes,
+            source: format!("gs://{}/{object} (manifest generation {generation})", self.bucket()),
+            signature,
+        })
+    }
+
+    /// Writes this instance's heartbeat.
+    pub async fn put_heartbeat(&self, body: &[u8]) -> Result<(), GcsError> {
+        let object = self.heartbeat_object(&self.instance);
+        self.gcs.upload(self.bucket(), &object, body, "application/json", None).await.map(|_| ())
+    }
+
+    /// Removes this instance's heartbeat (a graceful stop): the fleet view drops it at once.
+    pub async fn leave(&self) {
+        let object = self.heartbeat_object(&self.instance);
+        match tokio::time::timeout(Duration::from_secs(2), self.gcs.delete(self.bucket(), &object)).await {
+            Ok(Ok(())) => {
+                tracing::info!(instance = %self.instance, "removed this instance's heartbeat from the store")
+            }
+            Ok(Err(error)) => tracing::warn!("cannot remove this instance's heartbeat: {error}"),
+            Err(_) => {
+                tracing::warn!("cannot remove this instance's heartbeat: the store did not answer within 2 s")
+            }
+        }
+    }
+
+    /// Every heartbeat object with its metadata.
+    pub async fn heartbeats(&self) -> Result<Vec<ObjectMeta>, GcsError> {
+        self.gcs.list(self.bucket(), &self.location.object(INSTANCES)).await
+    }
+
+    pub async fn read_heartbeat(&self, meta: &ObjectMeta) -> Result<Vec<u8>, GcsError> {
+        self.gcs.download(self.bucket(), meta, 64 * 1024).await
+    }
+}
+
+/// `at` as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    crate::admin::rfc3339(SystemTime::now())
+}
