@@ -225,13 +225,23 @@ impl Store {
 
     /// Starts `n` hosts on this store at once (each compiles its component while the others do).
     fn start_hosts(&self, n: usize, storage: &[&str], extra: &[&str]) -> Vec<HostProcess> {
+        self.start_hosts_with_env(n, storage, extra, &[])
+    }
+
+    fn start_hosts_with_env(
+        &self,
+        n: usize,
+        storage: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Vec<HostProcess> {
         let args = self.host_args(storage, extra);
         std::thread::scope(|scope| {
             let started: Vec<_> = (0..n)
                 .map(|_| {
                     scope.spawn(|| {
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                        HostProcess::start(&args, &[])
+                        HostProcess::start(&args, env)
                     })
                 })
                 .collect();
@@ -319,12 +329,27 @@ fn gs_source_downloads_only_new_generations_and_checks_them() {
     let first = gcs.put("src", object, &echo());
     let proxy = StorageProxy::start(&gcs.url());
     let source = format!("gs://src/{object}");
+    let dir = util::scratch_dir();
+    let token = util::write_file(dir.path(), "token", TOKEN.as_bytes());
     let host = HostProcess::start(
-        &["--component", &source, "--poll-interval", "300ms", "--storage-emulator-host", &proxy.url()],
+        &[
+            "--component",
+            &source,
+            "--poll-interval",
+            "300ms",
+            "--storage-emulator-host",
+            &proxy.url(),
+            "--admin-token-file",
+            path_str(&token),
+        ],
         &[],
     );
     let http = http();
     assert_eq!(serving(&http, &host), version(&echo()));
+    // A source is not a store.
+    assert_eq!(info(&http, &host)["store"], Value::Null);
+    let (status, body) = get_json(&http, &host.url(&format!("{ADMIN}/fleet")));
+    assert_eq!((status, body["kind"].as_str()), (404, Some("no_store")), "{body}");
 
     let of_object = |s: &crate::util::gcs::Seen| s.object().as_deref() == Some(object);
     let downloads = || proxy.seen().into_iter().filter(|s| of_object(s) && s.is_media()).collect::<Vec<_>>();
@@ -478,7 +503,9 @@ fn storage_requests_carry_fresh_tokens_from_the_metadata_server() {
 #[test]
 fn a_push_to_one_host_reaches_the_fleet_and_the_cli_sees_it() {
     let store = Store::new("fleet-c");
-    let mut hosts = store.start_direct(3);
+    let url = store.gcs.url();
+    let revision = [("K_REVISION", "echo-00042-xyz")];
+    let mut hosts = store.start_hosts_with_env(3, &["--storage-emulator-host", &url], &[], &revision);
     let http = http();
     wait_all_serve(&http, &hosts, &echo(), "the start-up component");
 
@@ -508,7 +535,13 @@ fn a_push_to_one_host_reaches_the_fleet_and_the_cli_sees_it() {
         let view = wait_converged(&http, host, 3, &misbehave());
         assert_eq!(view["store"], store.url(), "{view}");
         assert_eq!(view["manifest_generation"], generation.as_str(), "{view}");
-        assert_eq!(view["heartbeat_interval_s"], 1, "{view}");
+        assert_eq!(view["heartbeat_interval_s"].as_f64(), Some(1.0), "{view}");
+        for instance in view["instances"].as_array().unwrap() {
+            assert_eq!(instance["revision"], "echo-00042-xyz", "{instance}");
+            assert_eq!(instance["manifest_generation"], generation.as_str(), "{instance}");
+            assert!(instance["age_s"].as_f64().unwrap() < 3.0, "{instance}");
+            assert_eq!(instance["last_rejection"], Value::Null, "{instance}");
+        }
     }
     let ids: BTreeSet<String> =
         hosts.iter().map(|h| info(&http, h)["store"]["instance"].as_str().unwrap().to_string()).collect();
@@ -554,6 +587,8 @@ fn a_push_to_one_host_reaches_the_fleet_and_the_cli_sees_it() {
     let (status, stdout, stderr) =
         run_cli(&["fleet", &url, "--token-file", path_str(&token_file)], Duration::from_secs(60));
     assert!(status.success(), "fleet failed ({status}):\n{stdout}\n{stderr}");
+    eprintln!("echo-host fleet:\n{stdout}");
+    assert!(stdout.contains("echo-00042-xyz"), "the fleet table shows the revision:\n{stdout}");
     assert!(stdout.contains(&store.url()), "the fleet table names the store:\n{stdout}");
     for header in ["INSTANCE", "REVISION", "VERSION", "AGE", "MANIFEST", "LAST-REJECTION"] {
         assert!(stdout.contains(header), "the fleet table has a {header} column:\n{stdout}");
@@ -571,6 +606,67 @@ fn a_push_to_one_host_reaches_the_fleet_and_the_cli_sees_it() {
     assert_eq!(store.gcs.get(&store.bucket, &heartbeat), None, "the heartbeat of a stopped host stays");
     hosts.pop();
     wait_converged(&http, &hosts[0], 2, &echo());
+
+    // A host that dies leaves its heartbeat behind, but is live no longer after 3 intervals.
+    let dead = info(&http, &hosts[1])["store"]["instance"].as_str().unwrap().to_string();
+    hosts[1].signal("KILL");
+    hosts[1].wait_exit(PATIENCE).expect("the host did not die");
+    let heartbeat = Store::object(&format!("instances/{dead}.json"));
+    assert!(store.gcs.get(&store.bucket, &heartbeat).is_some(), "a killed host cannot delete its heartbeat");
+    hosts.pop();
+    wait_converged(&http, &hosts[0], 1, &echo());
+}
+
+/// `push --wait` gives up at once when every instance that does not serve the push rejected it
+/// (here two hosts with a smaller `--max-component-size`), naming them and why.
+#[test]
+fn push_wait_fails_fast_when_the_other_instances_reject_the_push() {
+    let store = Store::new("fleet-reject");
+    let url = store.gcs.url();
+    let storage = ["--storage-emulator-host", url.as_str()];
+    // echo (~75 KB) fits under 100 KiB; misbehave (~140 KB) does not.
+    assert!(echo().len() < 100 << 10 && misbehave().len() > 100 << 10);
+    let mut hosts = store.start_hosts(1, &storage, &[]);
+    hosts.extend(store.start_hosts(2, &storage, &["--max-component-size", "100KiB"]));
+    let http = http();
+    eventually("the fleet view to list 3 instances", PATIENCE, || {
+        let view = fleet(&http, &hosts[0]);
+        let n = view["instances"].as_array().map_or(0, Vec::len);
+        if n == 3 { Ok(()) } else { Err(view.to_string()) }
+    });
+    let small: Vec<String> = hosts[1..]
+        .iter()
+        .map(|h| info(&http, h)["store"]["instance"].as_str().unwrap().to_string())
+        .collect();
+
+    let file = util::write_file(store.dir.path(), "misbehave.wasm", &misbehave());
+    let token_file = store.token_file();
+    let started = Instant::now();
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "push",
+            &format!("http://{}", hosts[0].addr),
+            path_str(&file),
+            "--token-file",
+            path_str(&token_file),
+            "--wait",
+            "--wait-timeout",
+            "120s",
+        ],
+        Duration::from_secs(150),
+    );
+    let took = started.elapsed();
+    let output = format!("{stdout}\n{stderr}");
+    eprintln!("push --wait, rejected by two instances ({took:.1?}, {status}):\n{output}");
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(took < Duration::from_secs(60), "push --wait took {took:?}: it should fail fast, not time out");
+    for id in &small {
+        assert!(output.contains(id.as_str()), "the output names the rejecting instance {id}:\n{output}");
+    }
+    assert_eq!(serving(&http, &hosts[0]), version(&misbehave()));
+    for host in &hosts[1..] {
+        assert_eq!(serving(&http, host), version(&echo()), "a too-large release went live on {}", host.addr);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
