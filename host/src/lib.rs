@@ -85,7 +85,8 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
     if let Some(store) = &store
         && let Some(candidate) = release_at_start(store, config).await
     {
-        let (back, loaded) = load_initial(runtime, candidate, config).await?;
+        // Never precompiled from the store, as from any swap source (see DESIGN.md).
+        let (back, loaded) = load_initial(runtime, candidate, config, false).await?;
         runtime = back;
         match loaded {
             Ok(loaded) => component = Some(loaded),
@@ -100,7 +101,8 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         Some(component) => (runtime, component),
         None => {
             let candidate = source::fetch_initial(&config.component, &watch_config(config)).await?;
-            let (runtime, loaded) = load_initial(runtime, candidate, config).await?;
+            let (runtime, loaded) =
+                load_initial(runtime, candidate, config, config.allow_precompiled).await?;
             (runtime, loaded?)
         }
     };
@@ -153,6 +155,7 @@ async fn load_initial(
     runtime: Runtime,
     candidate: swap::Candidate,
     config: &ServeConfig,
+    allow_precompiled: bool,
 ) -> anyhow::Result<(Runtime, anyhow::Result<registry::ActiveComponent>)> {
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&candidate.bytes));
     if let Err(rejection) = swap::check_policy(&config.swap, &candidate, &sha256) {
@@ -160,7 +163,6 @@ async fn load_initial(
             .context(format!("cannot serve the component from `{}`", candidate.source));
         return Ok((runtime, Err(error)));
     }
-    let allow_precompiled = config.allow_precompiled;
     Ok(tokio::task::spawn_blocking(move || {
         let component =
             load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)

@@ -1,6 +1,7 @@
 //! The container image (`Dockerfile`) and the Cloud Run service (`deploy/service.yaml`).
 //!
-//! - `service_yaml_matches_the_host`: the deploy file against the host's own flags (no Docker).
+//! - `service_yaml_*`, `service_fuse_yaml_*`, `dockerfile_*`: the deploy files against the host's
+//!   own flags (no Docker).
 //! - The rest need a Docker engine. Where `docker info` fails they print `SKIPPED:` and return.
 //!   The image is built once per test run by `docker/build-image.sh` (the local build base from
 //!   `docker/make-base-image.sh`, then `docker build` of the real Dockerfile, both cached by Docker
@@ -183,75 +184,145 @@ fn env_vars_in_help() -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn service_yaml_matches_the_host() {
-    let path = workspace().join("deploy/service.yaml");
-    let yaml = flatten_yaml(&std::fs::read_to_string(&path).unwrap());
-    let get = |key: &str| -> &str {
-        yaml.get(key).map(String::as_str).unwrap_or_else(|| panic!("{} has no `{key}`", path.display()))
-    };
-    assert_eq!(get("apiVersion"), "serving.knative.dev/v1");
-    assert_eq!(get("kind"), "Service");
-    let template = "spec.template";
-    assert_eq!(
-        get(&format!("{template}.metadata.annotations.run.googleapis.com/execution-environment")),
-        "gen2"
-    );
-    for scale in ["minScale", "maxScale"] {
-        let value = get(&format!("{template}.metadata.annotations.autoscaling.knative.dev/{scale}"));
-        value.parse::<u32>().unwrap_or_else(|_| panic!("{scale} `{value}` is not a number"));
-    }
-    let spec = format!("{template}.spec");
-    let container = format!("{spec}.containers[0]");
-    assert!(!yaml.contains_key(&format!("{spec}.containers[1]")), "one container expected");
+/// A service file flattened, with its container's env by name (a value, or `secret:NAME` for a
+/// Secret Manager reference).
+struct ServiceFile {
+    path: PathBuf,
+    yaml: BTreeMap<String, String>,
+    env: HashMap<String, String>,
+}
 
-    // The container's env, by name: a value, or `secret:NAME` for a Secret Manager reference.
-    let mut env: HashMap<String, String> = HashMap::new();
-    for i in 0.. {
-        let Some(name) = yaml.get(&format!("{container}.env[{i}].name")) else { break };
-        let value = match yaml.get(&format!("{container}.env[{i}].value")) {
-            Some(value) => value.clone(),
-            None => format!("secret:{}", get(&format!("{container}.env[{i}].valueFrom.secretKeyRef.name"))),
-        };
-        assert!(env.insert(name.clone(), value).is_none(), "env `{name}` is set twice");
-    }
-    assert!(!env.is_empty(), "no env in {}", path.display());
+impl ServiceFile {
+    const SPEC: &'static str = "spec.template.spec";
+    const CONTAINER: &'static str = "spec.template.spec.containers[0]";
 
-    // Every ECHO_HOST_* variable is one the host reads; PORT is Cloud Run's to set.
-    let known = env_vars_in_help();
-    for name in env.keys().filter(|n| n.starts_with("ECHO_HOST_")) {
-        assert!(
-            known.contains(name) || name == ADMIN_TOKEN_ENV,
-            "service.yaml sets `{name}`, which echo-host does not read (--help lists {known:?})"
+    fn read(name: &str) -> ServiceFile {
+        let path = workspace().join("deploy").join(name);
+        let yaml = flatten_yaml(&std::fs::read_to_string(&path).unwrap());
+        let mut file = ServiceFile { path, yaml, env: HashMap::new() };
+        let container = Self::CONTAINER;
+        for i in 0.. {
+            let Some(name) = file.yaml.get(&format!("{container}.env[{i}].name")).cloned() else { break };
+            let value = match file.yaml.get(&format!("{container}.env[{i}].value")) {
+                Some(value) => value.clone(),
+                None => format!(
+                    "secret:{}",
+                    file.get(&format!("{container}.env[{i}].valueFrom.secretKeyRef.name"))
+                ),
+            };
+            assert!(file.env.insert(name.clone(), value).is_none(), "env `{name}` is set twice");
+        }
+        assert!(!file.env.is_empty(), "no env in {}", file.path.display());
+        file
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.yaml
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{} has no `{key}`", self.path.display()))
+    }
+
+    /// What every service file must get right: the Cloud Run contract and the host's defaults.
+    fn check_common(&self) {
+        let get = |key: &str| self.get(key);
+        let env = &self.env;
+        let (spec, container) = (Self::SPEC, Self::CONTAINER);
+        assert_eq!(get("apiVersion"), "serving.knative.dev/v1");
+        assert_eq!(get("kind"), "Service");
+        for scale in ["minScale", "maxScale"] {
+            let value = get(&format!("spec.template.metadata.annotations.autoscaling.knative.dev/{scale}"));
+            value.parse::<u32>().unwrap_or_else(|_| panic!("{scale} `{value}` is not a number"));
+        }
+        assert!(!self.yaml.contains_key(&format!("{spec}.containers[1]")), "one container expected");
+
+        // Every ECHO_HOST_* variable is one the host reads; PORT is Cloud Run's to set.
+        let known = env_vars_in_help();
+        for name in env.keys().filter(|n| n.starts_with("ECHO_HOST_")) {
+            assert!(
+                known.contains(name) || name == ADMIN_TOKEN_ENV,
+                "{} sets `{name}`, which echo-host does not read (--help lists {known:?})",
+                self.path.display()
+            );
+        }
+        assert!(!env.contains_key("PORT"), "PORT is reserved on Cloud Run: it is set from containerPort");
+
+        // Port: the container port is the host's default, and the startup probe checks it.
+        let port: u16 = get(&format!("{container}.ports[0].containerPort")).parse().unwrap();
+        assert_eq!(port, DEFAULT_PORT, "containerPort must be the host's default port");
+        let port_name = get(&format!("{container}.ports[0].name"));
+        assert!(["h2c", "http1"].contains(&port_name), "port name `{port_name}` is neither h2c nor http1");
+        assert_eq!(get(&format!("{container}.startupProbe.tcpSocket.port")), port.to_string());
+
+        // Concurrency: Cloud Run's, the host's env and the host's default agree.
+        let concurrency = get(&format!("{spec}.containerConcurrency"));
+        assert_eq!(
+            concurrency,
+            DEFAULT_CONCURRENCY.to_string(),
+            "containerConcurrency vs --concurrency default"
         );
+        assert_eq!(env.get("ECHO_HOST_CONCURRENCY").map(String::as_str), Some(concurrency));
+
+        // Request timeout: Cloud Run's and the host's.
+        let timeout: u64 = get(&format!("{spec}.timeoutSeconds")).parse().unwrap();
+        assert_eq!(timeout, parse_duration(DEFAULT_REQUEST_TIMEOUT).unwrap().as_secs());
+        let host_timeout = env.get("ECHO_HOST_REQUEST_TIMEOUT").expect("ECHO_HOST_REQUEST_TIMEOUT set");
+        assert_eq!(
+            parse_duration(host_timeout).unwrap().as_secs(),
+            timeout,
+            "timeoutSeconds vs --request-timeout"
+        );
+
+        // Polling is on (the store's manifest, or a FUSE file that sends no inotify events).
+        let poll =
+            parse_duration(env.get("ECHO_HOST_POLL_INTERVAL").expect("ECHO_HOST_POLL_INTERVAL set")).unwrap();
+        assert!(!poll.is_zero(), "polling must be on");
+
+        // The admin token comes from Secret Manager, under the name the host reads.
+        assert!(
+            env.get(ADMIN_TOKEN_ENV).is_some_and(|v| v.starts_with("secret:")),
+            "`{ADMIN_TOKEN_ENV}` must come from a secretKeyRef"
+        );
+        assert_eq!(get(&format!("{container}.resources.limits.cpu")), "1");
+        assert_eq!(get(&format!("{container}.resources.limits.memory")), "512Mi");
     }
-    assert!(!env.contains_key("PORT"), "PORT is reserved on Cloud Run: it is set from containerPort");
+}
 
-    // Port: the container port is the host's default, and the startup probe checks it.
-    let port: u16 = get(&format!("{container}.ports[0].containerPort")).parse().unwrap();
-    assert_eq!(port, DEFAULT_PORT, "containerPort must be the host's default port");
-    let port_name = get(&format!("{container}.ports[0].name"));
-    assert!(["h2c", "http1"].contains(&port_name), "port name `{port_name}` is neither h2c nor http1");
-    assert_eq!(get(&format!("{container}.startupProbe.tcpSocket.port")), port.to_string());
-
-    // Concurrency: Cloud Run's, the host's env and the host's default agree.
-    let concurrency = get(&format!("{spec}.containerConcurrency"));
-    assert_eq!(concurrency, DEFAULT_CONCURRENCY.to_string(), "containerConcurrency vs --concurrency default");
-    assert_eq!(env.get("ECHO_HOST_CONCURRENCY").map(String::as_str), Some(concurrency));
-
-    // Request timeout: Cloud Run's and the host's.
-    let timeout: u64 = get(&format!("{spec}.timeoutSeconds")).parse().unwrap();
-    assert_eq!(timeout, parse_duration(DEFAULT_REQUEST_TIMEOUT).unwrap().as_secs());
-    let host_timeout = env.get("ECHO_HOST_REQUEST_TIMEOUT").expect("ECHO_HOST_REQUEST_TIMEOUT set");
-    assert_eq!(
-        parse_duration(host_timeout).unwrap().as_secs(),
-        timeout,
-        "timeoutSeconds vs --request-timeout"
+#[test]
+fn service_yaml_follows_the_release_store() {
+    let file = ServiceFile::read("service.yaml");
+    file.check_common();
+    // The store is a `gs://BUCKET/PREFIX/` the host accepts, and needs neither gen2 nor a volume.
+    let store = file.env.get("ECHO_HOST_STORE").expect("ECHO_HOST_STORE set");
+    echo_host::gcs::GsPrefix::parse("--store", &store.replace("BUCKET", "bucket")).unwrap();
+    assert!(
+        !file.yaml.keys().any(|k| k.contains("volumes") || k.contains("volumeMounts")),
+        "no volume needed"
     );
+    assert!(
+        !file
+            .yaml
+            .contains_key("spec.template.metadata.annotations.run.googleapis.com/execution-environment")
+    );
+    let heartbeat = file.env.get("ECHO_HOST_HEARTBEAT_INTERVAL").expect("ECHO_HOST_HEARTBEAT_INTERVAL set");
+    assert_eq!(
+        parse_duration(heartbeat).unwrap(),
+        parse_duration(echo_host::config::DEFAULT_HEARTBEAT_INTERVAL).unwrap()
+    );
+    // The image's baked-in component serves until the store has a release: not overridden.
+    assert!(!file.env.contains_key("ECHO_HOST_COMPONENT"));
+}
 
-    // The component lives in the read-only Cloud Storage volume, is a .wasm (never trusted as
-    // native code), and is polled.
-    let component = env.get("ECHO_HOST_COMPONENT").expect("ECHO_HOST_COMPONENT set");
+#[test]
+fn service_fuse_yaml_polls_the_mounted_component() {
+    let file = ServiceFile::read("service-fuse.yaml");
+    file.check_common();
+    let (spec, container) = (ServiceFile::SPEC, ServiceFile::CONTAINER);
+    let get = |key: &str| file.get(key);
+    assert_eq!(get("spec.template.metadata.annotations.run.googleapis.com/execution-environment"), "gen2");
+    // The component lives in the read-only Cloud Storage volume and is a .wasm (never trusted as
+    // native code).
+    let component = file.env.get("ECHO_HOST_COMPONENT").expect("ECHO_HOST_COMPONENT set");
     let mount = get(&format!("{container}.volumeMounts[0].mountPath"));
     assert!(
         component.starts_with(&format!("{}/", mount.trim_end_matches('/'))),
@@ -260,28 +331,20 @@ fn service_yaml_matches_the_host() {
     let volume_name = get(&format!("{container}.volumeMounts[0].name"));
     let volume = (0..)
         .map(|i| format!("{spec}.volumes[{i}]"))
-        .take_while(|v| yaml.contains_key(&format!("{v}.name")))
-        .find(|v| yaml[&format!("{v}.name")] == volume_name)
+        .take_while(|v| file.yaml.contains_key(&format!("{v}.name")))
+        .find(|v| file.yaml[&format!("{v}.name")] == volume_name)
         .unwrap_or_else(|| panic!("no volume named `{volume_name}`"));
     assert_eq!(get(&format!("{volume}.csi.driver")), "gcsfuse.run.googleapis.com");
     assert_eq!(get(&format!("{volume}.csi.readOnly")), "true");
     assert!(!get(&format!("{volume}.csi.volumeAttributes.bucketName")).is_empty());
     assert!(component.ends_with(".wasm"), "a bucket component must be a .wasm, not `{component}`");
-    assert_eq!(env.get("ECHO_HOST_ALLOW_PRECOMPILED").map(String::as_str), Some("false"));
-    let poll =
-        parse_duration(env.get("ECHO_HOST_POLL_INTERVAL").expect("ECHO_HOST_POLL_INTERVAL set")).unwrap();
-    assert!(!poll.is_zero(), "polling must be on: Cloud Storage FUSE sends no inotify events");
+    assert_eq!(file.env.get("ECHO_HOST_ALLOW_PRECOMPILED").map(String::as_str), Some("false"));
+}
 
-    // The admin token comes from Secret Manager, under the name the host reads.
-    assert!(
-        env.get(ADMIN_TOKEN_ENV).is_some_and(|v| v.starts_with("secret:")),
-        "`{ADMIN_TOKEN_ENV}` must come from a secretKeyRef"
-    );
-
-    assert_eq!(get(&format!("{container}.resources.limits.cpu")), "1");
-    assert_eq!(get(&format!("{container}.resources.limits.memory")), "512Mi");
-
-    // The Dockerfile's runtime settings name real variables too, and expose the same port.
+#[test]
+fn dockerfile_names_real_variables() {
+    let known = env_vars_in_help();
+    // The Dockerfile's runtime settings name real variables, and expose the host's port.
     let dockerfile = std::fs::read_to_string(workspace().join("Dockerfile")).unwrap();
     let runtime = &dockerfile[dockerfile.rfind("\nFROM ").expect("a FROM")..];
     for word in runtime.split(|c: char| c.is_whitespace() || c == '\\') {
