@@ -1048,52 +1048,115 @@ fn garbage_in_the_store_is_rejected_and_nothing_changes() {
 // ---------------------------------------------------------------------------------------------
 
 /// A component uploaded and a manifest written by hand (`gcloud storage cp`): every host
-/// converges; a push through a host afterwards keeps the manifest's unknown fields.
+/// converges, whether it names the emulator by flag or by `STORAGE_EMULATOR_HOST` (without a
+/// scheme) and whatever the store URL's trailing slash; a push through a host afterwards keeps
+/// the manifest's unknown fields and at most 20 history entries.
 #[test]
 fn a_manifest_written_by_hand_is_followed() {
     let store = Store::new("by-hand");
-    let hosts = store.start_direct(2);
+    let mut hosts = store.start_direct(1);
+    let mut args = store.host_args(&[], &[]);
+    let at = args.iter().position(|a| a == "--store").unwrap();
+    args[at + 1] = format!("gs://{}/fleet", store.bucket);
+    let emulator = store.gcs.url().trim_start_matches("http://").to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    hosts.push(HostProcess::start(&args, &[("STORAGE_EMULATOR_HOST", &emulator)]));
     let http = http();
     wait_all_serve(&http, &hosts, &echo(), "the start-up component");
+    assert_eq!(info(&http, &hosts[1])["store"]["url"], store.url(), "a trailing `/` is added");
 
     let sha = sha256(&misbehave());
     let object = Store::object(&format!("components/{sha}.wasm"));
     assert_eq!(store.gcs.put_if(&store.bucket, &object, &misbehave(), "0"), 200);
     let now = rfc3339_now();
+    let mut history = vec![
+        json!({ "stable": format!("sha256:{sha}"), "at": now, "by": "ops@example.com", "action": "push" }),
+    ];
+    // 19 older releases: the history is full.
+    history.extend((1..20).map(|n| {
+        json!({ "stable": format!("sha256:{}", sha256(&[n])), "at": "2026-01-01T00:00:00Z", "by": "ops@example.com", "action": "push" })
+    }));
     let manifest = json!({
         "schema": 1,
         "stable": format!("sha256:{sha}"),
         "canary": null,
         "updated_at": now,
         "updated_by": "ops@example.com",
-        "history": [{ "stable": format!("sha256:{sha}"), "at": now, "by": "ops@example.com", "action": "push" }],
+        "history": history,
         "x-ticket": "OPS-1234",
     });
+    let written = manifest.to_string();
     assert_eq!(
-        store.gcs.put_if(
-            &store.bucket,
-            &Store::object("manifest.json"),
-            manifest.to_string().as_bytes(),
-            "0"
-        ),
+        store.gcs.put_if(&store.bucket, &Store::object("manifest.json"), written.as_bytes(), "0"),
         200
     );
     wait_all_serve(&http, &hosts, &misbehave(), "the release written by hand");
     let generation = store.manifest_generation().unwrap();
     let view = wait_converged(&http, &hosts[0], 2, &misbehave());
     assert_eq!(view["manifest_generation"], generation.as_str(), "{view}");
+    for host in &hosts {
+        let state = info(&http, host)["store"].clone();
+        assert_eq!(state["url"], store.url(), "{state}");
+        assert_eq!(state["manifest_generation"], generation.as_str(), "{state}");
+        assert_eq!(state["stable"], format!("sha256:{sha}"), "{state}");
+        assert!(state["last_ok_at"].is_string() && state["instance"].is_string(), "{state}");
+        assert_eq!(state["consecutive_failures"], 0, "{state}");
+        assert!(metric(&http, host, "echo_host_store_polls_total") > 0.0);
+    }
 
     let next = variant(&echo(), 3);
     let (status, body) = push(&http, &hosts[1], &next, "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["previous_sha256"], sha.as_str(), "{body}");
+    assert!(body["elapsed_ms"].is_number(), "{body}");
     let rewritten = store.manifest().unwrap();
     assert_eq!(rewritten["x-ticket"], "OPS-1234", "unknown fields are kept: {rewritten}");
-    assert_eq!(rewritten["history"][1]["by"], "ops@example.com", "{rewritten}");
+    let history = rewritten["history"].as_array().unwrap();
+    assert_eq!(history.len(), 20, "at most 20 entries: {rewritten}");
+    assert_eq!(history[0]["stable"], format!("sha256:{}", sha256(&next)), "{rewritten}");
+    assert_eq!(history[1], manifest["history"][0], "{rewritten}");
     wait_all_serve(&http, &hosts, &next, "the push after the hand edit");
 
     // A push of a component the store already has (its write meets ifGenerationMatch=0's 412).
     let (status, body) = push(&http, &hosts[0], &misbehave(), "");
     assert_eq!(status, 200, "{body}");
     wait_all_serve(&http, &hosts, &misbehave(), "a component the store already had");
+}
+
+// ---------------------------------------------------------------------------------------------
+// i. A store that is down when a host starts
+// ---------------------------------------------------------------------------------------------
+
+/// A host whose store does not answer at start serves `--component`, says why, and follows the
+/// store's release as soon as it answers.
+#[test]
+fn a_host_started_while_the_store_is_down_follows_it_once_it_answers() {
+    let store = Store::new("late");
+    store.write_component(&sha256(&misbehave()), &misbehave());
+    release_by_hand(&store, &sha256(&misbehave()));
+    let proxy = StorageProxy::start(&store.gcs.url());
+    proxy.set_mode(Mode::Refuse);
+    let endpoint = proxy.url();
+    let hosts = store.start_hosts(1, &["--storage-emulator-host", &endpoint], &[]);
+    let http = http();
+    assert_eq!(
+        serving(&http, &hosts[0]),
+        version(&echo()),
+        "the start-up component, while the store is down"
+    );
+    let state = eventually("info to show the store error", PATIENCE, || {
+        let state = info(&http, &hosts[0])["store"].clone();
+        if state["last_error"].is_object() { Ok(state) } else { Err(state.to_string()) }
+    });
+    eprintln!("store down at start: {state}");
+    let warned =
+        hosts[0].lines().iter().any(|l| l.to_lowercase().contains("warn") && l.contains("gs://late/"));
+    assert!(warned, "no warning naming the store in the logs:\n{}", hosts[0].lines().join("\n"));
+
+    proxy.set_mode(Mode::Pass);
+    wait_all_serve(&http, &hosts, &misbehave(), "the store's release once the store answers");
+    eventually("the store to count as reachable", PATIENCE, || {
+        let state = info(&http, &hosts[0])["store"].clone();
+        if state["consecutive_failures"] == 0 { Ok(()) } else { Err(state.to_string()) }
+    });
 }
