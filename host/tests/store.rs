@@ -202,8 +202,10 @@ impl Store {
     }
 
     /// The flags of a fleet host on this store; `storage` says how it reaches Cloud Storage
-    /// (e.g. `["--storage-emulator-host", URL]`).
+    /// (e.g. `["--storage-emulator-host", URL]`). Heartbeats every second unless `extra` says.
     fn host_args(&self, storage: &[&str], extra: &[&str]) -> Vec<String> {
+        let heartbeat =
+            if extra.contains(&"--heartbeat-interval") { &[][..] } else { &["--heartbeat-interval", "1s"] };
         let mut args: Vec<String> = [
             "--component",
             self.echo_file().to_str().unwrap(),
@@ -211,15 +213,13 @@ impl Store {
             &self.url(),
             "--poll-interval",
             "500ms",
-            "--heartbeat-interval",
-            "1s",
             "--admin-token-file",
             self.token_file().to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(storage.iter().chain(extra).map(|s| s.to_string()));
+        args.extend(heartbeat.iter().chain(storage).chain(extra).map(|s| s.to_string()));
         args
     }
 
@@ -753,11 +753,13 @@ fn concurrent_pushes_never_lose_an_update() {
 // ---------------------------------------------------------------------------------------------
 
 /// Push A, push B, roll back on a third host: every host serves A again and the history says
-/// so; `?to=` picks a version, an unknown one is 404.
+/// so; `?to=` picks a version, an unknown one is 404. Heartbeats are hourly here, so a fleet
+/// view that converges shows they are also written right after each swap.
 #[test]
 fn a_rollback_on_any_host_rolls_the_fleet_back() {
     let store = Store::new("rollback");
-    let hosts = store.start_direct(3);
+    let url = store.gcs.url();
+    let hosts = store.start_hosts(3, &["--storage-emulator-host", &url], &["--heartbeat-interval", "1h"]);
     let http = http();
     let (a, b) = (misbehave(), variant(&echo(), 1));
 
@@ -799,7 +801,8 @@ fn a_rollback_on_any_host_rolls_the_fleet_back() {
     wait_all_serve(&http, &hosts, &b, "B again");
     let (status, body) = rollback(&http, &hosts[0], "?to=sha256:000000000000");
     assert_eq!((status, body["kind"].as_str()), (404, Some("not_found")), "{body}");
-    wait_converged(&http, &hosts[1], 3, &b);
+    let view = wait_converged(&http, &hosts[1], 3, &b);
+    assert_eq!(view["heartbeat_interval_s"].as_f64(), Some(3600.0), "{view}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,7 +956,10 @@ fn garbage_in_the_store_is_rejected_and_nothing_changes() {
     let store = Store::new("garbage");
     let proxy = StorageProxy::start(&store.gcs.url());
     let endpoint = proxy.url();
-    let hosts = store.start_hosts(2, &["--storage-emulator-host", &endpoint], &[]);
+    // Hourly heartbeats: the rejections below reach the fleet view only if a heartbeat is
+    // written right after each.
+    let hosts =
+        store.start_hosts(2, &["--storage-emulator-host", &endpoint], &["--heartbeat-interval", "1h"]);
     let http = http();
     let (status, body) = push(&http, &hosts[0], &misbehave(), "");
     assert_eq!(status, 200, "{body}");
@@ -1070,7 +1076,7 @@ fn a_manifest_written_by_hand_is_followed() {
     assert_eq!(store.gcs.put_if(&store.bucket, &object, &misbehave(), "0"), 200);
     let now = rfc3339_now();
     let mut history = vec![
-        json!({ "stable": format!("sha256:{sha}"), "at": now, "by": "ops@example.com", "action": "push" }),
+        json!({ "stable": format!("sha256:{sha}"), "at": now, "by": "ops@example.com", "action": "push", "x-ticket": "OPS-1234" }),
     ];
     // 19 older releases: the history is full.
     history.extend((1..20).map(|n| {
