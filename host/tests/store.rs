@@ -1166,3 +1166,80 @@ fn a_host_started_while_the_store_is_down_follows_it_once_it_answers() {
         if state["consecutive_failures"] == 0 { Ok(()) } else { Err(state.to_string()) }
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// j. Signed releases
+// ---------------------------------------------------------------------------------------------
+
+/// With `--trusted-key`, a signed push stores its signature beside the component and every
+/// host verifies it; an unsigned component released by hand is rejected everywhere, and taken
+/// once its signature is uploaded and the manifest rewritten (a new generation).
+#[test]
+fn signed_releases_carry_their_signature_through_the_store() {
+    let store = Store::new("signed");
+    let dir = store.dir.path();
+    let key = dir.join("release.key");
+    let cli = |args: &[&str]| {
+        let (status, stdout, stderr) = run_cli(args, Duration::from_secs(60));
+        assert!(status.success(), "echo-host {args:?} failed ({status}):\n{stdout}\n{stderr}");
+    };
+    cli(&["keygen", path_str(&key)]);
+    let public = format!("{}.pub", key.display());
+    let sign = |file: &Path| {
+        cli(&["sign", "--key", path_str(&key), path_str(file)]);
+        std::fs::read_to_string(format!("{}.sig", file.display())).unwrap()
+    };
+    sign(&store.echo_file()); // the start-up component must be signed too
+    let url = store.gcs.url();
+    let hosts = store.start_hosts(2, &["--storage-emulator-host", &url], &["--trusted-key", &public]);
+    let http = http();
+    wait_all_serve(&http, &hosts, &echo(), "the signed start-up component");
+
+    let (status, body) = push(&http, &hosts[0], &misbehave(), "");
+    assert_eq!((status, body["kind"].as_str()), (403, Some("missing_signature")), "{body}");
+    assert_eq!(store.manifest(), None, "a refused push wrote a manifest");
+
+    let file = util::write_file(dir, "misbehave.wasm", &misbehave());
+    let signature = sign(&file);
+    cli(&[
+        "push",
+        &format!("http://{}", hosts[0].addr),
+        path_str(&file),
+        "--token-file",
+        path_str(&store.token_file()),
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    wait_all_serve(&http, &hosts, &misbehave(), "the signed push");
+    let stored = Store::object(&format!("components/{}.wasm.sig", sha256(&misbehave())));
+    let stored = store.gcs.get(&store.bucket, &stored).expect("the signature in the store");
+    assert_eq!(String::from_utf8_lossy(&stored).trim(), signature.trim());
+
+    let unsigned = variant(&echo(), 8);
+    let sha = sha256(&unsigned);
+    store.write_component(&sha, &unsigned);
+    release_by_hand(&store, &sha);
+    eventually("every instance to reject the unsigned release", PATIENCE, || {
+        let view = fleet(&http, &hosts[1]);
+        let instances = view["instances"].as_array().cloned().unwrap_or_default();
+        let all = instances.len() == 2
+            && instances.iter().all(|i| {
+                i["last_rejection"]["sha256"] == sha.as_str()
+                    && i["last_rejection"]["reason"].as_str().unwrap_or_default().contains("signature")
+            });
+        if all { Ok(()) } else { Err(view.to_string()) }
+    });
+    for host in &hosts {
+        assert_eq!(serving(&http, host), version(&misbehave()), "an unsigned release went live");
+    }
+
+    // The signature arrives; the manifest is written again (same content, new generation).
+    let file = util::write_file(dir, "unsigned.wasm", &unsigned);
+    let signature = sign(&file);
+    let object = Store::object(&format!("components/{sha}.wasm.sig"));
+    store.gcs.put(&store.bucket, &object, signature.as_bytes());
+    let manifest = store.gcs.get(&store.bucket, &Store::object("manifest.json")).unwrap();
+    store.write_manifest(&manifest);
+    wait_all_serve(&http, &hosts, &unsigned, "the release once signed");
+}
