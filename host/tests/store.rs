@@ -680,14 +680,15 @@ fn concurrent_pushes_never_lose_an_update() {
     let store = Store::new("race");
     let hosts = store.start_direct(2);
     let http = http();
-    let (status, body) = push(&http, &hosts[0], &variant(&echo(), 1), "");
+    // Only if there is no manifest yet: there is none, then there is one.
+    let (status, body) = push(&http, &hosts[0], &variant(&echo(), 1), "?if_generation=0");
     assert_eq!(status, 200, "{body}");
     let base = body["manifest_generation"].as_str().unwrap().to_string();
-
-    // Only if there is no manifest yet: there is one.
     let (status, body) = push(&http, &hosts[1], &variant(&echo(), 9), "?if_generation=0");
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["kind"], "conflict", "{body}");
+    assert_eq!(body["manifest_generation"], base.as_str(), "{body}");
+    assert_eq!(body["manifest"]["stable"], format!("sha256:{}", sha256(&variant(&echo(), 1))), "{body}");
 
     let race = |candidates: [Vec<u8>; 2], query: String| -> Vec<(Vec<u8>, u16, Value)> {
         let barrier = Barrier::new(2);
@@ -1242,4 +1243,47 @@ fn signed_releases_carry_their_signature_through_the_store() {
     let manifest = store.gcs.get(&store.bucket, &Store::object("manifest.json")).unwrap();
     store.write_manifest(&manifest);
     wait_all_serve(&http, &hosts, &unsigned, "the release once signed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// k. A store download corrupted in flight
+// ---------------------------------------------------------------------------------------------
+
+/// A release whose download is corrupted in flight (the object itself is sound) is not served,
+/// and is taken once downloads are clean again, without anyone rewriting the manifest: a
+/// transport fault is retried, unlike a bad object.
+#[test]
+fn a_store_download_corrupted_in_flight_is_retried() {
+    let store = Store::new("corrupt");
+    let proxy = StorageProxy::start(&store.gcs.url());
+    let endpoint = proxy.url();
+    let hosts = store.start_hosts(2, &["--storage-emulator-host", &endpoint], &[]);
+    let http = http();
+    let release = variant(&echo(), 11);
+    let object = Store::object(&format!("components/{}.wasm", sha256(&release)));
+    store.write_component(&sha256(&release), &release);
+    proxy.corrupt_only("/components/");
+    proxy.set_mode(Mode::CorruptMedia);
+    release_by_hand(&store, &sha256(&release));
+    eventually("both hosts to download the release corrupted", PATIENCE, || {
+        let corrupted = proxy
+            .seen()
+            .iter()
+            .filter(|s| {
+                s.mode == Mode::CorruptMedia && s.is_media() && s.object().as_deref() == Some(&object)
+            })
+            .count();
+        if corrupted >= 2 { Ok(()) } else { Err(format!("{corrupted} corrupted downloads")) }
+    });
+    for host in &hosts {
+        assert_eq!(serving(&http, host), version(&echo()), "a corrupted download went live");
+    }
+    let views: Vec<Value> = hosts.iter().map(|h| info(&http, h)).collect();
+    eprintln!("after corrupted downloads: {}", views[0]["store"]);
+    proxy.set_mode(Mode::Pass);
+    wait_all_serve(&http, &hosts, &release, "the release once downloads are clean");
+    let view = wait_converged(&http, &hosts[0], 2, &release);
+    for instance in view["instances"].as_array().unwrap() {
+        assert_eq!(instance["last_rejection"], Value::Null, "a transport fault is no rejection: {instance}");
+    }
 }

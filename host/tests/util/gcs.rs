@@ -542,7 +542,8 @@ pub enum Mode {
     Hang,
     /// Closes connections at once: new ones when accepted, kept-alive ones on their next request.
     Refuse,
-    /// Forwards, but flips one byte of every `alt=media` (download) response body.
+    /// Forwards, but flips one byte of every `alt=media` (download) response body (of the
+    /// objects named by [`StorageProxy::corrupt_only`], if it was called).
     CorruptMedia,
 }
 
@@ -611,6 +612,8 @@ struct ProxyState {
     seen: Vec<Seen>,
     /// Times a `CorruptMedia` body was flipped.
     corrupted: u64,
+    /// `CorruptMedia` only for objects whose name contains this.
+    corrupt_only: Option<String>,
 }
 
 /// A reverse proxy on `127.0.0.1:<free port>` in front of `upstream` (a [`FakeGcs`]'s URL): what
@@ -625,7 +628,12 @@ pub struct StorageProxy {
 
 impl StorageProxy {
     pub fn start(upstream: &str) -> StorageProxy {
-        let state = Arc::new(Mutex::new(ProxyState { mode: Mode::Pass, seen: Vec::new(), corrupted: 0 }));
+        let state = Arc::new(Mutex::new(ProxyState {
+            mode: Mode::Pass,
+            seen: Vec::new(),
+            corrupted: 0,
+            corrupt_only: None,
+        }));
         let upstream = upstream.trim_end_matches('/').to_string();
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -665,6 +673,12 @@ impl StorageProxy {
     /// Answers in `mode` from now on (requests already hanging keep hanging).
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().mode = mode;
+    }
+
+    /// `CorruptMedia` corrupts only downloads of objects whose name contains `part` (e.g.
+    /// `components/`, leaving the manifest intact).
+    pub fn corrupt_only(&self, part: &str) {
+        self.state.lock().unwrap().corrupt_only = Some(part.to_string());
     }
 
     pub fn mode(&self) -> Mode {
@@ -763,7 +777,11 @@ async fn proxy_answer(
     let status = answer.status().as_u16();
     let headers = answer.headers().clone();
     let mut bytes = answer.bytes().await.map_err(|e| format!("reading the upstream body: {e}"))?.to_vec();
-    if seen.mode == Mode::CorruptMedia && seen.is_media() && status == 200 && !bytes.is_empty() {
+    let chosen = |filter: &Option<String>| {
+        filter.as_ref().is_none_or(|part| seen.object().is_some_and(|name| name.contains(part.as_str())))
+    };
+    let corrupt = seen.mode == Mode::CorruptMedia && chosen(&state.lock().unwrap().corrupt_only);
+    if corrupt && seen.is_media() && status == 200 && !bytes.is_empty() {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x5a;
         state.lock().unwrap().corrupted += 1;
