@@ -1,7 +1,8 @@
 //! The fleet release store on Cloud Storage, against the real emulator (`fake-gcs-server`) and
 //! real `echo-host` processes on loopback: a `gs://` component source, pushes and rollbacks
 //! through one host reaching every host, the fleet view and the CLI, concurrent pushes, the store
-//! failing for 30 s under load, garbage in the store, and manifests edited by hand.
+//! failing for 30 s under load (and down at start), garbage in the store and downloads corrupted
+//! in flight, manifests edited by hand, signed releases.
 //!
 //! Every test has its own emulator and bucket. Tests wait for what they need by polling an
 //! endpoint (the served version, info, the fleet view, the proxy's record) against a deadline.

@@ -11,7 +11,6 @@
 //! The in-process servers run on a runtime of their own, on a thread of their own
 //! ([`Background`]), stopped when their guard drops.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fs::{self, File};
 use std::io::Write;
@@ -808,19 +807,6 @@ fn is_hop_by_hop(name: &str) -> bool {
             | "te"
             | "trailer"
     )
-}
-
-/// The requests in `seen` that match `filter`, newest last, as `METHOD target` lines (for
-/// assertion messages).
-pub fn lines(seen: &[Seen], filter: impl Fn(&Seen) -> bool) -> String {
-    let mut out = VecDeque::new();
-    for request in seen.iter().filter(|s| filter(s)) {
-        out.push_back(format!("{} {} -> {:?}", request.method, request.target, request.status));
-        if out.len() > 40 {
-            out.pop_front();
-        }
-    }
-    Vec::from(out).join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
