@@ -30,6 +30,7 @@ use echo_host::config::{
 };
 use sha2::Digest;
 
+use crate::util::gcs::fake_gcs_server;
 use crate::util::peers::free_port;
 use crate::util::{echo_wasm, misbehave_wasm};
 
@@ -1197,18 +1198,6 @@ fn fleet_swaps_together_rejects_garbage_and_survives_a_lost_instance() {
 // The fleet following one release store on Cloud Storage (fake-gcs-server in a container)
 // ---------------------------------------------------------------------------------------------
 
-// TEMPORARY stand-in for `crate::util::gcs::fake_gcs_server` (host/tests/util/gcs.rs, written on
-// another branch): the path of a fake-gcs-server binary, from `ECHO_HOST_TEST_FAKE_GCS_SERVER`.
-// Removed when util/gcs.rs lands on main.
-mod gcs {
-    pub fn fake_gcs_server() -> std::path::PathBuf {
-        std::env::var_os("ECHO_HOST_TEST_FAKE_GCS_SERVER")
-            .expect("ECHO_HOST_TEST_FAKE_GCS_SERVER: the fake-gcs-server binary (until util/gcs.rs lands)")
-            .into()
-    }
-}
-use gcs::fake_gcs_server;
-
 /// The tag of the emulator image (`docker/make-emulator-image.sh`).
 const EMULATOR_IMAGE: &str = "echo-host-test-gcs:local";
 /// fake-gcs-server's port inside its container.
@@ -1269,8 +1258,9 @@ fn first_json(text: &str) -> Option<serde_json::Value> {
 /// Three instances of the image follow one release store on the emulator (`--store`): 10 pushes
 /// to one of them with the real `echo-host push --wait`, alternating two components, each served
 /// by all three afterwards; the time from the push's start until every instance serves it is
-/// measured by polling `GET /` on each (every 20 ms) and printed. Then the fleet view, the
-/// `echo-host fleet` table, and a graceful stop that takes an instance's heartbeat away.
+/// measured by polling `GET /` on each (every 20 ms) and printed. Then a garbage push (refused,
+/// the store untouched), the fleet view, the `echo-host fleet` table, and a graceful stop that
+/// takes an instance's heartbeat away.
 #[test]
 fn fleet_follows_the_store_one_push_updates_every_instance() {
     require_docker!();
@@ -1419,11 +1409,47 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
     ));
     assert!(max < POLL * 4 + Duration::from_secs(3), "a push took {max:?} to reach every instance");
 
-    // 2. The fleet view, from another instance than the one pushed to: one release, served by all.
+    // 2. Garbage pushed to another instance: refused by its gate, never written to the store;
+    //    the fleet keeps its release.
     let fleet_url = instances[2].url("/.well-known/echo-host/admin/fleet");
-    let fleet: serde_json::Value = client.get(&fleet_url).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+    let read_fleet =
+        || -> serde_json::Value { client.get(&fleet_url).bearer_auth(TOKEN).send().unwrap().json().unwrap() };
+    let generation = read_fleet()["manifest_generation"].clone();
+    assert!(generation.as_str().is_some_and(|g| g.bytes().all(|b| b.is_ascii_digit())), "{generation}");
+    let garbage_file = dir.path().join("garbage.wasm");
+    let garbage: Vec<u8> = b"\0asm garbage, not a component "
+        .iter()
+        .copied()
+        .chain((0..4096u32).map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8))
+        .collect();
+    std::fs::write(&garbage_file, &garbage).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_echo-host"))
+        .arg("push")
+        .arg(instances[1].url(""))
+        .arg(&garbage_file)
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--wait")
+        .output()
+        .unwrap();
+    let answer = first_json(&String::from_utf8_lossy(&refused.stdout));
+    assert!(
+        !refused.status.success() && answer.as_ref().is_some_and(|a| a["kind"].is_string()),
+        "a garbage push should fail with the gate's {{error, kind}}: {answer:?}, {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Not a wait for an event: two polls in which a release of the garbage would show.
+    std::thread::sleep(POLL * 2);
+    let last_version = version_of(files[(PUSHES - 1) % 2].2);
+    for c in &instances {
+        assert_eq!(probe(&client, c.port).unwrap().1, last_version, "{} after the garbage push", c.name);
+    }
+    assert_eq!(read_fleet()["manifest_generation"], generation, "the garbage push wrote the manifest");
+
+    // 3. The fleet view, from another instance than the one pushed to: one release, served by all.
+    let fleet = read_fleet();
     assert_eq!(fleet["store"], "gs://bkt/fleet/", "{fleet:#}");
-    assert_eq!(fleet["converged"], true, "{fleet:#}");
+    assert_eq!(fleet["converged"], true, "{fleet:#}\n{}", all_logs(&everyone));
     assert_eq!(fleet["manifest"]["stable"].as_str(), Some(format!("sha256:{pushed}").as_str()), "{fleet:#}");
     let history = fleet["manifest"]["history"].as_array().expect("manifest.history");
     assert_eq!(history.len(), PUSHES, "one history entry per push: {fleet:#}");
@@ -1440,7 +1466,7 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
     }
     assert!(client.get(&fleet_url).send().unwrap().status() == 401, "the fleet view needs the token");
 
-    // 3. `echo-host fleet`: the same view as a table.
+    // 4. `echo-host fleet`: the same view as a table.
     let table = Command::new(env!("CARGO_BIN_EXE_echo-host"))
         .arg("fleet")
         .arg(instances[1].url(""))
@@ -1459,7 +1485,7 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
         assert!(text.contains(id), "`echo-host fleet` does not list {id}:\n{text}");
     }
 
-    // 4. A graceful stop deletes the instance's heartbeat: the others' view drops it at once.
+    // 5. A graceful stop deletes the instance's heartbeat: the others' view drops it at once.
     let stopped = &instances[2];
     let stopped_id = client
         .get(stopped.url("/.well-known/echo-host/info"))
