@@ -43,7 +43,7 @@ const USAGE: &str =
                     10): a smoke test, not a measurement
   --no-build        use the binaries as they are (no cargo build first)
   --only LIST       run only these sections
-  --out DIR         where results go (default bench/results)
+  --out DIR         where results go (default bench/results; with --only, target/bench/partial-results)
 
   ECHO_BENCH_ECHO_HOST=PATH measures that echo-host binary instead of target/release/echo-host.
   ECHO_BENCH_IMAGE=TAG      the image of the container cold start (default wasm-echo-host:test,
@@ -79,6 +79,7 @@ fn run() -> anyhow::Result<()> {
     let mut build = true;
     let mut only: Vec<String> = SECTIONS.iter().map(|s| s.to_string()).collect();
     let mut paths = setup::Paths::new();
+    let mut out: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value\n{USAGE}"));
@@ -101,7 +102,7 @@ fn run() -> anyhow::Result<()> {
                     bail!("unknown section `{unknown}`\n{USAGE}");
                 }
             }
-            "--out" => paths.results = value("--out")?.into(),
+            "--out" => out = Some(value("--out")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -112,6 +113,12 @@ fn run() -> anyhow::Result<()> {
     if opts.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
+    // A run of some sections must not overwrite the full report the README quotes.
+    paths.results = match out {
+        Some(dir) => dir,
+        None if only.len() < SECTIONS.len() => paths.work.join("partial-results"),
+        None => paths.results,
+    };
     if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
         bail!("the benchmark needs 2 cores (one for the server, one for the load generator)");
     }
