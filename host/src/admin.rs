@@ -95,7 +95,7 @@ async fn admin(
         (Method::PUT, "/component") => upload(app, req, who).await,
         (_, "/component") => method_not_allowed("PUT"),
         (Method::POST, "/rollback") => {
-            let to = query_value(&req, "to");
+            let to = query_value(req.uri(), "to");
             if let Some(store) = &app.store {
                 return match release::rollback(store, to.as_deref(), &who).await {
                     Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
@@ -151,7 +151,7 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
         );
     }
     let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
-    let req_query = Request::builder().uri(req.uri().clone()).body(()).unwrap_or_default();
+    let uri = req.uri().clone();
     let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
     let bytes: Bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -179,7 +179,7 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
             "the upload ended before its Content-Length",
         );
     }
-    let if_generation = match query_value(&req_query, "if_generation").map(|g| g.parse::<i64>()) {
+    let if_generation = match query_value(&uri, "if_generation").map(|g| g.parse::<i64>()) {
         None => None,
         Some(Ok(generation)) if generation >= 0 => Some(generation),
         Some(_) => {
@@ -249,8 +249,8 @@ async fn fleet(app: &App) -> Response<ResponseBody> {
 }
 
 /// One query parameter's value, with `%3A` (`:`) decoded.
-fn query_value<B>(req: &Request<B>, name: &str) -> Option<String> {
-    req.uri().query().and_then(|q| {
+fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
+    uri.query().and_then(|q| {
         q.split('&')
             .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
             .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
