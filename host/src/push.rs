@@ -67,7 +67,7 @@ async fn wait(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let version = format!("sha256:{}", &sha256[..12.min(sha256.len())]);
+    let version = short(sha256);
     eprintln!("waiting up to {timeout:?} for every live instance to serve {version}");
     loop {
         // A failed read (the store briefly unavailable) is retried until the timeout.
@@ -179,8 +179,8 @@ pub fn table(view: &Value) -> String {
 }
 
 fn short(version: &str) -> String {
-    let hex = version.trim_start_matches("sha256:");
-    format!("sha256:{}", &hex[..12.min(hex.len())])
+    let hex: String = version.trim_start_matches("sha256:").chars().take(12).collect();
+    format!("sha256:{hex}")
 }
 
 fn text(value: &Value) -> String {
