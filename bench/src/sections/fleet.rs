@@ -18,7 +18,6 @@ pub const FLEET_INSTANCES: usize = 3;
 /// The manifest poll intervals measured; the target is each one + [`FLEET_SLACK_MS`].
 pub const FLEET_POLLS: [(&str, f64); 2] = [("1s", 1000.0), ("2s", 2000.0)];
 pub const FLEET_SLACK_MS: f64 = 500.0;
-const ADMIN_TOKEN: &str = "echo-bench-fleet-admin-token-0123456789abcdef";
 const BUCKET: &str = "bkt";
 /// How often each instance's `GET /` is polled while a push spreads.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
@@ -26,16 +25,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// The samples' server name for one poll interval.
 pub fn fleet_label(poll: &str) -> String {
     format!("{FLEET_INSTANCES} × echo-host, --poll-interval {poll}")
-}
-
-fn upload_request(component: &[u8]) -> Vec<u8> {
-    let mut request = format!(
-        "PUT /.well-known/echo-host/admin/component HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
-        component.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(component);
-    request
 }
 
 fn create_bucket(emulator: SocketAddr) -> anyhow::Result<()> {
@@ -117,7 +106,7 @@ pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Resul
         )
         .arg("--component")
         .arg(paths.echo_wasm.display().to_string())
-        .env("ECHO_HOST_ADMIN_TOKEN", ADMIN_TOKEN);
+        .env("ECHO_HOST_ADMIN_TOKEN", super::swap::ADMIN_TOKEN);
         let mut fleet = Vec::new();
         for i in 0..FLEET_INSTANCES {
             // Instances are not pinned to one core: each compiles every pushed version, as
@@ -140,8 +129,8 @@ pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Resul
             let target = fleet[n % fleet.len()].addr;
             let started = Instant::now();
             let pusher = std::thread::spawn(move || {
-                let response =
-                    Client::connect(target, Duration::from_secs(60))?.send(&upload_request(&bytes));
+                let response = Client::connect(target, Duration::from_secs(60))?
+                    .send(&super::swap::upload_request(&bytes));
                 response.map(|r| (r, started.elapsed()))
             });
             let mut serving: Vec<Option<(Duration, String)>> = vec![None; fleet.len()];

@@ -11,9 +11,10 @@ use super::*;
 use crate::http1::{self, Client};
 use crate::openloop;
 
-const ADMIN_TOKEN: &str = "echo-bench-admin-token-0123456789abcdef";
+pub(super) const ADMIN_TOKEN: &str = "echo-bench-admin-token-0123456789abcdef";
 
-fn upload_request(component: &[u8]) -> Vec<u8> {
+/// An admin upload of `component` as raw HTTP/1.1 (the benchmark's own token).
+pub(super) fn upload_request(component: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "PUT /.well-known/echo-host/admin/component HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
         component.len()

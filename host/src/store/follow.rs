@@ -116,9 +116,7 @@ async fn apply(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), P
         store.component_object(&sha256),
         release.generation
     );
-    if let Some(kept) = app.registry.find(&sha256)
-        && kept.sha256 == sha256
-    {
+    if let Some(kept) = app.registry.find(&sha256) {
         if let Some(outcome) = swap::reactivate(app, &kept, source.clone()).await {
             tracing::info!(sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "swapped to component {} from {source} (kept compiled)", outcome.version);
         }

