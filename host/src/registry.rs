@@ -142,6 +142,8 @@ pub struct Registry {
     active: ArcSwap<ActiveComponent>,
     /// The canary, while requests are routed to one.
     canary: ArcSwapOption<CanarySlot>,
+    /// The last canary routed to, once it no longer is: its counts stay on the status page.
+    former_canary: Mutex<Option<Arc<ActiveComponent>>>,
     /// Most recent first; the active version is the first entry. At most `keep` entries, so the
     /// compiled code held stays bounded.
     history: Mutex<VecDeque<Arc<ActiveComponent>>>,
@@ -163,6 +165,7 @@ impl Registry {
         Self {
             active: ArcSwap::new(initial.clone()),
             canary: ArcSwapOption::empty(),
+            former_canary: Mutex::new(None),
             history: Mutex::new(VecDeque::from([initial])),
             keep: keep.max(1),
             swaps: AtomicU64::new(0),
@@ -207,7 +210,18 @@ impl Registry {
             Some(slot) if slot.component.sha256 == sha256 => None,
             other => other.clone(),
         });
-        previous.is_some_and(|slot| slot.component.sha256 == sha256)
+        match previous {
+            Some(slot) if slot.component.sha256 == sha256 => {
+                *self.former_canary.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot.component.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last canary that was routed to and no longer is.
+    pub fn former_canary(&self) -> Option<Arc<ActiveComponent>> {
+        self.former_canary.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A kept version by sha256 (full hex, or a prefix of at least 12 hex digits): the history,

@@ -154,8 +154,8 @@ pub async fn abort(app: &Arc<App>, who: &str) -> Result<i64, RolloutError> {
     by_hand(app, None, |manifest| {
         manifest.canary.as_ref().ok_or(RolloutError::NoCanary)?;
         let mut next = manifest.clone();
-        next.canary = None;
         next.record(Action::Abort, who, now_rfc3339(), None);
+        next.canary = None;
         Ok(next)
     })
     .await

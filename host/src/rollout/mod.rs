@@ -265,9 +265,9 @@ async fn write_rollback(app: &Arc<App>) {
         // Another instance's rollback (or any change of canary) already took it out.
         manifest.canary.as_ref().filter(|c| c.sha256() == sha256 && c.started_at == plan)?;
         let mut next = manifest.clone();
-        next.canary = None;
         next.last_decision = Some(decision.clone());
         next.record(Action::AutoRollback, &decision.by, decision.at.clone(), Some(decision.reason.clone()));
+        next.canary = None;
         Some(next)
     })
     .await;

@@ -28,8 +28,17 @@ pub async fn status(app: &Arc<App>) -> Value {
     if let Some(component) = &canary {
         versions.push(version_row(app, component, "canary", canary_weight, &fleet));
     }
+    // A canary rolled back, aborted or promoted: its failures stay on the chart.
+    let former = app
+        .registry
+        .former_canary()
+        .filter(|f| f.sha256 != stable.sha256 && canary.as_ref().is_none_or(|c| c.sha256 != f.sha256));
+    if let Some(component) = &former {
+        versions.push(version_row(app, component, "former_canary", 0.0, &fleet));
+    }
     let series: serde_json::Map<String, Value> = std::iter::once(&stable)
         .chain(canary.as_ref())
+        .chain(former.as_ref())
         .map(|component| {
             let (requests, failures) = component.window.series(BUCKET_SECONDS, BUCKETS);
             (component.version().to_string(), json!({ "requests": requests, "failures": failures }))

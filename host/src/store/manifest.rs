@@ -128,7 +128,8 @@ pub struct HistoryEntry {
     pub at: String,
     pub by: String,
     pub action: Action,
-    /// The canary after this change (`sha256:<64 hex>`), if one runs.
+    /// The canary after this change (`sha256:<64 hex>`); for an abort or a rollback of the
+    /// canary, the one it removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
