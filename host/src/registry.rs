@@ -80,7 +80,7 @@ pub fn load_component(
     }
     let sha256 = hex::encode(Sha256::digest(bytes));
     let component = match Artifact::detect(bytes) {
-        Artifact::Wasm => runtime.compile(bytes).context("invalid component")?,
+        Artifact::Wasm => runtime.compile(bytes)?,
         Artifact::Precompiled if allow_precompiled => {
             // SAFETY: `--allow-precompiled` is the operator's statement that this file came from
             // their own `echo-host compile`; wasmtime still rejects other engine configurations.

@@ -121,10 +121,20 @@ async fn apply(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), P
         return Ok(());
     }
     apply_stable(app, store, release).await?;
-    let canary = match release.manifest.canary_sha256() {
-        Some(sha256) => compiled(app, store, sha256, release.generation).await?,
-        None => None,
-    };
+    let mut canary = None;
+    if let Some(sha256) = release.manifest.canary_sha256() {
+        canary = app.registry.find(sha256);
+        if canary.is_none() {
+            canary = compiled(app, store, sha256, release.generation).await?;
+            // Fetching and compiling took a while: the canary may have been rolled back (or the
+            // release changed) meanwhile. Do not route to it on an old release's word.
+            let moved = store.manifest_meta().await?.is_none_or(|meta| meta.generation != release.generation);
+            if moved {
+                canary = None;
+                store.poll_now.notify_one();
+            }
+        }
+    }
     app.rollout.apply(app, &release.manifest, release.generation, canary);
     Ok(())
 }
@@ -148,17 +158,14 @@ async fn apply_stable(app: &Arc<App>, store: &Store, release: &Release) -> Resul
     Ok(())
 }
 
-/// The canary `sha256` compiled and through the gate: kept, or fetched and checked now. `None`
-/// when the gate refused it (recorded; stable keeps every request).
+/// The canary `sha256` fetched, checked and through the gate. `None` when the gate refused it
+/// (recorded; stable keeps every request).
 async fn compiled(
     app: &Arc<App>,
     store: &Store,
     sha256: &str,
     generation: i64,
 ) -> Result<Option<Arc<ActiveComponent>>, PollError> {
-    if let Some(kept) = app.registry.find(sha256) {
-        return Ok(Some(kept));
-    }
     let Some(candidate) = fetch_checked(app, store, sha256, generation).await? else { return Ok(None) };
     match swap::prepare(app, candidate).await {
         Ok(_) => Ok(app.registry.find(sha256)),
