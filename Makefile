@@ -1,8 +1,9 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a step of theirs.
 WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test bench setup build guest lint unit-and-integration test-container
+.PHONY: run test bench setup build guest lint chromium unit-and-integration test-container
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -35,9 +36,15 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p echo-guest --target $(WASM_TARGET) -- -D warnings
 
+## Headless Chromium for the status page's browser test (Debian's `chromium`, ~350 MB; about a
+## minute to install; as root, as in CI, or else through sudo). Already installed: nothing to do.
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 # The container tests run on their own afterwards: their image build takes both cores for minutes.
 # (`container::` is the host test module; no other test name contains it.)
-unit-and-integration: setup
+unit-and-integration: setup chromium
 	cargo test --workspace --no-fail-fast -- --skip container::
 
 ## The container tests (deploy/service.yaml, the Dockerfile's image run as Cloud Run runs it,

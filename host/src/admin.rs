@@ -20,6 +20,10 @@ const ADMIN: &str = "/admin";
 
 pub const PREFIX: &str = "/.well-known/echo-host";
 
+/// The release status page: static, so served without the token; it shows nothing until the
+/// user gives one, then reads `admin/release` with it.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 pub fn owns(path: &str) -> bool {
     path.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
@@ -48,6 +52,8 @@ pub async fn handle(
         return method_not_allowed("GET, HEAD");
     }
     match endpoint.as_str() {
+        // `PREFIX` and `PREFIX/` (the trailing `/` is trimmed above): the status page.
+        "" => status_page(),
         // Bound only after the component loaded, so answering at all means ready.
         "/health" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/info" => json(StatusCode::OK, &info(app)),
@@ -270,6 +276,22 @@ pub(crate) fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     })
 }
 
+/// The page with headers that keep it to itself: its inline script and style, fetches to this
+/// host only, never framed, no referrer, no caching.
+fn status_page() -> Response<ResponseBody> {
+    let mut response = text(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE.into());
+    let csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+               img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+    for (name, value) in [
+        (http::header::CONTENT_SECURITY_POLICY, csp),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        response.headers_mut().insert(name, http::HeaderValue::from_static(value));
+    }
+    response
+}
+
 pub(crate) fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
     let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, &format!("allowed here: {allow}"));
     response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
@@ -354,5 +376,30 @@ mod tests {
         assert!(owns("/.well-known/echo-host"));
         assert!(!owns("/.well-known/echo-hostile"));
         assert!(!owns("/health"));
+    }
+
+    /// The page at `PREFIX` and `PREFIX/`, with its headers, and no asset from elsewhere.
+    #[tokio::test]
+    async fn serves_the_status_page_at_the_prefix() {
+        let cli = <crate::config::Cli as clap::Parser>::try_parse_from(["echo-host"]).unwrap();
+        let app = Arc::new(crate::load_app(&cli.serve.validate().unwrap()).await.unwrap());
+        for path in [PREFIX.to_string(), format!("{PREFIX}/")] {
+            let req = Request::get(&path).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+            let ctx = RequestContext::new(&app, &req, "127.0.0.1:1".parse().unwrap());
+            let response = handle(&app, req, &ctx).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let header = |name| response.headers()[name].to_str().unwrap().to_string();
+            assert_eq!(header("content-type"), "text/html; charset=utf-8", "{path}");
+            assert_eq!(header("cache-control"), "no-store", "{path}");
+            assert!(header("content-security-policy").starts_with("default-src 'none';"), "{path}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, STATUS_PAGE.as_bytes(), "{path}");
+        }
+        // The only absolute URL is the SVG namespace, which is a name, not something fetched.
+        let page = STATUS_PAGE.replace("http://www.w3.org/2000/svg", "");
+        assert!(!page.contains("http://") && !page.contains("https://"), "the page names an external URL");
+        for load in ["src=", "href=", "url(", "@import"] {
+            assert!(!page.contains(load), "the page loads something (`{load}`)");
+        }
     }
 }

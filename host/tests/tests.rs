@@ -28,5 +28,7 @@ mod sources;
 mod log_pipe;
 // The fleet release store on Cloud Storage (fake-gcs-server): gs:// source, push, rollback, fleet view, faults.
 mod store;
+// The status page in headless Chromium: nothing without the token, the release, a rollback.
+mod status_page;
 // The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
 mod container;
