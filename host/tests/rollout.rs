@@ -463,7 +463,7 @@ fn a_failing_canary_is_rolled_back_fleet_wide() {
     let (status, body) = push(&http, &hosts[0], &echo(), "");
     assert_eq!(status, 200, "{body}");
     wait_all_serve(&http, &hosts, &echo(), "stable");
-    let stable = version(&echo());
+    let (stable, canary) = (version(&echo()), version(&misbehave()));
 
     let urls: Vec<String> = hosts.iter().map(|h| h.url("/flaky?percent=30")).collect();
     let load = Load::start(&urls, 2, Duration::from_millis(10));
@@ -473,11 +473,16 @@ fn a_failing_canary_is_rolled_back_fleet_wide() {
     let (status, started) = (response.status(), response.text().unwrap());
     assert_eq!(status, 200, "{started}");
 
-    // Off the canary: each host's status says so (or it follows the manifest already).
+    // Off the canary: each host's status says so, once it had the canary (it served some of
+    // the load, or it follows the rollback already).
     let mut off: Vec<Option<Instant>> = vec![None; hosts.len()];
     eventually("every host off the canary", WINDOW + POLL + PATIENCE, || {
+        let tally = load.tally();
         for (i, host) in hosts.iter().enumerate() {
-            if off[i].is_none() && off_canary(&release(&http, host)) {
+            let status = release(&http, host);
+            let had_it =
+                tally[i].contains_key(&canary) || status["last_decision"]["action"] == "auto_rollback";
+            if off[i].is_none() && had_it && off_canary(&status) {
                 off[i] = Some(Instant::now());
             }
         }
@@ -498,13 +503,12 @@ fn a_failing_canary_is_rolled_back_fleet_wide() {
     load.wait_answered(100, PATIENCE);
     let (tally, errors) = load.finish();
     let sums = summed(&tally, &errors, &stable);
-    let canary = version(&misbehave());
     let on_canary = sums.get(&canary).copied().unwrap_or_default();
     assert!(on_canary.1 > 0, "the canary served and failed some requests: {sums:?}");
     let first_failure = tally.iter().filter_map(|t| t.get(&canary)?.first_failure).min().unwrap();
     for (i, served) in tally.iter().enumerate() {
         let last = served.get(&canary).and_then(|s| s.last_sent);
-        assert!(last.is_none_or(|t| t <= all_off), "host {i} served the canary after the fleet was off it");
+        assert!(last.is_none_or(|t| t <= off[i].unwrap()), "host {i} served the canary after it was off it");
     }
     let manifest = store.manifest().unwrap();
     assert_rolled_back_once(&manifest, &echo(), &misbehave(), 30);
@@ -518,14 +522,35 @@ fn a_failing_canary_is_rolled_back_fleet_wide() {
         assert_eq!(metric(&http, host, "echo_host_canary_weight_permille"), 0.0);
     }
 
-    let onset: Vec<u128> =
-        off.iter().flatten().map(|t| t.saturating_duration_since(first_failure).as_millis()).collect();
+    // Per host, relative to the first failed canary request: when it first and last served the
+    // canary (by the send time of the requests), and when its status showed it off the canary.
+    let since = |t: Instant| {
+        t.saturating_duration_since(first_failure).as_millis() as i128
+            - first_failure.saturating_duration_since(t).as_millis() as i128
+    };
+    let per_host: Vec<String> = tally
+        .iter()
+        .zip(&off)
+        .map(|(served, off)| {
+            let c = served.get(&canary);
+            format!(
+                "canary {}: sent {:?}..{:?} ms, off at {} ms",
+                c.map_or(0, |c| c.requests),
+                c.and_then(|c| c.first_sent).map(since),
+                c.and_then(|c| c.last_sent).map(since),
+                since(off.unwrap())
+            )
+        })
+        .collect();
+    let last_canary = tally.iter().filter_map(|t| t.get(&canary)?.last_sent).max().unwrap();
     let slowest = all_off.saturating_duration_since(first_failure);
     eprintln!(
         "fleet rollback (window {WINDOW:?}, poll {POLL:?}, min 30 requests): first canary failure -> every host \
-         off the canary in {} ms (per host {onset:?} ms); {} tripped; served {sums:?}; decision: {}",
+         off the canary (status) in {} ms, -> last request any host sent to the canary {} ms; per host: \
+         {per_host:?}; {rollbacks} tripped; served {sums:?}; decision by {}: {}",
         slowest.as_millis(),
-        rollbacks,
+        since(last_canary),
+        manifest["last_decision"]["by"],
         manifest["last_decision"]["reason"]
     );
     assert!(slowest < WINDOW + POLL + Duration::from_secs(10), "onset -> all off took {slowest:?}");
@@ -564,8 +589,10 @@ fn two_hosts_tripping_at_once_write_one_rollback() {
     let hosts = store.start_hosts(2, &["--storage-emulator-host", &url], &flags);
     let http = http();
     for host in &hosts {
-        let status = release(&http, host);
-        assert_eq!(status["canary"]["routing"], true, "the canary written by hand is routed: {status}");
+        eventually("the canary written by hand to be routed", PATIENCE, || {
+            let status = release(&http, host);
+            if status["canary"]["routing"] == true { Ok(()) } else { Err(status.to_string()) }
+        });
     }
 
     let urls: Vec<String> = hosts.iter().map(|h| h.url("/flaky?percent=30")).collect();

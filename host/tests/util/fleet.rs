@@ -181,24 +181,26 @@ impl Store {
     }
 
     /// The flags of a fleet host on this store; `storage` says how it reaches Cloud Storage
-    /// (e.g. `["--storage-emulator-host", URL]`). Heartbeats every second unless `extra` says.
+    /// (e.g. `["--storage-emulator-host", URL]`). Polls every 500 ms and heartbeats every second
+    /// unless `extra` says otherwise.
     pub fn host_args(&self, storage: &[&str], extra: &[&str]) -> Vec<String> {
-        let heartbeat =
-            if extra.contains(&"--heartbeat-interval") { &[][..] } else { &["--heartbeat-interval", "1s"] };
         let mut args: Vec<String> = [
             "--component",
             self.echo_file().to_str().unwrap(),
             "--store",
             &self.url(),
-            "--poll-interval",
-            "500ms",
             "--admin-token-file",
             self.token_file().to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(heartbeat.iter().chain(storage).chain(extra).map(|s| s.to_string()));
+        for (flag, default) in [("--poll-interval", "500ms"), ("--heartbeat-interval", "1s")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), default.to_string()]);
+            }
+        }
+        args.extend(storage.iter().chain(extra).map(|s| s.to_string()));
         args
     }
 
@@ -241,6 +243,8 @@ pub struct Served {
     pub requests: u64,
     /// Responses with a status of 500 or more.
     pub failures: u64,
+    /// When the first request this version answered was sent.
+    pub first_sent: Option<Instant>,
     /// When the first failing request was sent.
     pub first_failure: Option<Instant>,
     /// When the last request this version answered was sent.
@@ -282,6 +286,7 @@ impl Load {
                                 let mut tally = tally.lock().unwrap();
                                 let served = tally[i].entry(version).or_default();
                                 served.requests += 1;
+                                served.first_sent.get_or_insert(sent);
                                 if status >= 500 {
                                     served.failures += 1;
                                     served.first_failure.get_or_insert(sent);
