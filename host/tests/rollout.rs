@@ -336,11 +336,11 @@ async fn a_healthy_canary_is_promoted_through_its_steps() {
     let host = Instance::start(&["--canary-window", "5s", "--canary-min-requests", "10"]).await;
     let stable = host.stable().await;
     let canary = version(&misbehave());
+    let began = Instant::now();
     let started = host.start_canary(&misbehave(), "?weight=10&steps=10,50,100&step_interval=2s").await;
     assert_eq!(started["canary"]["steps"], json!([10.0, 50.0, 100.0]), "{started}");
     assert_eq!(started["canary"]["step_interval_ms"], 2000, "{started}");
 
-    let began = Instant::now();
     let mut weights = BTreeSet::new();
     let mut seen = Seen::new();
     let promoted = loop {
@@ -510,6 +510,14 @@ fn a_failing_canary_is_rolled_back_fleet_wide() {
         let last = served.get(&canary).and_then(|s| s.last_sent);
         assert!(last.is_none_or(|t| t <= off[i].unwrap()), "host {i} served the canary after it was off it");
     }
+    // The fleet's per-version counts, from the heartbeats: the sum of every host's own.
+    let stable_row = |status: &Value| status["versions"][0].clone();
+    eventually("stable's fleet-wide count to be the sum of the hosts' counts", PATIENCE, || {
+        let statuses: Vec<Value> = hosts.iter().map(|h| release(&http, h)).collect();
+        let sum: u64 = statuses.iter().map(|s| stable_row(s)["totals"]["requests"].as_u64().unwrap()).sum();
+        let fleet = stable_row(&statuses[0])["fleet"]["requests"].as_u64();
+        if fleet == Some(sum) { Ok(()) } else { Err(format!("fleet {fleet:?}, sum of totals {sum}")) }
+    });
     let manifest = store.manifest().unwrap();
     assert_rolled_back_once(&manifest, &echo(), &misbehave(), 30);
     for status in &followed {
