@@ -312,6 +312,7 @@ fn info(app: &App) -> serde_json::Value {
             "K_REVISION": std::env::var("K_REVISION").ok(),
             "K_CONFIGURATION": std::env::var("K_CONFIGURATION").ok(),
         },
+        "release": crate::rollout::status::summary(app),
         "store": app.store.as_ref().map(|store| {
             let status = store.status();
             serde_json::json!({

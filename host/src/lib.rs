@@ -3,13 +3,15 @@
 //! # Layout
 //! - [`config`]: the command line, env vars and defaults, validated into a [`config::ServeConfig`].
 //! - [`runtime`]: the wasmtime engine (pooling allocator, epochs), linker and per-request store.
-//! - [`registry`]: loading a component version and the active one that requests read.
+//! - [`registry`]: loading a component version, and the stable one and canary requests read.
+//! - [`rollout`]: progressive delivery: routing by weight, key and pin, per-version telemetry,
+//!   the canary analysis, automatic rollback and steps; [`release_api`]: its admin endpoints.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c), protocol settings, routing, graceful shutdown.
 //! - [`connection`]: one connection's timers (header, idle), its close, and the cut of a stream.
 //! - [`exchange`]: one request from head to last byte: permit, deadline, outcome, access log.
 //! - [`proxy`]: one request through the component, and guest failures turned into outcomes.
 //! - [`app`]: the state requests share, the concurrency permits and request ids.
-//! - [`admin`]: `/.well-known/echo-host/` health, info and metrics.
+//! - [`admin`]: `/.well-known/echo-host/` health, info, metrics, the status page and the admin API.
 //! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics; [`log_writer`]: stdout
 //!   through a bounded queue, so a stalled log pipe drops lines instead of blocking requests.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.

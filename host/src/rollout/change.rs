@@ -95,9 +95,6 @@ pub async fn start(
             bad[0], bad[1]
         )));
     }
-    if plan.steps.is_empty() && !plan.step_interval.is_zero() && plan.weight == Weight::ZERO {
-        return Err(RolloutError::BadRequest("a canary at weight 0 without `steps` never advances".into()));
-    }
     let signature = candidate.signature.clone();
     let bytes = candidate.bytes.clone();
     let sha256 = swap::prepare(app, candidate).await?;

@@ -126,8 +126,8 @@ impl Rollout {
         (canary.window.counts(window), app.registry.active().window.counts(window))
     }
 
-    /// Stops routing to the canary at once (the first failing request to see it wins) and has
-    /// the controller write the rollback.
+    /// Stops routing to the canary at once (the first failing request to see it decides) and
+    /// has the controller write the rollback.
     fn stop_canary(
         &self,
         app: &App,
@@ -137,20 +137,6 @@ impl Rollout {
         canary: Counts,
         stable: Counts,
     ) {
-        if !app.registry.clear_canary(sha256) {
-            return;
-        }
-        app.metrics.versions.canary_weight.set(0);
-        app.metrics.versions.canary_rollbacks.inc();
-        tracing::warn!(
-            sha256,
-            canary_requests = canary.requests,
-            canary_failures = canary.failures,
-            stable_requests = stable.requests,
-            stable_failures = stable.failures,
-            "rolled back canary `sha256:{}`, stable serves every request: {reason}",
-            &sha256[..12.min(sha256.len())]
-        );
         let decision = Decision {
             action: Action::AutoRollback,
             version: format!("sha256:{sha256}"),
@@ -160,8 +146,32 @@ impl Rollout {
             canary,
             stable,
         };
-        *self.tripped() =
-            Some(Trip { sha256: sha256.to_string(), plan: plan.to_string(), decision, written: false });
+        {
+            // Recorded before the canary leaves the routing, so the follower cannot put it back.
+            let mut trip = self.tripped();
+            if trip.as_ref().is_some_and(|t| t.sha256 == sha256 && t.plan == plan) {
+                return;
+            }
+            *trip = Some(Trip {
+                sha256: sha256.to_string(),
+                plan: plan.to_string(),
+                decision: decision.clone(),
+                written: false,
+            });
+        }
+        app.registry.clear_canary(sha256);
+        app.metrics.versions.canary_weight.set(0);
+        app.metrics.versions.canary_rollbacks.inc();
+        tracing::warn!(
+            sha256,
+            canary_requests = canary.requests,
+            canary_failures = canary.failures,
+            stable_requests = stable.requests,
+            stable_failures = stable.failures,
+            "rolled back canary `sha256:{}`, stable serves every request: {}",
+            &sha256[..12.min(sha256.len())],
+            decision.reason
+        );
         app.tell_fleet();
         self.wake.notify_one();
     }

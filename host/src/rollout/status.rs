@@ -61,6 +61,25 @@ pub async fn status(app: &Arc<App>) -> Value {
     })
 }
 
+/// What `info` says of the release: the canary routed to, and each version's counts here.
+pub fn summary(app: &App) -> Value {
+    let stable = app.registry.active();
+    let canary = app.registry.canary();
+    let versions: serde_json::Map<String, Value> = std::iter::once(&stable)
+        .chain(canary.as_ref().map(|c| &c.component))
+        .map(|c| (c.version().to_string(), json!(app.metrics.versions.totals(c.version()))))
+        .collect();
+    json!({
+        "canary": canary.as_ref().map(|c| json!({
+            "sha256": c.component.sha256,
+            "version": c.component.version(),
+            "weight": c.weight,
+        })),
+        "versions": versions,
+        "last_decision": app.rollout.last_decision(),
+    })
+}
+
 fn version_row(
     app: &App,
     component: &ActiveComponent,

@@ -53,9 +53,13 @@ pub struct CanaryPlan {
     pub steps: Vec<Weight>,
     #[serde(default)]
     pub step_interval_ms: u64,
-    /// When the current weight was set (RFC 3339).
+    /// When the current weight was set (RFC 3339). A manifest written by hand may leave these
+    /// out: its canary then never steps on its own.
+    #[serde(default)]
     pub step_started_at: String,
+    #[serde(default)]
     pub started_at: String,
+    #[serde(default)]
     pub started_by: String,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
