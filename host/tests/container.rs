@@ -11,7 +11,8 @@
 //!   them share one component directory, as instances share a Cloud Storage mount.
 //! - `fleet_follows_the_store_*`: three of them follow one release store (`--store`) on the Cloud
 //!   Storage emulator, fake-gcs-server, in a container of its own on the test's network (its
-//!   image, from scratch, made by `docker/make-emulator-image.sh`); pushes with `echo-host push`.
+//!   image, from scratch, made by `docker/make-emulator-image.sh`); pushes with `echo-host push`,
+//!   and a failing canary rolled back fleet-wide.
 //!
 //! Set `ECHO_HOST_DOCKER_BUILD_BASE` to build on another base image (e.g. `rust:1.95-bookworm`
 //! where the engine can pull it) instead of making the local one.
@@ -30,6 +31,7 @@ use echo_host::config::{
 };
 use sha2::Digest;
 
+use crate::util::fleet::{self, assert_rolled_back_once, eventually, summed};
 use crate::util::gcs::fake_gcs_server;
 use crate::util::peers::free_port;
 use crate::util::{echo_wasm, misbehave_wasm};
@@ -1259,8 +1261,9 @@ fn first_json(text: &str) -> Option<serde_json::Value> {
 /// to one of them with the real `echo-host push --wait`, alternating two components, each served
 /// by all three afterwards; the time from the push's start until every instance serves it is
 /// measured by polling `GET /` on each (every 20 ms) and printed. Then a garbage push (refused,
-/// the store untouched), the fleet view, the `echo-host fleet` table, and a graceful stop that
-/// takes an instance's heartbeat away.
+/// the store untouched), the fleet view, a canary failing 30 % of its requests rolled back
+/// fleet-wide (issue #12), the `echo-host fleet` table, and a graceful stop that takes an
+/// instance's heartbeat away.
 #[test]
 fn fleet_follows_the_store_one_push_updates_every_instance() {
     require_docker!();
@@ -1324,6 +1327,11 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
                     "1s",
                     "--heartbeat-interval",
                     "2s",
+                    // A verdict on a failing canary within seconds (step 4).
+                    "--canary-window",
+                    "5s",
+                    "--canary-min-requests",
+                    "30",
                 ],
             )
         })
@@ -1466,7 +1474,62 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
     }
     assert!(client.get(&fleet_url).send().unwrap().status() == 401, "the fleet view needs the token");
 
-    // 4. `echo-host fleet`: the same view as a table.
+    // 4. A canary of misbehave at 50 % started through one instance while all three take
+    //    traffic to `/flaky?percent=30` (30 % failures on the canary, none on stable): every
+    //    instance follows one automatic rollback, stable fails no request.
+    assert_eq!(files[(PUSHES - 1) % 2].0, "echo", "stable is echo before the canary");
+    let stable = version_of(&echo);
+    let canary = version_of(&misbehave);
+    let urls: Vec<String> = instances.iter().map(|c| c.url("/flaky?percent=30")).collect();
+    let load = fleet::Load::start(&urls, 2, Duration::from_millis(10));
+    load.wait_answered(20, Duration::from_secs(60));
+    let release = "/.well-known/echo-host/admin/release";
+    let started = client
+        .post(instances[0].url(&format!("{release}?weight=50")))
+        .bearer_auth(TOKEN)
+        .body(misbehave.clone());
+    let started = started.send().unwrap();
+    assert_eq!(started.status(), 200, "starting the canary: {}", started.text().unwrap());
+    let status_of = |c: &Container| -> serde_json::Value {
+        client.get(c.url(release)).bearer_auth(TOKEN).send().unwrap().json().unwrap()
+    };
+    eventually("every instance to follow the canary's rollback", Duration::from_secs(60), || {
+        let statuses: Vec<serde_json::Value> = instances.iter().map(status_of).collect();
+        let done =
+            statuses.iter().all(|s| s["canary"].is_null() && s["last_decision"]["action"] == "auto_rollback");
+        if done { Ok(()) } else { Err(format!("{statuses:?}")) }
+    });
+    let all_followed = Instant::now();
+    load.wait_answered(50, Duration::from_secs(60));
+    let (tally, errors) = load.finish();
+    let sums = summed(&tally, &errors, &stable);
+    assert!(sums.get(&canary).is_some_and(|s| s.1 > 0), "the canary served and failed requests: {sums:?}");
+    for (c, served) in instances.iter().zip(&tally) {
+        let last = served.get(&canary).and_then(|s| s.last_sent);
+        assert!(
+            last.is_none_or(|t| t < all_followed),
+            "{} served the canary after following its rollback",
+            c.name
+        );
+    }
+    let manifest: serde_json::Value = client
+        .get(emulator.url("/storage/v1/b/bkt/o/fleet%2Fmanifest.json?alt=media"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_rolled_back_once(&manifest, &echo, &misbehave, 30);
+    let first_failure = tally.iter().filter_map(|t| t.get(&canary)?.first_failure).min().unwrap();
+    let last_canary = tally.iter().filter_map(|t| t.get(&canary)?.last_sent).max().unwrap();
+    say(&format!(
+        "store canary (window 5s, poll {POLL:?}): first canary failure -> last request sent to the canary {} ms, \
+         -> every instance following the rollback {} ms; served {sums:?}; {}",
+        last_canary.saturating_duration_since(first_failure).as_millis(),
+        all_followed.saturating_duration_since(first_failure).as_millis(),
+        manifest["last_decision"]["reason"]
+    ));
+
+    // 5. `echo-host fleet`: the same view as a table.
     let table = Command::new(env!("CARGO_BIN_EXE_echo-host"))
         .arg("fleet")
         .arg(instances[1].url(""))
@@ -1485,7 +1548,7 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
         assert!(text.contains(id), "`echo-host fleet` does not list {id}:\n{text}");
     }
 
-    // 5. A graceful stop deletes the instance's heartbeat: the others' view drops it at once.
+    // 6. A graceful stop deletes the instance's heartbeat: the others' view drops it at once.
     let stopped = &instances[2];
     let stopped_id = client
         .get(stopped.url("/.well-known/echo-host/info"))

@@ -8,113 +8,24 @@
 //! endpoint (the served version, info, the fleet view, the proxy's record) against a deadline.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
+use crate::util::fleet::{
+    ADMIN, PATIENCE, Store, TOKEN, answer, echo, eventually, get_json, http, info, metric, misbehave, push,
+    rfc3339_now, serving, sha256, variant, version, wait_all_serve,
+};
 use crate::util::gcs::{FakeGcs, MetadataStub, Mode, StorageProxy};
 use crate::util::{self, HostProcess};
-
-const TOKEN: &str = "store-test-admin-token-0123456789";
-const ADMIN: &str = "/.well-known/echo-host/admin";
-const INFO: &str = "/.well-known/echo-host/info";
-const METRICS: &str = "/.well-known/echo-host/metrics";
-/// The prefix of the release store in each test's bucket.
-const PREFIX: &str = "fleet/";
-/// How long anything the hosts should do on their own (converge, heartbeat, notice) may take:
-/// generous, for a busy 2-core machine; the tests poll, so a fast host passes fast.
-const PATIENCE: Duration = Duration::from_secs(45);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// The `echo-host-component` header a component is served under.
-fn version(bytes: &[u8]) -> String {
-    format!("sha256:{}", &sha256(bytes)[..12])
-}
-
-fn echo() -> Vec<u8> {
-    std::fs::read(util::echo_wasm()).unwrap()
-}
-
-fn misbehave() -> Vec<u8> {
-    std::fs::read(util::misbehave_wasm()).unwrap()
-}
-
-/// A distinct but equivalent component: the same bytes plus a custom section, so it has its
-/// own sha256 and passes the gate (as in `swap.rs`).
-fn variant(component: &[u8], n: u32) -> Vec<u8> {
-    let name = b"echo-host-test-variant";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&n.to_le_bytes());
-    let mut bytes = component.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(section.len() as u8); // fits in one LEB128 byte
-    bytes.extend_from_slice(&section);
-    bytes
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
-}
-
-/// Polls `check` every 50 ms until it returns `Ok`, for at most `patience`; panics with `what`
-/// and the last `Err` (the state last seen) otherwise.
-fn eventually<T>(what: &str, patience: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + patience;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("timed out after {patience:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-/// The `echo-host-component` header of `GET /` (panics unless 200).
-fn serving(http: &reqwest::blocking::Client, host: &HostProcess) -> String {
-    let response = http.get(host.url("/")).send().unwrap_or_else(|e| panic!("GET / on {}: {e}", host.addr));
-    assert_eq!(response.status(), 200, "GET / on {}", host.addr);
-    response.headers()["echo-host-component"].to_str().unwrap().to_string()
-}
-
-/// Waits until every host serves `bytes`.
-fn wait_all_serve(http: &reqwest::blocking::Client, hosts: &[HostProcess], bytes: &[u8], what: &str) {
-    let want = version(bytes);
-    eventually(&format!("every host to serve {what} ({want})"), PATIENCE, || {
-        let now: Vec<String> = hosts.iter().map(|h| serving(http, h)).collect();
-        if now.iter().all(|v| *v == want) { Ok(()) } else { Err(format!("{now:?}")) }
-    });
-}
-
-fn get_json(http: &reqwest::blocking::Client, url: &str) -> (u16, Value) {
-    let response = http.get(url).bearer_auth(TOKEN).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    answer(response)
-}
-
-/// Status and JSON body (a JSON string if the body is not JSON).
-fn answer(response: reqwest::blocking::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn info(http: &reqwest::blocking::Client, host: &HostProcess) -> Value {
-    get_json(http, &host.url(INFO)).1
-}
 
 fn fleet(http: &reqwest::blocking::Client, host: &HostProcess) -> Value {
     let (status, body) = get_json(http, &host.url(&format!("{ADMIN}/fleet")));
@@ -122,139 +33,10 @@ fn fleet(http: &reqwest::blocking::Client, host: &HostProcess) -> Value {
     body
 }
 
-fn metric(http: &reqwest::blocking::Client, host: &HostProcess, sample: &str) -> f64 {
-    let text = http.get(host.url(METRICS)).send().unwrap().text().unwrap();
-    util::metric_value(&text, sample)
-}
-
-/// `PUT admin/component` (with `query`, e.g. `?if_generation=G`): status and JSON body.
-fn push(http: &reqwest::blocking::Client, host: &HostProcess, bytes: &[u8], query: &str) -> (u16, Value) {
-    let url = host.url(&format!("{ADMIN}/component{query}"));
-    let response = http.put(&url).bearer_auth(TOKEN).body(bytes.to_vec()).send().unwrap();
-    answer(response)
-}
-
 fn rollback(http: &reqwest::blocking::Client, host: &HostProcess, query: &str) -> (u16, Value) {
     let url = host.url(&format!("{ADMIN}/rollback{query}"));
     let response = http.post(&url).bearer_auth(TOKEN).send().unwrap();
     answer(response)
-}
-
-fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap()
-}
-
-/// One test's store: an emulator with a bucket, the store at `gs://BUCKET/fleet/`.
-struct Store {
-    gcs: FakeGcs,
-    bucket: String,
-    dir: tempfile::TempDir,
-}
-
-impl Store {
-    fn new(bucket: &str) -> Store {
-        let gcs = FakeGcs::start();
-        gcs.create_bucket(bucket);
-        Store { gcs, bucket: bucket.to_string(), dir: util::scratch_dir() }
-    }
-
-    fn url(&self) -> String {
-        format!("gs://{}/{PREFIX}", self.bucket)
-    }
-
-    fn object(name: &str) -> String {
-        format!("{PREFIX}{name}")
-    }
-
-    fn manifest(&self) -> Option<Value> {
-        self.gcs.get_json(&self.bucket, &Self::object("manifest.json"))
-    }
-
-    fn manifest_generation(&self) -> Option<String> {
-        self.gcs.generation(&self.bucket, &Self::object("manifest.json"))
-    }
-
-    /// Writes `manifest.json` by hand (any bytes); returns its generation.
-    fn write_manifest(&self, bytes: &[u8]) -> String {
-        self.gcs.put(&self.bucket, &Self::object("manifest.json"), bytes)
-    }
-
-    /// Writes `components/<sha>.wasm` by hand with `bytes` (whatever their real hash).
-    fn write_component(&self, sha: &str, bytes: &[u8]) {
-        self.gcs.put(&self.bucket, &Self::object(&format!("components/{sha}.wasm")), bytes);
-    }
-
-    /// The admin token file.
-    fn token_file(&self) -> PathBuf {
-        let path = self.dir.path().join("admin-token");
-        if !path.exists() {
-            std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        }
-        path
-    }
-
-    /// The start-up component (echo) as a file.
-    fn echo_file(&self) -> PathBuf {
-        let path = self.dir.path().join("echo.wasm");
-        if !path.exists() {
-            std::fs::write(&path, echo()).unwrap();
-        }
-        path
-    }
-
-    /// The flags of a fleet host on this store; `storage` says how it reaches Cloud Storage
-    /// (e.g. `["--storage-emulator-host", URL]`). Heartbeats every second unless `extra` says.
-    fn host_args(&self, storage: &[&str], extra: &[&str]) -> Vec<String> {
-        let heartbeat =
-            if extra.contains(&"--heartbeat-interval") { &[][..] } else { &["--heartbeat-interval", "1s"] };
-        let mut args: Vec<String> = [
-            "--component",
-            self.echo_file().to_str().unwrap(),
-            "--store",
-            &self.url(),
-            "--poll-interval",
-            "500ms",
-            "--admin-token-file",
-            self.token_file().to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(heartbeat.iter().chain(storage).chain(extra).map(|s| s.to_string()));
-        args
-    }
-
-    /// Starts `n` hosts on this store at once (each compiles its component while the others do).
-    fn start_hosts(&self, n: usize, storage: &[&str], extra: &[&str]) -> Vec<HostProcess> {
-        self.start_hosts_with_env(n, storage, extra, &[])
-    }
-
-    fn start_hosts_with_env(
-        &self,
-        n: usize,
-        storage: &[&str],
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Vec<HostProcess> {
-        let args = self.host_args(storage, extra);
-        std::thread::scope(|scope| {
-            let started: Vec<_> = (0..n)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                        HostProcess::start(&args, env)
-                    })
-                })
-                .collect();
-            started.into_iter().map(|h| h.join().expect("a host failed to start")).collect()
-        })
-    }
-
-    /// Hosts talking to the emulator directly (no credentials).
-    fn start_direct(&self, n: usize) -> Vec<HostProcess> {
-        let url = self.gcs.url();
-        self.start_hosts(n, &["--storage-emulator-host", &url], &[])
-    }
 }
 
 /// Waits until `GET admin/fleet` on `host` shows `n` live instances that all serve `bytes` and

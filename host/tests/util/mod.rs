@@ -2,6 +2,7 @@
 //! real binary as a child process ([`HostProcess`]), the test components and raw HTTP.
 #![allow(dead_code)] // each test module uses a different subset
 
+pub mod fleet;
 pub mod gcs;
 pub mod peers;
 pub mod static_server;

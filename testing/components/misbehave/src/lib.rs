@@ -25,6 +25,7 @@
 //! | `/env-all` | 200 with every `KEY=VALUE` on its own line, sorted |
 //! | `/fetch?url=U` | outgoing GET to U: 200 `upstream STATUS\n` + upstream body, or 502 `outbound error: {code:?}` |
 //! | `/fs` | `std::fs::read_dir("/")` then `read_to_string("/etc/passwd")`: one line each, `ok` or `err: {e}` |
+//! | `/flaky?percent=N` | 500 `flaky failure` with probability N % (`wasi:random`), else 200 `flaky ok`; N in 0..=100 (default 0) |
 //! | anything else | 404 `unknown misbehave path` |
 //!
 //! Every response this component sets carries `content-type: text/plain` and `x-component: misbehave`
@@ -151,6 +152,18 @@ fn simple(path: &str, query: &str) -> (u16, Vec<u8>) {
             let file = outcome(std::fs::read_to_string("/etc/passwd"));
             (200, format!("{dir}\n{file}\n").into())
         }
+        // A failure rate for the canary analysis tests: each request draws on its own.
+        "/flaky" => match number(query, "percent", 0) {
+            Ok(percent) if percent <= 100 => {
+                if wasi::random::random::get_random_u64() % 100 < percent {
+                    (500, "flaky failure".into())
+                } else {
+                    (200, "flaky ok".into())
+                }
+            }
+            Ok(percent) => (400, format!("bad percent: {percent} is over 100").into()),
+            Err(bad) => (400, bad.into()),
+        },
         _ => (404, "unknown misbehave path".into()),
     }
 }
