@@ -34,6 +34,7 @@ pub mod outbound;
 pub mod proxy;
 pub mod push;
 pub mod registry;
+pub mod release_cli;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
