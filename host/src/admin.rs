@@ -118,10 +118,13 @@ async fn admin(
         (_, "/history") => method_not_allowed("GET, HEAD"),
         (Method::GET | Method::HEAD, "/fleet") => fleet(app).await,
         (_, "/fleet") => method_not_allowed("GET, HEAD"),
+        (_, route) if route == "/release" || route.starts_with("/release/") => {
+            crate::release_api::handle(app, req, route, &who).await
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin endpoints: PUT component, POST rollback, GET history, GET fleet",
+            "admin endpoints: PUT component, POST rollback, GET history, GET fleet, GET|POST release, POST release/promote, POST release/abort",
         ),
     }
 }
@@ -140,45 +143,10 @@ fn authorized<B>(req: &Request<B>, token: &str) -> bool {
 }
 
 async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Response<ResponseBody> {
-    let limit = app.swap_policy.max_component_size;
-    let declared =
-        req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &format!("the upload exceeds the {limit}-byte `--max-component-size`"),
-        );
-    }
-    let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
-    let uri = req.uri().clone();
-    let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    let bytes: Bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!("the upload exceeds the {limit}-byte `--max-component-size`"),
-            );
-        }
-        Err(error) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "upload_failed",
-                &format!("the upload could not be read: {error}"),
-            );
-        }
+    let (candidate, uri) = match read_component(app, req, &who).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
     };
-    if let Some(len) = declared
-        && len != bytes.len() as u64
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "upload_truncated",
-            "the upload ended before its Content-Length",
-        );
-    }
     let if_generation = match query_value(&uri, "if_generation").map(|g| g.parse::<i64>()) {
         None => None,
         Some(Ok(generation)) if generation >= 0 => Some(generation),
@@ -190,7 +158,6 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
             );
         }
     };
-    let candidate = Candidate { bytes: bytes.to_vec(), source: who.clone(), signature };
     if let Some(store) = &app.store {
         return match release::push(app, store, candidate, if_generation, &who).await {
             Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
@@ -201,6 +168,52 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
         Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
         Err(rejection) => json_error(rejection.status(), rejection.kind(), &rejection.to_string()),
     }
+}
+
+/// The uploaded component (the body, within `--max-component-size`, and the signature header)
+/// and the request's URI; `Err` is the answer to send instead.
+pub(crate) async fn read_component(
+    app: &App,
+    req: Request<impl AdminBody>,
+    who: &str,
+) -> Result<(Candidate, http::Uri), Response<ResponseBody>> {
+    let limit = app.swap_policy.max_component_size;
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("the upload exceeds the {limit}-byte `--max-component-size`"),
+        )
+    };
+    let declared =
+        req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
+    let uri = req.uri().clone();
+    let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+    let bytes: Bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "upload_failed",
+                &format!("the upload could not be read: {error}"),
+            ));
+        }
+    };
+    if let Some(len) = declared
+        && len != bytes.len() as u64
+    {
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "upload_truncated",
+            "the upload ended before its Content-Length",
+        ));
+    }
+    Ok((Candidate { bytes: bytes.to_vec(), source: who.to_string(), signature }, uri))
 }
 
 fn history(app: &App) -> serde_json::Value {
@@ -249,7 +262,7 @@ async fn fleet(app: &App) -> Response<ResponseBody> {
 }
 
 /// One query parameter's value, with `%3A` (`:`) decoded.
-fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
+pub(crate) fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     uri.query().and_then(|q| {
         q.split('&')
             .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
@@ -257,17 +270,17 @@ fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     })
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
     let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, &format!("allowed here: {allow}"));
     response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
     response
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
     text(status, "application/json", value.to_string() + "\n")
 }
 
-fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody> {
+pub(crate) fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody> {
     json(status, &serde_json::json!({ "error": message, "kind": kind }))
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Limits, SwapPolicy};
 use crate::registry::Registry;
+use crate::rollout::{Rollout, Thresholds};
 use crate::runtime::Runtime;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -30,6 +31,8 @@ pub struct App {
     pub admin_token: Option<String>,
     /// The fleet's release store (`--store`), when there is one.
     pub store: Option<Arc<Store>>,
+    /// The release's canary: routing, analysis, automatic rollback and steps.
+    pub rollout: Rollout,
     request_ids: RequestIds,
 }
 
@@ -51,6 +54,7 @@ impl App {
             started_at: SystemTime::now(),
             project_id,
             store: None,
+            rollout: Rollout::new(Thresholds::default()),
             request_ids: RequestIds::new(),
         }
     }
@@ -58,6 +62,11 @@ impl App {
     /// Follows the release store `store`.
     pub fn with_store(self, store: Option<Arc<Store>>) -> Self {
         Self { store, ..self }
+    }
+
+    /// Judges canaries with `thresholds` (`--canary-*`).
+    pub fn with_thresholds(self, thresholds: Thresholds) -> Self {
+        Self { rollout: Rollout::new(thresholds), ..self }
     }
 
     /// A swap or a rejection happened: the heartbeat says so now rather than at its next tick.

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod commands;
 mod limits;
 mod parse;
+mod rollout;
 mod storage;
 pub use commands::{
     CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
@@ -21,6 +22,7 @@ pub use commands::{
 pub use limits::Limits;
 pub use parse::{parse_duration, parse_size};
 use parse::{parse_env_pair, parse_outbound, parse_probe};
+pub use rollout::RolloutArgs;
 pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};
 
 pub const DEFAULT_PORT: u16 = 8080;
@@ -266,6 +268,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
 }
 
 /// One `--allow-outbound` entry: a host name, and a port or any port.
@@ -373,6 +378,8 @@ pub struct ServeConfig {
     pub heartbeat_interval: Duration,
     /// Where Cloud Storage is and how to authenticate (for `--store` and `gs://` components).
     pub storage: crate::gcs::StorageConfig,
+    /// When a canary is rolled back (`--canary-*`).
+    pub thresholds: crate::rollout::Thresholds,
 }
 
 /// Environment variables the host passes through to the component (Cloud Run's own).
@@ -396,6 +403,7 @@ impl ServeArgs {
             bail!("`--keep-versions` must be at least 1 (the active version)");
         }
         let (store, storage) = self.storage.validate()?;
+        let thresholds = self.rollout.validate()?;
         if store.is_some() && self.poll_interval < MIN_STORE_POLL_INTERVAL {
             bail!(
                 "`--poll-interval` must be at least {MIN_STORE_POLL_INTERVAL:?} with `--store`: it is how often every instance reads the manifest"
@@ -466,6 +474,7 @@ impl ServeArgs {
             store,
             heartbeat_interval: self.storage.heartbeat_interval,
             storage,
+            thresholds,
         })
     }
 }

@@ -34,7 +34,9 @@ pub mod outbound;
 pub mod proxy;
 pub mod push;
 pub mod registry;
+pub mod release_api;
 pub mod release_cli;
+pub mod rollout;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
@@ -121,7 +123,8 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
     let registry = Registry::new(component, config.swap.keep_versions);
     Ok(App::new(runtime, registry, project, config.swap.clone(), config.admin_token.clone())
-        .with_store(store))
+        .with_store(store)
+        .with_thresholds(config.thresholds))
 }
 
 /// The store's release as a candidate, or `None` (no release yet, or the store does not answer
@@ -197,17 +200,17 @@ impl Drop for Watchers {
     }
 }
 
-/// Starts following the release store (and writing heartbeats), or else watching the
-/// component's source for new versions; `None` when there is nothing to watch.
+/// Starts the release's controller (canary rollbacks and steps) and following the release store
+/// (and writing heartbeats), or else watching the component's source for new versions.
 pub fn start_watching(app: &Arc<App>, config: &ServeConfig) -> Option<Watchers> {
+    let mut tasks = vec![tokio::spawn(rollout::run(app.clone()))];
     if let Some(store) = &app.store {
-        return Some(Watchers(vec![
-            tokio::spawn(store::follow::run(app.clone(), store.clone())),
-            tokio::spawn(store::heartbeat::run(app.clone(), store.clone())),
-        ]));
+        tasks.push(tokio::spawn(store::follow::run(app.clone(), store.clone())));
+        tasks.push(tokio::spawn(store::heartbeat::run(app.clone(), store.clone())));
+    } else if let Some(task) = source::spawn_watcher(app.clone(), &config.component, watch_config(config)) {
+        tasks.push(task);
     }
-    source::spawn_watcher(app.clone(), &config.component, watch_config(config))
-        .map(|task| Watchers(vec![task]))
+    Some(Watchers(tasks))
 }
 
 /// `echo-host serve`: load, bind only once ready (Cloud Run's startup probe is the port), serve

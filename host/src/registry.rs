@@ -1,6 +1,6 @@
-//! Component versions: loading and validating one ([`load_component`]) and the active version
-//! every new request reads ([`Registry`], an `arc-swap` so a swap never blocks a request), with
-//! the history kept for rollback.
+//! Component versions: loading and validating one ([`load_component`]) and the versions new
+//! requests are routed to ([`Registry`]: the stable one and a canary with its weight, each an
+//! `arc-swap` so a swap never blocks a request), with the history kept for rollback.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::rollout::Weight;
+use crate::rollout::window::Window;
 use crate::runtime::{RequestState, Runtime};
 
 /// The echo component built from `guest/`, served when no `--component` is given.
@@ -31,6 +33,23 @@ pub struct ActiveComponent {
     pub load_time: Duration,
     /// `sha256:<first 12 hex>`, sent as `echo-host-component` on every response.
     pub version_header: HeaderValue,
+    /// Its requests and failures per second, for the canary analysis (kept across reactivations).
+    pub window: Arc<Window>,
+}
+
+impl ActiveComponent {
+    /// `sha256:<first 12 hex>`.
+    pub fn version(&self) -> &str {
+        self.version_header.to_str().unwrap_or_default()
+    }
+}
+
+/// The canary new requests are split to, with its weight. `plan` tells one start of a canary
+/// from another of the same version (its `started_at`).
+pub struct CanarySlot {
+    pub component: Arc<ActiveComponent>,
+    pub weight: Weight,
+    pub plan: String,
 }
 
 /// What kind of bytes a candidate is.
@@ -85,6 +104,7 @@ pub fn load_component(
         source,
         load_time: started.elapsed(),
         version_header,
+        window: Arc::default(),
     })
 }
 
@@ -100,6 +120,7 @@ impl ActiveComponent {
             source,
             load_time: Duration::ZERO,
             version_header: self.version_header.clone(),
+            window: self.window.clone(),
         }
     }
 }
@@ -119,6 +140,8 @@ pub struct RejectionRecord {
 /// request in flight.
 pub struct Registry {
     active: ArcSwap<ActiveComponent>,
+    /// The canary, while requests are routed to one.
+    canary: ArcSwapOption<CanarySlot>,
     /// Most recent first; the active version is the first entry. At most `keep` entries, so the
     /// compiled code held stays bounded.
     history: Mutex<VecDeque<Arc<ActiveComponent>>>,
@@ -139,6 +162,7 @@ impl Registry {
         let initial = Arc::new(initial);
         Self {
             active: ArcSwap::new(initial.clone()),
+            canary: ArcSwapOption::empty(),
             history: Mutex::new(VecDeque::from([initial])),
             keep: keep.max(1),
             swaps: AtomicU64::new(0),
@@ -167,13 +191,33 @@ impl Registry {
         self.active.swap(next)
     }
 
-    /// A kept version by sha256 (full hex, or a prefix of at least 12 hex digits).
+    /// The canary requests are split to, if any.
+    pub fn canary(&self) -> Option<Arc<CanarySlot>> {
+        self.canary.load_full()
+    }
+
+    /// Routes `weight` of new requests to `component` (the same version keeps its counts).
+    pub fn set_canary(&self, component: Arc<ActiveComponent>, weight: Weight, plan: String) {
+        self.canary.store(Some(Arc::new(CanarySlot { component, weight, plan })));
+    }
+
+    /// Stops routing to the canary if it is still `sha256`; whether it was.
+    pub fn clear_canary(&self, sha256: &str) -> bool {
+        let previous = self.canary.rcu(|current| match current {
+            Some(slot) if slot.component.sha256 == sha256 => None,
+            other => other.clone(),
+        });
+        previous.is_some_and(|slot| slot.component.sha256 == sha256)
+    }
+
+    /// A kept version by sha256 (full hex, or a prefix of at least 12 hex digits): the history,
+    /// the canary, the prepared one.
     pub fn find(&self, sha256: &str) -> Option<Arc<ActiveComponent>> {
         let matches = |v: &&Arc<ActiveComponent>| sha256.len() >= 12 && v.sha256.starts_with(sha256);
         let kept = self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().find(matches).cloned();
-        kept.or_else(|| {
-            self.prepared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(matches).cloned()
-        })
+        kept.or_else(|| self.canary().map(|slot| slot.component.clone()).filter(|c| matches(&c))).or_else(
+            || self.prepared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(matches).cloned(),
+        )
     }
 
     /// Keeps a validated version compiled until it goes live (or another one is prepared).

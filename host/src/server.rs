@@ -144,11 +144,12 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
     } else if declared_length(&req).is_some_and(|length| length > app.limits().max_body_bytes) {
         exchange.answer(Outcome::BodyTooLarge, &app.registry.active().version_header)
     } else {
-        let component = app.registry.active();
+        let routed = app.rollout.route(&app, req.headers());
         if exchange.admit() {
-            proxy::handle_request(&exchange, &component, req).await
+            exchange.served_by(routed.component.clone(), routed.role);
+            proxy::handle_request(&exchange, &routed.component, req).await
         } else {
-            exchange.answer(Outcome::Overloaded, &component.version_header)
+            exchange.answer(Outcome::Overloaded, &routed.component.version_header)
         }
     };
     pending.disarm();

@@ -19,6 +19,7 @@ use crate::config::{DEFAULT_LOG_BUFFER_LINES, LogFormat};
 use crate::connection::CloseReason;
 use crate::exchange::Outcome;
 use crate::log_writer;
+use crate::rollout::metrics::VersionMetrics;
 
 fn close_reason_label(reason: CloseReason) -> &'static str {
     match reason {
@@ -175,6 +176,8 @@ pub struct Metrics {
     /// Polls of the release store's manifest, and store calls that failed (polls, heartbeats).
     pub store_polls: Counter,
     pub store_errors: Counter,
+    /// Per component version, and the canary's own (`rollout::metrics`).
+    pub versions: VersionMetrics,
 }
 
 impl Default for Metrics {
@@ -198,6 +201,7 @@ impl Metrics {
         // 100 µs .. ~100 s.
         let request_duration = Histogram::new(exponential_buckets(0.0001, 2.5, 16));
         let instantiation = Histogram::new(exponential_buckets(0.00001, 2.5, 14));
+        let versions = VersionMetrics::new(&mut registry);
         let metrics = Self {
             responses,
             request_duration,
@@ -214,6 +218,7 @@ impl Metrics {
             swap_rejections: Counter::default(),
             store_polls: Counter::default(),
             store_errors: Counter::default(),
+            versions,
             registry: Registry::default(),
         };
         registry.register(

@@ -18,7 +18,7 @@ mod lifecycle;
 mod record;
 mod stop;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +37,9 @@ pub use stop::StopSignal;
 use crate::app::{App, Permit};
 use crate::config::Limits;
 use crate::connection::Scope;
+use crate::registry::ActiveComponent;
+use crate::rollout::Role;
+use crate::rollout::metrics::Ending;
 
 /// How the guest's run ended, as far as the exchange cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,8 @@ pub struct Exchange {
     waiter: Notify,
     /// Wakes the supervisor: the head went out, the exchange finished.
     supervisor: Notify,
+    /// The version routed to serve it, and as what.
+    served: OnceLock<(Arc<ActiveComponent>, Role)>,
 }
 
 struct State {
@@ -153,6 +158,7 @@ impl Exchange {
             progress: Progress::new(ctx.started),
             waiter: Notify::new(),
             supervisor: Notify::new(),
+            served: OnceLock::new(),
             ctx,
         })
     }
@@ -167,6 +173,11 @@ impl Exchange {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the version routed to serve this request: its telemetry counts the exchange.
+    pub fn served_by(&self, component: Arc<ActiveComponent>, role: Role) {
+        let _ = self.served.set((component, role));
     }
 
     /// Takes a `--concurrency` permit for the guest; `false` when none is free.
@@ -347,7 +358,12 @@ impl Exchange {
         match self.kind {
             Kind::Request => {
                 self.app.metrics.record_outcome(outcome, status, latency);
-                self.ctx.log(outcome, cut, status, bytes, latency);
+                let served = self.served.get();
+                if let Some((component, role)) = served {
+                    let ending = Ending::of(outcome, status);
+                    self.app.rollout.observe(&self.app, component, *role, ending, latency.as_secs_f64());
+                }
+                self.ctx.log(outcome, cut, status, bytes, latency, served.map(|(c, _)| c.version()));
             }
             Kind::Probe => {
                 tracing::debug!(request_id = %self.ctx.id, status = status.as_u16(), outcome = outcome.name(), "swap probe answered");

@@ -56,9 +56,17 @@ impl RequestContext {
         }
     }
 
-    /// Writes the access-log line (Cloud Logging's `httpRequest`) for an exchange that ended;
-    /// a warning when its response was cut.
-    pub fn log(&self, outcome: Outcome, cut: bool, status: StatusCode, bytes: u64, latency: Duration) {
+    /// Writes the access-log line (Cloud Logging's `httpRequest`) for an exchange that ended,
+    /// naming the component `version` that served it; a warning when its response was cut.
+    pub fn log(
+        &self,
+        outcome: Outcome,
+        cut: bool,
+        status: StatusCode,
+        bytes: u64,
+        latency: Duration,
+        version: Option<&str>,
+    ) {
         // Serialized straight from a struct (no `Value` map); the log formatter splices it in.
         let http_request = serde_json::to_string(&HttpRequestLog {
             request_method: self.method.as_str(),
@@ -77,12 +85,12 @@ impl RequestContext {
         let status = status.as_u16();
         if cut {
             tracing::warn!(
-                request_id = %self.id, http_request, trace, status, bytes, outcome = outcome.name(),
+                request_id = %self.id, http_request, trace, status, bytes, outcome = outcome.name(), version,
                 "response cut before its end ({})", outcome.name()
             );
         } else {
             tracing::info!(
-                request_id = %self.id, http_request, trace, outcome = outcome.name(),
+                request_id = %self.id, http_request, trace, outcome = outcome.name(), version,
                 "{} {} {}", self.method, self.url, status
             );
         }

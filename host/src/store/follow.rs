@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use super::{ErrorRecord, Release, Store, StoreError, now_rfc3339};
 use crate::app::App;
 use crate::gcs::GcsError;
-use crate::swap::{self, Rejection};
+use crate::registry::ActiveComponent;
+use crate::swap::{self, Candidate, Rejection};
 
 /// What the follower remembers between polls.
 #[derive(Default)]
@@ -103,31 +104,93 @@ async fn poll(app: &Arc<App>, store: &Store, state: &mut FollowState) -> Result<
     Ok(())
 }
 
-/// Makes the release's stable version live here. A version the gate refuses is refused for this
-/// generation (every instance refuses it the same way); a fetch failure is retried.
+/// Makes `release` live here (its stable version, then its canary) and logs what it could not
+/// do: for a change this instance wrote itself, which the follower would otherwise apply at its
+/// next poll.
+pub async fn apply_release(app: &Arc<App>, store: &Store, release: &Release) {
+    if let Err(error) = apply(app, store, release).await {
+        tracing::warn!(store = %store.location, "cannot apply the release yet (the follower retries): {error}");
+    }
+}
+
+/// Makes the release's stable version live here, then routes to its canary. A version the gate
+/// refuses is refused for this generation (every instance refuses it the same way); a fetch
+/// failure is retried. A release older than the one applied (a poll racing a write) is ignored.
 async fn apply(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), PollError> {
+    if release.generation < app.rollout.release().1 {
+        return Ok(());
+    }
+    apply_stable(app, store, release).await?;
+    let canary = match release.manifest.canary_sha256() {
+        Some(sha256) => compiled(app, store, sha256, release.generation).await?,
+        None => None,
+    };
+    app.rollout.apply(app, &release.manifest, release.generation, canary);
+    Ok(())
+}
+
+async fn apply_stable(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), PollError> {
     let sha256 = release.manifest.stable_sha256().to_string();
     if app.registry.active().sha256 == sha256 {
         return Ok(());
     }
-    let source = format!(
-        "gs://{}/{} (manifest generation {})",
-        store.location.bucket,
-        store.component_object(&sha256),
-        release.generation
-    );
+    let source = source_of(store, &sha256, release.generation);
     if let Some(kept) = app.registry.find(&sha256) {
         if let Some(outcome) = swap::reactivate(app, &kept, source.clone()).await {
             tracing::info!(sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "swapped to component {} from {source} (kept compiled)", outcome.version);
         }
         return Ok(());
     }
-    let candidate = match store.fetch_component(&sha256, release.generation).await {
+    if let Some(candidate) = fetch_checked(app, store, &sha256, release.generation).await? {
+        // Logged, counted and remembered by `submit`; the active version keeps serving on a rejection.
+        let _ = swap::submit(app, candidate).await;
+    }
+    Ok(())
+}
+
+/// The canary `sha256` compiled and through the gate: kept, or fetched and checked now. `None`
+/// when the gate refused it (recorded; stable keeps every request).
+async fn compiled(
+    app: &Arc<App>,
+    store: &Store,
+    sha256: &str,
+    generation: i64,
+) -> Result<Option<Arc<ActiveComponent>>, PollError> {
+    if let Some(kept) = app.registry.find(sha256) {
+        return Ok(Some(kept));
+    }
+    let Some(candidate) = fetch_checked(app, store, sha256, generation).await? else { return Ok(None) };
+    match swap::prepare(app, candidate).await {
+        Ok(_) => Ok(app.registry.find(sha256)),
+        Err(_) => Ok(None),
+    }
+}
+
+fn source_of(store: &Store, sha256: &str, generation: i64) -> String {
+    format!(
+        "gs://{}/{} (manifest generation {generation})",
+        store.location.bucket,
+        store.component_object(sha256)
+    )
+}
+
+/// Downloads the component `sha256` and checks that its bytes are what it is named; `None` (and
+/// a rejection recorded) when they are not, or it is over the size limit.
+async fn fetch_checked(
+    app: &Arc<App>,
+    store: &Store,
+    sha256: &str,
+    generation: i64,
+) -> Result<Option<Candidate>, PollError> {
+    let source = source_of(store, sha256, generation);
+    let candidate = match store.fetch_component(sha256, generation).await {
         Ok(candidate) => candidate,
-        Err(GcsError::NotFound(object)) => return Err(PollError::MissingComponent { sha256, object }),
+        Err(GcsError::NotFound(object)) => {
+            return Err(PollError::MissingComponent { sha256: sha256.to_string(), object });
+        }
         Err(GcsError::TooLarge { size, limit, .. }) => {
-            swap::record_rejection(app, &source, Some(&sha256), &Rejection::TooLarge { size, limit });
-            return Ok(());
+            swap::record_rejection(app, &source, Some(sha256), &Rejection::TooLarge { size, limit });
+            return Ok(None);
         }
         Err(error) => return Err(error.into()),
     };
@@ -136,10 +199,8 @@ async fn apply(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), P
         let rejection = Rejection::Invalid(anyhow::anyhow!(
             "its bytes hash to `{actual}`, not to the sha256 it is stored under"
         ));
-        swap::record_rejection(app, &source, Some(&sha256), &rejection);
-        return Ok(());
+        swap::record_rejection(app, &source, Some(sha256), &rejection);
+        return Ok(None);
     }
-    // Logged, counted and remembered by `submit`; the active version keeps serving on a rejection.
-    let _ = swap::submit(app, candidate).await;
-    Ok(())
+    Ok(Some(candidate))
 }

@@ -2,6 +2,7 @@
 //! at once after a swap or a rejection); [`fleet`] reads them back, keeping the instances heard
 //! from within three intervals.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +12,8 @@ use serde_json::Value;
 use super::{Release, Store, now_rfc3339};
 use crate::app::App;
 use crate::gcs::GcsError;
+use crate::rollout::Weight;
+use crate::rollout::metrics::Totals;
 
 /// An instance not heard from in this many intervals is not live.
 const LIVE_INTERVALS: u32 = 3;
@@ -34,6 +37,18 @@ pub struct Heartbeat {
     pub errors: u64,
     pub at: String,
     pub interval_s: f64,
+    /// The canary this instance routes to, if any.
+    #[serde(default)]
+    pub canary: Option<CanaryBeat>,
+    /// Per version (`sha256:<12 hex>`): its counts since this instance started.
+    #[serde(default)]
+    pub versions: BTreeMap<String, Totals>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryBeat {
+    pub sha256: String,
+    pub weight: Weight,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +75,11 @@ pub async fn run(app: Arc<App>, store: Arc<Store>) {
 
 fn current(app: &App, store: &Store) -> Heartbeat {
     let active = app.registry.active();
+    let canary = app.registry.canary();
+    let versions = std::iter::once(active.version())
+        .chain(canary.as_ref().map(|c| c.component.version()))
+        .map(|version| (version.to_string(), app.metrics.versions.totals(version)))
+        .collect();
     let status = store.status();
     let last_swap = (app.registry.swap_count() > 0).then(
         || serde_json::json!({ "at": crate::admin::rfc3339(active.loaded_at), "sha256": active.sha256 }),
@@ -87,11 +107,21 @@ fn current(app: &App, store: &Store) -> Heartbeat {
         errors: app.metrics.server_errors_total(),
         at: now_rfc3339(),
         interval_s: store.heartbeat_interval.as_secs_f64(),
+        canary: canary.as_ref().map(|c| CanaryBeat { sha256: c.component.sha256.clone(), weight: c.weight }),
+        versions,
     }
 }
 
 /// The fleet as the store sees it: the release and every live instance.
 pub async fn fleet(store: &Arc<Store>) -> Result<Value, GcsError> {
+    let (release, generation, instances) = live(store).await?;
+    Ok(view(store, release.as_ref(), generation, &instances))
+}
+
+/// The release, its generation and every live instance's heartbeat with its age.
+pub async fn live(
+    store: &Arc<Store>,
+) -> Result<(Option<Release>, i64, Vec<(Duration, Heartbeat)>), GcsError> {
     let (release, generation) = store.current().await?;
     let listed = store.heartbeats().await?;
     let now = SystemTime::now();
@@ -116,7 +146,7 @@ pub async fn fleet(store: &Arc<Store>) -> Result<Value, GcsError> {
         instances.push((age, heartbeat));
     }
     instances.sort_by(|a, b| a.1.instance.cmp(&b.1.instance));
-    Ok(view(store, release.as_ref(), generation, &instances))
+    Ok((release, generation, instances))
 }
 
 fn view(
@@ -141,6 +171,8 @@ fn view(
                 "store_error": h.store_error,
                 "requests": h.requests,
                 "errors": h.errors,
+                "canary": h.canary,
+                "versions": h.versions,
                 "serves_release": stable.as_deref() == Some(h.active.sha256.as_str()),
             })
         })

@@ -5,6 +5,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::rollout::Weight;
+
 /// The schema this host writes and understands.
 pub const SCHEMA: u32 = 1;
 
@@ -22,9 +24,12 @@ pub struct Manifest {
     pub schema: u32,
     /// `sha256:<64 hex>`: the version every instance serves.
     pub stable: String,
-    /// Reserved for progressive delivery; `null` in schema 1.
+    /// The version being released gradually beside `stable`, when there is one.
     #[serde(default)]
-    pub canary: Option<Value>,
+    pub canary: Option<CanaryPlan>,
+    /// The last automatic decision (a canary rolled back or promoted), with its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<Decision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,11 +40,81 @@ pub struct Manifest {
     pub extra: Map<String, Value>,
 }
 
+/// A canary: its version, the share of requests it gets and, when promoted automatically, the
+/// weights it steps through.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CanaryPlan {
+    /// `sha256:<64 hex>`.
+    pub version: String,
+    pub weight: Weight,
+    /// Weights to advance through, one every `step_interval_ms` while healthy; reaching 100
+    /// makes the canary stable. Empty: it stays at `weight` until promoted by hand.
+    #[serde(default)]
+    pub steps: Vec<Weight>,
+    #[serde(default)]
+    pub step_interval_ms: u64,
+    /// When the current weight was set (RFC 3339).
+    pub step_started_at: String,
+    pub started_at: String,
+    pub started_by: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl CanaryPlan {
+    pub fn sha256(&self) -> &str {
+        self.version.trim_start_matches("sha256:")
+    }
+
+    /// The next weight of `steps` above the current one.
+    pub fn next_step(&self) -> Option<Weight> {
+        self.steps.iter().copied().find(|step| *step > self.weight)
+    }
+}
+
+/// A decision a host took on its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Decision {
+    pub action: Action,
+    /// The canary it was about (`sha256:<64 hex>`).
+    pub version: String,
+    pub at: String,
+    pub by: String,
+    pub reason: String,
+    pub canary: Counts,
+    pub stable: Counts,
+}
+
+/// Requests and failures of one version over the analysis window.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl Counts {
+    /// Failures per request, 0 without requests.
+    pub fn rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.failures as f64 / self.requests as f64 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// A version released to every request at once.
     Push,
     Rollback,
+    CanaryStart,
+    /// The canary's weight set by hand.
+    CanaryWeight,
+    /// The canary made stable by hand.
+    Promote,
+    Abort,
+    /// The canary was worse than stable: rolled back by a host.
+    AutoRollback,
+    /// The canary stepped up, or became stable at the last step, on its own.
+    AutoPromote,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +124,13 @@ pub struct HistoryEntry {
     pub at: String,
     pub by: String,
     pub action: Action,
+    /// The canary after this change (`sha256:<64 hex>`), if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Weight>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -62,6 +144,12 @@ impl Manifest {
             bail!("the manifest has schema {}; this host understands schema {SCHEMA}", manifest.schema);
         }
         parse_version(&manifest.stable).context("the manifest's `stable`")?;
+        if let Some(canary) = &manifest.canary {
+            parse_version(&canary.version).context("the manifest's `canary.version`")?;
+            if !canary.steps.windows(2).all(|pair| pair[0] < pair[1]) {
+                bail!("the manifest's `canary.steps` do not increase");
+            }
+        }
         Ok(manifest)
     }
 
@@ -70,32 +158,52 @@ impl Manifest {
         self.stable.trim_start_matches("sha256:")
     }
 
-    /// The manifest after a push or rollback to `sha256`: the rest kept, history newest first.
-    pub fn next(previous: Option<&Manifest>, sha256: &str, by: &str, action: Action, at: String) -> Manifest {
-        let by: String = by.chars().take(MAX_BY_LEN).collect();
-        let stable = format!("sha256:{sha256}");
-        let entry = HistoryEntry {
-            stable: stable.clone(),
-            at: at.clone(),
-            by: by.clone(),
-            action,
-            extra: Map::new(),
-        };
-        let mut next = previous.cloned().unwrap_or_else(|| Manifest {
+    /// A manifest with nothing in it yet but `sha256` as stable.
+    pub fn first(sha256: &str) -> Manifest {
+        Manifest {
             schema: SCHEMA,
-            stable: String::new(),
+            stable: format!("sha256:{sha256}"),
             canary: None,
+            last_decision: None,
             updated_at: None,
             updated_by: None,
             history: Vec::new(),
             extra: Map::new(),
-        });
-        next.stable = stable;
-        next.updated_at = Some(at);
-        next.updated_by = Some(by);
-        next.history.insert(0, entry);
-        next.history.truncate(HISTORY_LEN);
+        }
+    }
+
+    /// The manifest after a push or rollback to `sha256`: the rest kept, a canary ended, the
+    /// history newest first.
+    pub fn next(previous: Option<&Manifest>, sha256: &str, by: &str, action: Action, at: String) -> Manifest {
+        let mut next = previous.cloned().unwrap_or_else(|| Manifest::first(sha256));
+        next.stable = format!("sha256:{sha256}");
+        next.canary = None;
+        next.record(action, by, at, None);
         next
+    }
+
+    /// Stamps the manifest as changed by `by` and adds the history entry describing it now.
+    pub fn record(&mut self, action: Action, by: &str, at: String, reason: Option<String>) {
+        let by: String = by.chars().take(MAX_BY_LEN).collect();
+        let entry = HistoryEntry {
+            stable: self.stable.clone(),
+            at: at.clone(),
+            by: by.clone(),
+            action,
+            canary: self.canary.as_ref().map(|c| c.version.clone()),
+            weight: self.canary.as_ref().map(|c| c.weight),
+            reason,
+            extra: Map::new(),
+        };
+        self.updated_at = Some(at);
+        self.updated_by = Some(by);
+        self.history.insert(0, entry);
+        self.history.truncate(HISTORY_LEN);
+    }
+
+    /// The canary's sha256 (64 hex), if one runs.
+    pub fn canary_sha256(&self) -> Option<&str> {
+        self.canary.as_ref().map(CanaryPlan::sha256)
     }
 
     /// The version a rollback without a target returns to: the newest in the history that is
@@ -164,19 +272,29 @@ mod tests {
     #[test]
     fn unknown_fields_survive_a_rewrite() {
         let text = format!(
-            r#"{{"schema":1,"stable":"sha256:{A}","canary":{{"sha256":"x","weight":10}},"future":[1,2]}}"#
+            r#"{{"schema":1,"stable":"sha256:{A}","canary":{{"version":"sha256:{B}","weight":10,"step_started_at":"t","started_at":"t","started_by":"me","surge":3}},"future":[1,2]}}"#
         );
         let manifest = Manifest::parse(text.as_bytes()).unwrap();
-        let next = Manifest::next(Some(&manifest), B, "admin", Action::Push, "t".into());
+        assert_eq!(manifest.canary.as_ref().unwrap().weight, Weight::from_permille(100));
+        let mut next = manifest.clone();
+        next.record(Action::CanaryWeight, "admin", "t".into(), None);
         let written: Value = serde_json::from_slice(&next.to_bytes()).unwrap();
         assert_eq!(written["future"], serde_json::json!([1, 2]));
-        assert_eq!(written["canary"]["weight"], 10);
+        assert_eq!(written["canary"]["weight"], 10.0);
+        assert_eq!(written["canary"]["surge"], 3);
+        assert_eq!(written["history"][0]["weight"], 10.0);
+        let pushed = Manifest::next(Some(&manifest), B, "admin", Action::Push, "t".into());
+        assert_eq!(pushed.canary, None, "a push ends the canary");
     }
 
     #[test]
     fn bad_manifests_are_refused() {
         assert!(Manifest::parse(b"not json").is_err());
         assert!(Manifest::parse(br#"{"schema":1,"stable":"sha256:abc"}"#).is_err());
+        let heavy = format!(
+            r#"{{"schema":1,"stable":"sha256:{A}","canary":{{"version":"sha256:{B}","weight":100.1,"step_started_at":"t","started_at":"t","started_by":"me"}}}}"#
+        );
+        assert!(Manifest::parse(heavy.as_bytes()).is_err(), "a weight over 100");
         let newer = format!(r#"{{"schema":2,"stable":"sha256:{A}"}}"#);
         assert!(format!("{:#}", Manifest::parse(newer.as_bytes()).unwrap_err()).contains("schema 2"));
     }

@@ -1,0 +1,94 @@
+//! The admin API's release endpoints: `GET release` (the status), `POST release` (start a
+//! canary from the uploaded component), `POST release/promote[?weight=W]`, `POST release/abort`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+
+use crate::admin::{AdminBody, json, json_error, method_not_allowed, query_value, read_component};
+use crate::app::App;
+use crate::exchange::ResponseBody;
+use crate::rollout::change::{self, StartPlan};
+use crate::rollout::{RolloutError, Weight, status};
+use crate::swap::Candidate;
+
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<impl AdminBody>,
+    route: &str,
+    who: &str,
+) -> Response<ResponseBody> {
+    let method = req.method().clone();
+    let result = match (method, route) {
+        (Method::GET | Method::HEAD, "/release") => return json(StatusCode::OK, &status::status(app).await),
+        (Method::POST, "/release") => match read_component(app, req, who).await {
+            Ok((candidate, uri)) => start(app, candidate, &uri, who).await,
+            Err(answer) => return answer,
+        },
+        (_, "/release") => return method_not_allowed("GET, HEAD, POST"),
+        (Method::POST, "/release/promote") => match weight(req.uri(), "weight") {
+            Ok(weight) => change::promote(app, weight, who).await,
+            Err(error) => Err(error),
+        },
+        (Method::POST, "/release/abort") => change::abort(app, who).await,
+        (_, "/release/promote" | "/release/abort") => return method_not_allowed("POST"),
+        _ => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "release endpoints: GET|POST release, POST release/promote, POST release/abort",
+            );
+        }
+    };
+    match result {
+        Ok(_) => json(StatusCode::OK, &status::status(app).await),
+        Err(error) => json_error(error.status(), error.kind(), &error.to_string()),
+    }
+}
+
+async fn start(
+    app: &Arc<App>,
+    candidate: Candidate,
+    uri: &http::Uri,
+    who: &str,
+) -> Result<i64, RolloutError> {
+    let plan = StartPlan {
+        weight: weight(uri, "weight")?
+            .ok_or_else(|| RolloutError::BadRequest("`weight` is required, e.g. `?weight=10`".into()))?,
+        steps: steps(uri)?,
+        step_interval: match query_value(uri, "step_interval") {
+            Some(text) => crate::config::parse_duration(&text)
+                .map_err(|e| RolloutError::BadRequest(format!("`step_interval`: {e}")))?,
+            None => Duration::from_secs(60),
+        },
+        if_generation: match query_value(uri, "if_generation") {
+            Some(text) => Some(text.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
+                RolloutError::BadRequest("`if_generation` must be a release generation".into())
+            })?),
+            None => None,
+        },
+    };
+    if plan.step_interval < Duration::from_secs(1) && !plan.steps.is_empty() {
+        return Err(RolloutError::BadRequest("`step_interval` must be at least 1s".into()));
+    }
+    change::start(app, candidate, plan, who).await
+}
+
+fn weight(uri: &http::Uri, name: &str) -> Result<Option<Weight>, RolloutError> {
+    query_value(uri, name)
+        .map(|text| text.parse::<Weight>().map_err(|e| RolloutError::BadRequest(format!("`{name}`: {e}"))))
+        .transpose()
+}
+
+fn steps(uri: &http::Uri) -> Result<Vec<Weight>, RolloutError> {
+    let Some(text) = query_value(uri, "steps") else { return Ok(Vec::new()) };
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|step| match step.parse::<Weight>() {
+            Ok(weight) if weight > Weight::ZERO => Ok(weight),
+            Ok(_) => Err(RolloutError::BadRequest("`steps` must be above 0".into())),
+            Err(e) => Err(RolloutError::BadRequest(format!("`steps`: {e}"))),
+        })
+        .collect()
+}

@@ -1,0 +1,252 @@
+//! Changing the release: by hand (start a canary, set its weight or promote it, abort it) or
+//! automatically (the controller's rollbacks and steps). With a store, a change is a manifest
+//! write with a generation precondition, so concurrent writers never lose an update; a change by
+//! hand that loses answers [`RolloutError::Conflict`], an automatic one reads the release again
+//! and decides again. Without a store, the change is made to this instance's release.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::Weight;
+use crate::app::App;
+use crate::gcs::GcsError;
+use crate::store::manifest::{Action, CanaryPlan, Manifest};
+use crate::store::{Release, now_rfc3339};
+use crate::swap::{self, Candidate, Rejection};
+
+/// How many times an automatic change reads the release again after losing a race.
+const AUTOMATIC_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("the release store has no release yet: push a stable version first (`echo-host push`)")]
+    NoRelease,
+    #[error("no canary runs; start one with `POST admin/release?weight=W` (`echo-host release start`)")]
+    NoCanary,
+    #[error("canary `{0}` already runs: promote or abort it first")]
+    CanaryRunning(String),
+    #[error("`sha256:{0}` is already the stable version")]
+    AlreadyStable(String),
+    #[error(
+        "the release changed since generation {expected}: read it again (`echo-host release status`) and retry"
+    )]
+    Conflict { expected: i64 },
+    #[error("the release kept changing under {AUTOMATIC_ATTEMPTS} attempts to change it")]
+    Contended,
+    #[error("the release store is unavailable, nothing changed: {0}")]
+    Unavailable(#[from] GcsError),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl RolloutError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Rejected(rejection) => rejection.status(),
+            Self::NoRelease
+            | Self::NoCanary
+            | Self::CanaryRunning(_)
+            | Self::AlreadyStable(_)
+            | Self::Conflict { .. }
+            | Self::Contended => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Rejected(rejection) => rejection.kind(),
+            Self::NoRelease => "no_release",
+            Self::NoCanary => "no_canary",
+            Self::CanaryRunning(_) => "canary_running",
+            Self::AlreadyStable(_) => "already_stable",
+            Self::Conflict { .. } | Self::Contended => "conflict",
+            Self::Unavailable(_) => "store_unavailable",
+            Self::BadRequest(_) => "bad_request",
+        }
+    }
+}
+
+/// How a canary is to be started.
+pub struct StartPlan {
+    pub weight: Weight,
+    pub steps: Vec<Weight>,
+    pub step_interval: Duration,
+    /// The release generation the caller saw, if it wants the start only on that one.
+    pub if_generation: Option<i64>,
+}
+
+/// Validates `candidate` here (the gate, without publishing it), stores it with a store, and
+/// makes it the release's canary.
+pub async fn start(
+    app: &Arc<App>,
+    candidate: Candidate,
+    plan: StartPlan,
+    who: &str,
+) -> Result<i64, RolloutError> {
+    if let Some(bad) = plan.steps.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(RolloutError::BadRequest(format!(
+            "`steps` must increase (`{}` then `{}`)",
+            bad[0], bad[1]
+        )));
+    }
+    if plan.steps.is_empty() && !plan.step_interval.is_zero() && plan.weight == Weight::ZERO {
+        return Err(RolloutError::BadRequest("a canary at weight 0 without `steps` never advances".into()));
+    }
+    let signature = candidate.signature.clone();
+    let bytes = candidate.bytes.clone();
+    let sha256 = swap::prepare(app, candidate).await?;
+    if let Some(store) = &app.store {
+        store.put_component(&sha256, &bytes, signature.as_deref()).await?;
+    }
+    let at = now_rfc3339();
+    by_hand(app, plan.if_generation, |manifest| {
+        if manifest.stable_sha256() == sha256 {
+            return Err(RolloutError::AlreadyStable(sha256.clone()));
+        }
+        if let Some(running) = &manifest.canary {
+            return Err(RolloutError::CanaryRunning(running.version.clone()));
+        }
+        let mut next = manifest.clone();
+        next.canary = Some(CanaryPlan {
+            version: format!("sha256:{sha256}"),
+            weight: plan.weight,
+            steps: plan.steps.clone(),
+            step_interval_ms: plan.step_interval.as_millis() as u64,
+            step_started_at: at.clone(),
+            started_at: at.clone(),
+            started_by: who.to_string(),
+            extra: Default::default(),
+        });
+        next.record(Action::CanaryStart, who, at.clone(), None);
+        Ok(next)
+    })
+    .await
+}
+
+/// Sets the canary's weight; at 100 (or with no weight and no further step) makes it stable.
+/// Without a weight, the next of its steps.
+pub async fn promote(app: &Arc<App>, weight: Option<Weight>, who: &str) -> Result<i64, RolloutError> {
+    by_hand(app, None, |manifest| {
+        let canary = manifest.canary.as_ref().ok_or(RolloutError::NoCanary)?;
+        let target = weight.or_else(|| canary.next_step()).unwrap_or(Weight::FULL);
+        let mut next = manifest.clone();
+        let at = now_rfc3339();
+        if target == Weight::FULL {
+            next.stable = canary.version.clone();
+            next.canary = None;
+            next.record(Action::Promote, who, at, None);
+        } else {
+            let canary = next.canary.as_mut().expect("checked above");
+            canary.weight = target;
+            canary.step_started_at = at.clone();
+            next.record(Action::CanaryWeight, who, at, None);
+        }
+        Ok(next)
+    })
+    .await
+}
+
+/// Removes the canary: stable serves every request.
+pub async fn abort(app: &Arc<App>, who: &str) -> Result<i64, RolloutError> {
+    by_hand(app, None, |manifest| {
+        manifest.canary.as_ref().ok_or(RolloutError::NoCanary)?;
+        let mut next = manifest.clone();
+        next.canary = None;
+        next.record(Action::Abort, who, now_rfc3339(), None);
+        Ok(next)
+    })
+    .await
+}
+
+/// A change by hand: made once, on the release as it is now (or only on generation
+/// `if_generation`). Returns the release's new generation, applied here.
+async fn by_hand(
+    app: &Arc<App>,
+    if_generation: Option<i64>,
+    change: impl Fn(&Manifest) -> Result<Manifest, RolloutError>,
+) -> Result<i64, RolloutError> {
+    let (base, generation) = current(app).await?;
+    if let Some(expected) = if_generation
+        && expected != generation
+    {
+        return Err(RolloutError::Conflict { expected });
+    }
+    let next = change(&base)?;
+    write(app, next, generation).await?.ok_or(RolloutError::Conflict { expected: generation })
+}
+
+/// An automatic change: `change` says what the release becomes, or `None` when it no longer
+/// applies (another instance made it already). Read again and decided again after a lost race.
+/// Returns the new generation, `None` when nothing was written.
+pub async fn automatic(
+    app: &Arc<App>,
+    change: impl Fn(&Manifest) -> Option<Manifest>,
+) -> Result<Option<i64>, RolloutError> {
+    for _ in 0..AUTOMATIC_ATTEMPTS {
+        let (base, generation) = current(app).await?;
+        let Some(next) = change(&base) else { return Ok(None) };
+        if let Some(written) = write(app, next, generation).await? {
+            return Ok(Some(written));
+        }
+    }
+    Err(RolloutError::Contended)
+}
+
+/// The release as it is now and its generation. Without a store, this instance's (its stable is
+/// whatever this instance serves, which a `--component` source may have swapped).
+async fn current(app: &Arc<App>) -> Result<(Manifest, i64), RolloutError> {
+    match &app.store {
+        Some(store) => match store.current().await? {
+            (Some(release), generation) => Ok((release.manifest, generation)),
+            (None, _) => Err(RolloutError::NoRelease),
+        },
+        None => {
+            let (manifest, generation) = app.rollout.release();
+            let active = app.registry.active();
+            let mut manifest = manifest.unwrap_or_else(|| Manifest::first(&active.sha256));
+            manifest.stable = format!("sha256:{}", active.sha256);
+            Ok((manifest, generation))
+        }
+    }
+}
+
+/// Writes `next` if the release is still at `generation` and applies it here; `None` when
+/// another writer won.
+async fn write(app: &Arc<App>, next: Manifest, generation: i64) -> Result<Option<i64>, RolloutError> {
+    let Some(store) = &app.store else {
+        let written = generation + 1;
+        apply_local(app, &next, written).await;
+        return Ok(Some(written));
+    };
+    match store.write_manifest(&next, generation).await {
+        Ok(written) => {
+            tracing::info!(store = %store.location, generation = written, "wrote the release (manifest generation {written})");
+            // Applied here at once, and every instance follows within a poll.
+            crate::store::follow::apply_release(app, store, &Release { manifest: next, generation: written })
+                .await;
+            store.poll_now.notify_one();
+            Ok(Some(written))
+        }
+        Err(GcsError::PreconditionFailed(_)) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Without a store: the versions of `manifest` are kept compiled here (they went through the
+/// gate on this instance), so applying it compiles nothing.
+async fn apply_local(app: &Arc<App>, manifest: &Manifest, generation: i64) {
+    let stable = manifest.stable_sha256();
+    if app.registry.active().sha256 != stable
+        && let Some(kept) = app.registry.find(stable)
+    {
+        let _ = swap::reactivate(app, &kept, format!("promoted canary (was {})", kept.source)).await;
+    }
+    let canary = manifest.canary_sha256().and_then(|sha| app.registry.find(sha));
+    app.rollout.apply(app, manifest, generation, canary);
+}

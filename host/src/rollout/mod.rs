@@ -1,0 +1,358 @@
+//! Progressive delivery: a release of up to two versions, stable and a canary with its weight.
+//! [`Rollout`] owns this instance's view of the release and what it does on its own: split
+//! requests ([`route`]), judge the canary against stable ([`analysis`]) from each version's
+//! [`window`], stop routing to a canary that is clearly worse and write its rollback, step a
+//! healthy canary up. Changes go through the store's manifest with a generation precondition
+//! ([`change`]); without a store, through this instance's own copy of it.
+
+pub mod analysis;
+pub mod change;
+pub mod metrics;
+pub mod route;
+pub mod status;
+pub mod weight;
+pub mod window;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use tokio::sync::Notify;
+
+pub use analysis::{Thresholds, Verdict};
+pub use change::RolloutError;
+pub use route::{Role, Routed};
+pub use weight::Weight;
+
+use crate::app::App;
+use crate::registry::ActiveComponent;
+use crate::store::manifest::{Action, CanaryPlan, Counts, Decision, Manifest};
+use metrics::Ending;
+
+/// How often the controller looks for a step that is due.
+const TICK: Duration = Duration::from_millis(500);
+
+/// This instance's part in the release.
+pub struct Rollout {
+    pub thresholds: Thresholds,
+    /// The release as this instance last applied it (with a store: the manifest it followed;
+    /// without: the release itself) and its generation.
+    release: Mutex<Followed>,
+    /// A canary this instance judged clearly worse: not routed to again while the release names
+    /// it, and its rollback written by the controller.
+    trip: Mutex<Option<Trip>>,
+    /// Wakes the controller: a rollback to write.
+    wake: Notify,
+    /// Spreads requests without a key over the weight.
+    sequence: AtomicU64,
+}
+
+#[derive(Default)]
+struct Followed {
+    manifest: Option<Manifest>,
+    generation: i64,
+}
+
+struct Trip {
+    sha256: String,
+    /// The plan's `started_at`: a new start of the same version is a new canary.
+    plan: String,
+    decision: Decision,
+    written: bool,
+}
+
+impl Rollout {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            thresholds,
+            release: Mutex::default(),
+            trip: Mutex::new(None),
+            wake: Notify::new(),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    fn followed(&self) -> MutexGuard<'_, Followed> {
+        self.release.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tripped(&self) -> MutexGuard<'_, Option<Trip>> {
+        self.trip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The release last applied here, and its generation.
+    pub fn release(&self) -> (Option<Manifest>, i64) {
+        let followed = self.followed();
+        (followed.manifest.clone(), followed.generation)
+    }
+
+    /// The version that serves a request with `headers`.
+    pub fn route(&self, app: &App, headers: &HeaderMap) -> Routed {
+        let canary = app.registry.canary();
+        let routed = route::pick(app.registry.active(), canary.as_deref(), headers, &self.sequence);
+        if routed.pin_ignored {
+            app.metrics.versions.pin_ignored.inc();
+        }
+        routed
+    }
+
+    /// Counts a request `served` answered and, when the canary failed it, judges the canary.
+    pub fn observe(&self, app: &App, served: &ActiveComponent, role: Role, ending: Ending, seconds: f64) {
+        app.metrics.versions.record(served.version(), ending, seconds);
+        served.window.record(ending.is_failure());
+        if role != Role::Canary || !ending.is_failure() {
+            return;
+        }
+        let Some(canary) = app.registry.canary().filter(|c| c.component.sha256 == served.sha256) else {
+            return;
+        };
+        let (canary_counts, stable_counts) = self.window_counts(app, &canary.component);
+        if let Verdict::Failing(reason) = analysis::judge(canary_counts, stable_counts, &self.thresholds) {
+            self.stop_canary(
+                app,
+                &canary.component.sha256,
+                &canary.plan,
+                reason,
+                canary_counts,
+                stable_counts,
+            );
+        }
+    }
+
+    /// The canary's and stable's counts over the analysis window.
+    fn window_counts(&self, app: &App, canary: &ActiveComponent) -> (Counts, Counts) {
+        let window = self.thresholds.window;
+        (canary.window.counts(window), app.registry.active().window.counts(window))
+    }
+
+    /// Stops routing to the canary at once (the first failing request to see it wins) and has
+    /// the controller write the rollback.
+    fn stop_canary(
+        &self,
+        app: &App,
+        sha256: &str,
+        plan: &str,
+        reason: String,
+        canary: Counts,
+        stable: Counts,
+    ) {
+        if !app.registry.clear_canary(sha256) {
+            return;
+        }
+        app.metrics.versions.canary_weight.set(0);
+        app.metrics.versions.canary_rollbacks.inc();
+        tracing::warn!(
+            sha256,
+            canary_requests = canary.requests,
+            canary_failures = canary.failures,
+            stable_requests = stable.requests,
+            stable_failures = stable.failures,
+            "rolled back canary `sha256:{}`, stable serves every request: {reason}",
+            &sha256[..12.min(sha256.len())]
+        );
+        let decision = Decision {
+            action: Action::AutoRollback,
+            version: format!("sha256:{sha256}"),
+            at: crate::store::now_rfc3339(),
+            by: by(app),
+            reason,
+            canary,
+            stable,
+        };
+        *self.tripped() =
+            Some(Trip { sha256: sha256.to_string(), plan: plan.to_string(), decision, written: false });
+        app.tell_fleet();
+        self.wake.notify_one();
+    }
+
+    /// Makes the release's canary (or its absence) the one requests are split to. `component` is
+    /// the canary's compiled version, already through the gate. A canary this instance rolled
+    /// back is not routed to again.
+    pub fn apply(
+        &self,
+        app: &App,
+        manifest: &Manifest,
+        generation: i64,
+        component: Option<Arc<ActiveComponent>>,
+    ) {
+        {
+            let mut followed = self.followed();
+            followed.manifest = Some(manifest.clone());
+            followed.generation = generation;
+        }
+        let routed = match (&manifest.canary, component) {
+            (Some(plan), Some(component)) if !self.is_tripped(plan) => {
+                let current = app.registry.canary();
+                let same = current.as_ref().is_some_and(|c| {
+                    c.component.sha256 == component.sha256
+                        && c.weight == plan.weight
+                        && c.plan == plan.started_at
+                });
+                if !same {
+                    tracing::info!(sha256 = %component.sha256, weight = plan.weight.percent(), "routing {} of requests to canary {}", plan.weight, component.version());
+                    app.registry.set_canary(component, plan.weight, plan.started_at.clone());
+                    app.tell_fleet();
+                }
+                plan.weight.permille()
+            }
+            _ => {
+                if let Some(current) = app.registry.canary()
+                    && app.registry.clear_canary(&current.component.sha256)
+                {
+                    tracing::info!(sha256 = %current.component.sha256, "no longer routing to canary {}", current.component.version());
+                    app.tell_fleet();
+                }
+                0
+            }
+        };
+        app.metrics.versions.canary_weight.set(i64::from(routed));
+    }
+
+    fn is_tripped(&self, plan: &CanaryPlan) -> bool {
+        self.tripped().as_ref().is_some_and(|t| t.sha256 == plan.sha256() && t.plan == plan.started_at)
+    }
+
+    /// The last automatic decision: this instance's own, until the release records one.
+    pub fn last_decision(&self) -> Option<Decision> {
+        let pending = self.tripped().as_ref().filter(|t| !t.written).map(|t| t.decision.clone());
+        pending.or_else(|| self.followed().manifest.as_ref().and_then(|m| m.last_decision.clone()))
+    }
+}
+
+/// Who this instance is in a decision: `instance:<id>` (with a store) or `instance:local`.
+fn by(app: &App) -> String {
+    match &app.store {
+        Some(store) => format!("instance:{}", store.instance),
+        None => "instance:local".to_string(),
+    }
+}
+
+/// The controller: writes the rollbacks this instance decided, and steps a healthy canary up
+/// when its step is due. Runs until the task is dropped.
+pub async fn run(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = app.rollout.wake.notified() => {}
+        }
+        write_rollback(&app).await;
+        step_up(&app).await;
+    }
+}
+
+/// Writes the pending rollback into the release (once: a release that no longer names that
+/// canary needs nothing). A store error is retried at the next tick.
+async fn write_rollback(app: &Arc<App>) {
+    let pending = app
+        .rollout
+        .tripped()
+        .as_ref()
+        .filter(|t| !t.written)
+        .map(|t| (t.sha256.clone(), t.plan.clone(), t.decision.clone()));
+    let Some((sha256, plan, decision)) = pending else { return };
+    let result = change::automatic(app, |manifest| {
+        // Another instance's rollback (or any change of canary) already took it out.
+        manifest.canary.as_ref().filter(|c| c.sha256() == sha256 && c.started_at == plan)?;
+        let mut next = manifest.clone();
+        next.canary = None;
+        next.last_decision = Some(decision.clone());
+        next.record(Action::AutoRollback, &decision.by, decision.at.clone(), Some(decision.reason.clone()));
+        Some(next)
+    })
+    .await;
+    match result {
+        Ok(written) => {
+            if let Some(generation) = written {
+                tracing::info!(
+                    sha256,
+                    generation,
+                    "wrote the canary's rollback into the release (generation {generation})"
+                );
+            }
+            if let Some(trip) = app.rollout.tripped().as_mut() {
+                trip.written = true;
+            }
+        }
+        Err(error) => tracing::warn!(sha256, "cannot write the canary's rollback yet (retrying): {error}"),
+    }
+}
+
+/// Advances the canary to its next step when the step is due and it is not failing; the last
+/// step (100) makes it stable.
+async fn step_up(app: &Arc<App>) {
+    let (manifest, _) = app.rollout.release();
+    let Some(plan) = manifest.and_then(|m| m.canary) else { return };
+    let Some(next) = plan.next_step() else { return };
+    let Some(due) = step_due(&plan) else { return };
+    if SystemTime::now() < due || app.rollout.is_tripped(&plan) {
+        return;
+    }
+    let Some(canary) = app.registry.canary().filter(|c| c.component.sha256 == plan.sha256()) else { return };
+    let (canary_counts, stable_counts) = app.rollout.window_counts(app, &canary.component);
+    if let Verdict::Failing(_) = analysis::judge(canary_counts, stable_counts, &app.rollout.thresholds) {
+        return;
+    }
+    let who = by(app);
+    let reason = format!(
+        "healthy for {:?} at {}: canary {:.1}% failed ({} of {}), stable {:.1}% ({} of {})",
+        Duration::from_millis(plan.step_interval_ms),
+        plan.weight,
+        canary_counts.rate() * 100.0,
+        canary_counts.failures,
+        canary_counts.requests,
+        stable_counts.rate() * 100.0,
+        stable_counts.failures,
+        stable_counts.requests
+    );
+    let result = change::automatic(app, |manifest| {
+        let current = manifest.canary.as_ref().filter(|c| {
+            c.sha256() == plan.sha256() && c.started_at == plan.started_at && c.weight == plan.weight
+        })?;
+        let mut next = manifest.clone();
+        let at = crate::store::now_rfc3339();
+        let weight = current.next_step().unwrap_or(Weight::FULL);
+        if weight == Weight::FULL {
+            next.stable = current.version.clone();
+            next.canary = None;
+            next.last_decision = Some(Decision {
+                action: Action::AutoPromote,
+                version: current.version.clone(),
+                at: at.clone(),
+                by: who.clone(),
+                reason: reason.clone(),
+                canary: canary_counts,
+                stable: stable_counts,
+            });
+        } else if let Some(canary) = next.canary.as_mut() {
+            canary.weight = weight;
+            canary.step_started_at = at.clone();
+        }
+        next.record(Action::AutoPromote, &who, at, Some(reason.clone()));
+        Some(next)
+    })
+    .await;
+    match result {
+        Ok(Some(generation)) => {
+            app.metrics.versions.canary_promotions.inc();
+            tracing::info!(
+                sha256 = plan.sha256(),
+                generation,
+                "stepped the canary up from {} to {next}: {reason}",
+                plan.weight
+            );
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(sha256 = plan.sha256(), "cannot step the canary up yet (retrying): {error}")
+        }
+    }
+}
+
+/// When the plan's current step is over.
+fn step_due(plan: &CanaryPlan) -> Option<SystemTime> {
+    let started =
+        time::OffsetDateTime::parse(&plan.step_started_at, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    Some(SystemTime::from(started) + Duration::from_millis(plan.step_interval_ms))
+}
