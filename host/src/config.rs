@@ -17,7 +17,7 @@ mod rollout;
 mod storage;
 pub use commands::{
     CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
-    ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, Weight, parse_steps, parse_weight,
+    ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
 };
 pub use limits::Limits;
 pub use parse::{parse_duration, parse_size};

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::{ReleaseArgs, ReleaseCommand, ReleaseHostArgs, ReleasePromoteArgs, ReleaseStartArgs};
 use crate::push::{client, columns, read_signature, read_token, short, text};
+use crate::rollout::Weight;
 use crate::signing::SIGNATURE_HEADER;
 
 /// History entries `status` prints (the host keeps up to 20).
@@ -43,7 +44,7 @@ async fn start(args: &ReleaseStartArgs) -> anyhow::Result<()> {
 /// `POST release/promote[?weight=W]`.
 async fn promote(args: &ReleasePromoteArgs) -> anyhow::Result<()> {
     let token = read_token(&args.host.token_file)?;
-    let query = args.weight.map(|w| format!("?weight={w}")).unwrap_or_default();
+    let query = args.weight.map(|w| format!("?weight={}", query_weight(w))).unwrap_or_default();
     let endpoint = format!("{}{query}", endpoint(&args.host.url, "/promote"));
     answer(client(Duration::from_secs(60))?.post(&endpoint).bearer_auth(token), &endpoint).await
 }
@@ -81,11 +82,24 @@ fn endpoint(url: &str, action: &str) -> String {
 }
 
 fn start_query(args: &ReleaseStartArgs) -> String {
-    let mut query = format!("?weight={}", args.weight);
+    let mut query = format!("?weight={}", query_weight(args.weight));
     if let Some(steps) = &args.steps {
-        query.push_str(&format!("&steps={steps}&step_interval={}ms", args.step_interval.as_millis()));
+        let steps: Vec<String> = steps.0.iter().copied().map(query_weight).collect();
+        query.push_str(&format!(
+            "&steps={}&step_interval={}ms",
+            steps.join(","),
+            args.step_interval.as_millis()
+        ));
     }
     query
+}
+
+/// A weight as a query value: `10`, `12.5` (its `Display`, `10.0%`, would need escaping).
+fn query_weight(weight: Weight) -> String {
+    match weight.permille() % 10 {
+        0 => (weight.permille() / 10).to_string(),
+        tenth => format!("{}.{tenth}", weight.permille() / 10),
+    }
 }
 
 /// Sends `request`, prints the host's answer, and fails with the host's error when it is one.
@@ -165,6 +179,17 @@ pub fn table(view: &Value) -> String {
     out.push_str(&versions_table(view));
     out.push('\n');
     out.push_str(&instances_table(view));
+    if !view["fleet_error"].is_null() {
+        out.push_str(&format!("({})\n", text(&view["fleet_error"])));
+    }
+    let rejection = &view["last_rejection"];
+    if !rejection.is_null() {
+        out.push_str(&format!(
+            "last rejection on this instance: {} {}\n",
+            short(rejection["sha256"].as_str().unwrap_or("?")),
+            text(&rejection["reason"])
+        ));
+    }
 
     let decision = &view["last_decision"];
     if !decision.is_null() {
@@ -313,7 +338,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::{Cli, Command, Weight, parse_steps, parse_weight};
+    use crate::config::{Cli, Command, parse_steps};
 
     fn parse(args: &[&str]) -> Result<ReleaseCommand, String> {
         let mut argv = vec!["echo-host", "release"];
@@ -324,34 +349,29 @@ mod tests {
         }
     }
 
+    fn weight(text: &str) -> Weight {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn weights_are_percent_with_one_decimal_at_most() {
-        assert_eq!(parse_weight("0"), Ok(Weight(0)));
-        assert_eq!(parse_weight("10"), Ok(Weight(100)));
-        assert_eq!(parse_weight("12.5"), Ok(Weight(125)));
-        assert_eq!(parse_weight("100.0"), Ok(Weight(1000)));
-        assert_eq!(Weight(125).to_string(), "12.5");
-        assert_eq!(Weight(100).to_string(), "10");
-        assert_eq!(Weight(5).to_string(), "0.5");
-        for bad in ["", "-1", "1.25", "10.", ".5", "1e2", "NaN", "ten", "10%", "0x10", "1000"] {
-            let error = parse_weight(bad).expect_err(bad);
-            assert!(error.contains(&format!("`{bad}`")), "{bad}: {error}");
-        }
-        assert!(parse_weight("100.1").unwrap_err().contains("over 100"));
+    fn weights_go_to_the_host_as_plain_numbers() {
+        assert_eq!(query_weight(weight("0")), "0");
+        assert_eq!(query_weight(weight("10")), "10");
+        assert_eq!(query_weight(weight("12.5")), "12.5");
+        assert_eq!(query_weight(weight("0.5")), "0.5");
+        assert_eq!(query_weight(weight("100.0")), "100");
     }
 
     #[test]
     fn steps_increase_and_are_over_zero() {
         let steps = parse_steps("1,10,50,100").unwrap();
-        assert_eq!(steps.0, [Weight(10), Weight(100), Weight(500), Weight(1000)]);
-        assert_eq!(steps.to_string(), "1,10,50,100");
-        assert_eq!(parse_steps("0.5,2.5").unwrap().to_string(), "0.5,2.5");
-        assert!(parse_steps("10,5").unwrap_err().contains("must increase, but 5 follows 10"));
+        assert_eq!(steps.0, ["1", "10", "50", "100"].map(weight));
+        assert!(parse_steps("10,5").unwrap_err().contains("must increase, but 5.0% follows 10.0%"));
         assert!(parse_steps("10,10").unwrap_err().contains("must increase"));
         assert!(parse_steps("0,10").unwrap_err().contains("over 0"));
-        assert!(parse_steps("1,101").unwrap_err().contains("over 100"));
-        assert!(parse_steps("1,,2").unwrap_err().contains("is not a weight"));
-        assert!(parse_steps("1,2.25").unwrap_err().contains("`2.25`"));
+        assert!(parse_steps("1,101").unwrap_err().contains("`101` is not a weight"));
+        assert!(parse_steps("1,,2").unwrap_err().contains("`` is not a weight"));
+        assert!(parse_steps("1,2.25").unwrap_err().contains("`2.25` is not a weight"));
     }
 
     #[test]
@@ -363,7 +383,7 @@ mod tests {
             "--weight",
             "1",
             "--steps",
-            "1,10,50,100",
+            "1,10,50,100.0",
             "--step-interval",
             "1m",
             "--token-file",
@@ -380,7 +400,7 @@ mod tests {
             "http://h:1/.well-known/echo-host/admin/release/promote"
         );
 
-        let manual = match parse(&["start", "u", "c.wasm", "--weight", "12.5", "--token-file", "t"]) {
+        let manual = match parse(&["start", "u", "c.wasm", "--weight", "12.5%", "--token-file", "t"]) {
             Ok(ReleaseCommand::Start(start)) => start,
             other => panic!("{other:?}"),
         };
@@ -390,7 +410,7 @@ mod tests {
     #[test]
     fn bad_flags_fail_before_anything_is_sent() {
         let error = parse(&["start", "u", "c.wasm", "--weight", "150", "--token-file", "t"]).unwrap_err();
-        assert!(error.contains("over 100"), "{error}");
+        assert!(error.contains("`150` is not a weight: a percent from 0 to 100"), "{error}");
         let error = parse(&["start", "u", "c.wasm", "--token-file", "t"]).unwrap_err();
         assert!(error.contains("--weight"), "{error}");
         let error =

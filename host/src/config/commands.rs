@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::parse_duration;
+use crate::rollout::Weight;
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -108,7 +109,7 @@ pub struct ReleaseStartArgs {
     pub file: PathBuf,
     /// The canary's share of the requests in percent, 0 to 100 in steps of 0.1 (`0`: only
     /// requests pinned with `echo-host-version` reach it).
-    #[arg(long, value_parser = parse_weight)]
+    #[arg(long)]
     pub weight: Weight,
     /// Weights the canary advances through while healthy, one every `--step-interval`, e.g.
     /// `1,10,50,100` (increasing; reaching 100 makes it stable). Without it the weight stays
@@ -129,66 +130,21 @@ pub struct ReleasePromoteArgs {
     pub host: ReleaseHostArgs,
     /// The canary's new weight in percent (below 100: it stays a canary; 100: it becomes
     /// stable). Without it: the next of its `--steps`, or stable when there is none.
-    #[arg(long, value_parser = parse_weight)]
+    #[arg(long)]
     pub weight: Option<Weight>,
-}
-
-/// A canary weight in tenths of a percent (per mille): `10.5` % is 105.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Weight(pub u16);
-
-impl std::fmt::Display for Weight {
-    /// As the admin API takes it: `10`, `10.5`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 % 10 {
-            0 => write!(f, "{}", self.0 / 10),
-            tenth => write!(f, "{}.{tenth}", self.0 / 10),
-        }
-    }
-}
-
-/// Parses a weight in percent: `0` to `100` with at most one decimal (`12.5`).
-pub fn parse_weight(text: &str) -> Result<Weight, String> {
-    let text = text.trim();
-    let bad = || {
-        format!(
-            "`{text}` is not a weight: a percentage from 0 to 100 with at most one decimal, e.g. `10` or `12.5`"
-        )
-    };
-    let (whole, tenth) = match text.split_once('.') {
-        Some((whole, tenth)) => (whole, tenth),
-        None => (text, "0"),
-    };
-    let digits =
-        |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole, 3) || !digits(tenth, 1) {
-        return Err(bad());
-    }
-    let permille = whole.parse::<u16>().map_err(|_| bad())? * 10 + tenth.parse::<u16>().map_err(|_| bad())?;
-    if permille > 1000 {
-        return Err(format!("`{text}` is over 100 (a weight is a percentage)"));
-    }
-    Ok(Weight(permille))
 }
 
 /// The weights of `--steps`, increasing, each over 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steps(pub Vec<Weight>);
 
-impl std::fmt::Display for Steps {
-    /// As the admin API takes them: `1,10,50,100`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let steps: Vec<String> = self.0.iter().map(Weight::to_string).collect();
-        f.write_str(&steps.join(","))
-    }
-}
-
-/// Parses `1,10,50,100`: weights (as [`parse_weight`]) over 0, each greater than the last.
+/// Parses `1,10,50,100`: weights (percent, at most one decimal) over 0, each greater than the
+/// last.
 pub fn parse_steps(text: &str) -> Result<Steps, String> {
     let mut steps: Vec<Weight> = Vec::new();
     for part in text.split(',') {
-        let step = parse_weight(part).map_err(|e| format!("in `--steps {text}`: {e}"))?;
-        if step.0 == 0 {
+        let step: Weight = part.parse().map_err(|e| format!("in `--steps {text}`: {e}"))?;
+        if step == Weight::ZERO {
             return Err(format!("in `--steps {text}`: a step must be over 0"));
         }
         if let Some(last) = steps.last()
