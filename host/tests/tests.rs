@@ -28,5 +28,7 @@ mod sources;
 mod log_pipe;
 // The fleet release store on Cloud Storage (fake-gcs-server): gs:// source, push, rollback, fleet view, faults.
 mod store;
+// `echo-host release start|status|promote|abort`: the real binary against a running host.
+mod rollout_cli;
 // The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
 mod container;
