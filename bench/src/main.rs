@@ -8,7 +8,8 @@
 //! - [`servers`]: a server as a pinned child process; RSS sampling.
 //! - [`sections`]: the measurements, one module per section (throughput, cold start with the
 //!   container image, memory, streaming, swap, scaling), each alternating between servers for
-//!   `--rounds` rounds; and the fleet (three echo-hosts on one release store, pushes).
+//!   `--rounds` rounds; the fleet (three echo-hosts on one release store, pushes); and canary
+//!   releases (a 50/50 split's cost, a failing canary's automatic rollback across the fleet).
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.
 //! - [`http1`]: response parsing and a blocking client; [`procfs`]: `/proc` and affinity.
 //! - [`samples`], [`report`], [`chart`]: per-round values, the markdown, the PNG.
@@ -33,7 +34,7 @@ use crate::sections::Opts;
 
 const USAGE: &str =
     "usage: echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,cold,memory,stream,swap,scaling,fleet] [--out DIR]
+                  [--only throughput,cold,memory,stream,swap,scaling,fleet,canary] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
@@ -50,7 +51,7 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 7] = ["throughput", "cold", "memory", "stream", "swap", "scaling", "fleet"];
+const SECTIONS: [&str; 8] = ["throughput", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary"];
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -144,6 +145,7 @@ fn run() -> anyhow::Result<()> {
             "swap" => sections::swap(&paths, &opts, &mut samples)?,
             "scaling" => sections::scaling(&paths, &opts, &mut samples)?,
             "fleet" => sections::fleet(&paths, &opts, &mut samples)?,
+            "canary" => sections::canary(&paths, &opts, &mut samples)?,
             _ => unreachable!("sections are checked"),
         }
         eprintln!("[bench] {section} took {:.0} s", section_started.elapsed().as_secs_f64());

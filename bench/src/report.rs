@@ -225,7 +225,34 @@ pub fn targets(s: &Samples) -> Vec<Target> {
             max.map(|m| m <= poll_ms + FLEET_SLACK_MS),
         );
     }
+    let (one, split) = (s.median("canary.rps", CANARY_ONE), s.median("canary.rps", CANARY_SPLIT));
+    let r = ratio(split, one);
+    add(
+        "GET req/s with a 50/50 canary split ≥ 95% of one version's",
+        format!("{} vs {} = {}%", num(split, 0), num(one, 0), num(r.map(|r| r * 100.0), 1)),
+        r.map(|r| r >= 0.95),
+    );
+    let max = max_value(s, "canary.rollback_all_ms", CANARY_ROLLBACK);
+    let rollbacks = s.get("canary.rollback_all_ms", CANARY_ROLLBACK).map_or(0, <[f64]>::len);
+    add(
+        &format!(
+            "failing canary: first failure → every instance on stable ≤ window + poll + 1 s ({FLEET_INSTANCES} instances, --canary-window {}, --poll-interval {})",
+            CANARY_WINDOW.0, CANARY_POLL.0
+        ),
+        format!(
+            "max {} (median {}) over {rollbacks} rollbacks; stable failed {} requests",
+            ms(max),
+            ms(s.median("canary.rollback_all_ms", CANARY_ROLLBACK)),
+            num(s.sum("canary.stable_failures", CANARY_ROLLBACK), 0)
+        ),
+        max.map(|m| m <= canary_target_ms()),
+    );
     out
+}
+
+/// The rollback's target: the analysis window plus the poll interval plus [`CANARY_SLACK_MS`].
+fn canary_target_ms() -> f64 {
+    CANARY_WINDOW.1 + CANARY_POLL.1 + CANARY_SLACK_MS
 }
 
 /// Under the cold-start table: how the container was run, or why it was not.
@@ -484,6 +511,76 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
         );
     }
 
+    let has_split = s.get("canary.rps", CANARY_ONE).is_some();
+    if has_split || s.get("canary.rollback_all_ms", CANARY_ROLLBACK).is_some() {
+        let _ = writeln!(w, "## Canary releases\n");
+        let _ = writeln!(w, "| | median | min | max | target |");
+        let _ = writeln!(w, "|---|---:|---:|---:|---|");
+        let range = |metric: &str, server: &str| {
+            let values = s.get(metric, server).unwrap_or_default();
+            (values.iter().copied().reduce(f64::min), values.iter().copied().reduce(f64::max))
+        };
+        if has_split {
+            for (label, what) in [
+                (CANARY_ONE, "GET req/s, one version".to_string()),
+                (
+                    CANARY_SPLIT,
+                    format!(
+                        "GET req/s, 50/50 canary ({}% of {} sampled requests on the canary)",
+                        num(s.median("canary.split_share", CANARY_SPLIT), 0),
+                        SPLIT_SAMPLE
+                    ),
+                ),
+            ] {
+                let (min, max) = range("canary.rps", label);
+                let _ = writeln!(
+                    w,
+                    "| {what} | {} | {} | {} | |",
+                    num(s.median("canary.rps", label), 0),
+                    num(min, 0),
+                    num(max, 0)
+                );
+            }
+            let r = ratio(s.median("canary.rps", CANARY_SPLIT), s.median("canary.rps", CANARY_ONE));
+            let _ = writeln!(w, "| 50/50 ÷ one version | {}% | | | ≥ 95% |", num(r.map(|r| r * 100.0), 1));
+        }
+        if s.get("canary.rollback_all_ms", CANARY_ROLLBACK).is_some() {
+            for (metric, what) in [
+                (
+                    "canary.rollback_first_ms",
+                    "first failure → the failing instance stops routing to the canary",
+                ),
+                ("canary.rollback_all_ms", "first failure → every instance on stable"),
+            ] {
+                let (min, max) = range(metric, CANARY_ROLLBACK);
+                let target = if metric == "canary.rollback_all_ms" {
+                    format!(
+                        "≤ {} (window {} + poll {} + 1 s)",
+                        ms(Some(canary_target_ms())),
+                        CANARY_WINDOW.0,
+                        CANARY_POLL.0
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    w,
+                    "| {what} | {} | {} | {} | {target} |",
+                    ms(s.median(metric, CANARY_ROLLBACK)),
+                    ms(min),
+                    ms(max)
+                );
+            }
+        }
+        let _ = writeln!(
+            w,
+            "\nSplit: echo-host on core 0 serving the built-in echo as stable and, as the canary at weight 50 (`POST admin/release?weight=50`), the echo component with a custom section appended (its own sha256, the same code); against the same host serving one version, alternating, `wrk` as in the throughput table. Rollback: {FLEET_INSTANCES} echo-hosts on one release store (fake-gcs-server, `--canary-window {}`, `--poll-interval {}`, default thresholds), canary = misbehave at 50 %; once every instance routes to it, `GET {FAIL_PATH}` (fails on misbehave, 200 on the echo) every 2 ms to the first instance only, so the others stop routing only by following the manifest it writes; timed from the first failed response to each instance's `GET admin/release` (polled every 10 ms) showing no canary routing. Stable's failed responses during the rollbacks: {}.\n",
+            CANARY_WINDOW.0,
+            CANARY_POLL.0,
+            num(s.sum("canary.stable_failures", CANARY_ROLLBACK), 0)
+        );
+    }
+
     let _ = writeln!(w, "## Targets\n");
     let _ = writeln!(w, "| target | measured (same run) | |");
     let _ = writeln!(w, "|---|---|---|");
@@ -550,6 +647,35 @@ mod tests {
         assert_eq!(fleet[1].met, Some(false), "2,600 ms > 2,500 ms: {}", fleet[1].measured);
         let md = render(&s, &Meta { fleet_pushes: 3, ..Meta::default() });
         assert!(md.contains("| `--poll-interval 2s` | – | – | 1,300 ms | 2,600 ms |"), "{md}");
+    }
+
+    #[test]
+    fn the_canary_rows_and_targets() {
+        let mut s = Samples::default();
+        for (one, split) in [(10_000.0, 9_700.0), (10_200.0, 9_900.0), (9_800.0, 9_000.0)] {
+            s.add("canary.rps", CANARY_ONE, one);
+            s.add("canary.rps", CANARY_SPLIT, split);
+        }
+        for ms in [900.0, 1_400.0, 13_000.0] {
+            s.add("canary.rollback_all_ms", CANARY_ROLLBACK, ms);
+            s.add("canary.rollback_first_ms", CANARY_ROLLBACK, 200.0);
+            s.add("canary.stable_failures", CANARY_ROLLBACK, 0.0);
+        }
+        let t = targets(&s);
+        let split = t.iter().find(|t| t.what.contains("50/50")).unwrap();
+        assert_eq!(split.met, Some(true), "9,700 / 10,000: {}", split.measured);
+        assert!(split.measured.contains("9,700 vs 10,000 = 97.0%"), "{}", split.measured);
+        let rollback = t.iter().find(|t| t.what.contains("every instance on stable")).unwrap();
+        assert_eq!(rollback.met, Some(false), "13 s > 12 s: {}", rollback.measured);
+        assert!(rollback.measured.contains("max 13,000 ms (median 1,400 ms) over 3 rollbacks"));
+        let md = render(&s, &Meta::default());
+        assert!(md.contains("| 50/50 ÷ one version | 97.0% | | | ≥ 95% |"), "{md}");
+        assert!(
+            md.contains(
+                "| first failure → every instance on stable | 1,400 ms | 900 ms | 13,000 ms | ≤ 12,000 ms"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -108,17 +108,21 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
 /// What the chosen sections run besides echo-host.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    /// The peers (native echo, `wasmtime serve`, Flask) and `wrk`: every section but swap and fleet.
+    /// The peers (native echo, `wasmtime serve`, Flask): every section but swap, fleet and canary.
     pub peers: bool,
-    /// fake-gcs-server: the fleet section.
+    /// `wrk`: the peers' sections and canary.
+    pub wrk: bool,
+    /// fake-gcs-server: the fleet and canary sections.
     pub fake_gcs: bool,
 }
 
 impl Needs {
     pub fn of(sections: &[String]) -> Needs {
+        let peers = sections.iter().any(|s| !["swap", "fleet", "canary"].contains(&s.as_str()));
         Needs {
-            peers: sections.iter().any(|s| s != "swap" && s != "fleet"),
-            fake_gcs: sections.iter().any(|s| s == "fleet"),
+            peers,
+            wrk: peers || sections.iter().any(|s| s == "canary"),
+            fake_gcs: sections.iter().any(|s| s == "fleet" || s == "canary"),
         }
     }
 }
@@ -156,8 +160,10 @@ pub fn prepare(paths: &mut Paths, build: bool, needs: Needs) -> anyhow::Result<(
     }
     if needs.peers {
         ensure_wasmtime(paths)?;
-        ensure_wrk(paths)?;
         ensure_venv(paths)?;
+    }
+    if needs.wrk {
+        ensure_wrk(paths)?;
     }
     if needs.fake_gcs {
         ensure_fake_gcs(paths)?;

@@ -15,7 +15,10 @@ mod limits;
 mod parse;
 mod rollout;
 mod storage;
-pub use commands::{CompileArgs, FleetArgs, KeygenArgs, PushArgs, SignArgs};
+pub use commands::{
+    CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
+    ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
+};
 pub use limits::Limits;
 pub use parse::{parse_duration, parse_size};
 use parse::{parse_env_pair, parse_outbound, parse_probe};
@@ -80,6 +83,9 @@ pub enum Command {
     Push(PushArgs),
     /// Print the fleet (a host with `--store`): the release and every live instance's version.
     Fleet(FleetArgs),
+    /// Canary releases through a running host's admin API: `start` a canary at a weight,
+    /// `promote` it, `abort` it, or print the release's `status`.
+    Release(ReleaseArgs),
     /// Make an ed25519 key pair for signing components (`KEY` and `KEY.pub`).
     Keygen(KeygenArgs),
     /// Sign a component with a private key from `keygen`, writing `FILE.sig`.

@@ -37,6 +37,7 @@ pub mod proxy;
 pub mod push;
 pub mod registry;
 pub mod release_api;
+pub mod release_cli;
 pub mod rollout;
 pub mod runtime;
 pub mod server;

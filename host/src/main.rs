@@ -13,6 +13,9 @@ fn main() -> std::process::ExitCode {
         Some(Command::Compile(args)) => echo_host::compile(&args),
         Some(Command::Push(args)) => runtime().and_then(|rt| rt.block_on(echo_host::push::push(&args))),
         Some(Command::Fleet(args)) => runtime().and_then(|rt| rt.block_on(echo_host::push::fleet(&args))),
+        Some(Command::Release(args)) => {
+            runtime().and_then(|rt| rt.block_on(echo_host::release_cli::release(&args)))
+        }
         Some(Command::Keygen(args)) => echo_host::signing::keygen(&args.key).map(|public| {
             eprintln!(
                 "wrote the private key to `{}` and the public key to `{}`",

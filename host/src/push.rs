@@ -3,6 +3,7 @@
 //! then follows the fleet view until every live instance serves it. `echo-host fleet URL`
 //! prints that view as a table.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,12 +19,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     let token = read_token(&args.token_file)?;
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
-    let signature_path = args.signature.clone().unwrap_or_else(|| sibling(&args.file, "sig"));
-    let signature = match std::fs::read_to_string(&signature_path) {
-        Ok(text) => Some(text.trim().to_string()),
-        Err(_) if args.signature.is_none() => None,
-        Err(e) => bail!("cannot read the signature `{}`: {e}", signature_path.display()),
-    };
+    let signature = read_signature(&args.file, args.signature.as_deref())?;
     let endpoint = format!("{}/.well-known/echo-host/admin/component", args.url.trim_end_matches('/'));
     let client = client(Duration::from_secs(300))?;
     let mut request = client.put(&endpoint).bearer_auth(&token).body(bytes);
@@ -168,8 +164,18 @@ pub fn table(view: &Value) -> String {
             rejection.chars().take(100).collect(),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    out.push_str(&columns(&rows));
+    out
+}
+
+/// Rows of cells as left-aligned columns two spaces apart, one line each (the first row is
+/// usually the header).
+pub(crate) fn columns(rows: &[Vec<String>]) -> String {
+    let count = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..count)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
@@ -178,12 +184,12 @@ pub fn table(view: &Value) -> String {
     out
 }
 
-fn short(version: &str) -> String {
+pub(crate) fn short(version: &str) -> String {
     let hex: String = version.trim_start_matches("sha256:").chars().take(12).collect();
     format!("sha256:{hex}")
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -191,13 +197,24 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+/// The detached signature to send with `file`: `signature` when given (an error when it cannot
+/// be read), else `FILE.sig` when it exists, else none.
+pub(crate) fn read_signature(file: &Path, signature: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let path = signature.map_or_else(|| sibling(file, "sig"), Path::to_path_buf);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(_) if signature.is_none() => Ok(None),
+        Err(e) => bail!("cannot read the signature `{}`: {e}", path.display()),
+    }
+}
+
+pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file `{}`", path.display()))?;
     Ok(token.trim().to_string())
 }
 
-fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder().timeout(timeout).build().context("cannot build the HTTP client")
 }
 

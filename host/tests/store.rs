@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use crate::util::fleet::{
     rfc3339_now, serving, sha256, variant, version, wait_all_serve,
 };
 use crate::util::gcs::{FakeGcs, MetadataStub, Mode, StorageProxy};
-use crate::util::{self, HostProcess};
+use crate::util::{self, HostProcess, run_cli};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -54,44 +53,6 @@ fn wait_converged(http: &reqwest::blocking::Client, host: &HostProcess, n: usize
             if all && view["converged"] == true { Ok(view) } else { Err(view.to_string()) }
         },
     )
-}
-
-/// Runs the real binary with `args` (a CLI subcommand) and waits up to `timeout`.
-fn run_cli(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echo-host"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`echo-host {}` did not exit within {timeout:?}; stdout:\n{}\nstderr:\n{}",
-                args.join(" "),
-                stdout.join().unwrap(),
-                stderr.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 fn path_str(path: &Path) -> &str {

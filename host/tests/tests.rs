@@ -30,6 +30,8 @@ mod log_pipe;
 mod store;
 // The status page in headless Chromium: nothing without the token, the release, a rollback.
 mod status_page;
+// `echo-host release start|status|promote|abort`: the real binary against a running host.
+mod rollout_cli;
 // The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
 mod container;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.

@@ -18,7 +18,7 @@ pub const FLEET_INSTANCES: usize = 3;
 /// The manifest poll intervals measured; the target is each one + [`FLEET_SLACK_MS`].
 pub const FLEET_POLLS: [(&str, f64); 2] = [("1s", 1000.0), ("2s", 2000.0)];
 pub const FLEET_SLACK_MS: f64 = 500.0;
-const BUCKET: &str = "bkt";
+pub(super) const BUCKET: &str = "bkt";
 /// How often each instance's `GET /` is polled while a push spreads.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 
@@ -44,22 +44,10 @@ fn create_bucket(emulator: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn version_of(client: &mut Client) -> anyhow::Result<String> {
-    let response = client.send(&http1::get_request("/"))?;
-    if response.status != 200 {
-        bail!("GET / answered {}", response.status);
-    }
-    response.component.context("no echo-host-component header")
-}
-
-/// "push → every instance serving" at each poll interval: `opts.fleet_pushes` pushes, alternating
-/// the echo and misbehave components, to the instances of a fresh fleet of three in turn.
-pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<()> {
-    let dir = paths.work.join("fleet");
-    std::fs::create_dir_all(&dir)?;
-    let echo = std::fs::read(&paths.echo_wasm)?;
-    let misbehave = std::fs::read(&paths.misbehave_wasm)?;
-    let emulator_spec = Spec::new(
+/// fake-gcs-server on loopback (in memory) with the bucket created; its URL for
+/// `--storage-emulator-host`.
+pub(super) fn start_emulator(paths: &Paths) -> anyhow::Result<(Server, String)> {
+    let spec = Spec::new(
         "fake-gcs-server",
         &paths.fake_gcs,
         &[
@@ -75,44 +63,74 @@ pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Resul
             "warn",
         ],
     );
-    let mut emulator = emulator_spec.spawn(BOTH_CORES, &log_path(paths, &emulator_spec.name))?;
+    let mut emulator = spec.spawn(BOTH_CORES, &log_path(paths, &spec.name))?;
     emulator.wait_ready("/storage/v1/b", STARTUP_TIMEOUT)?;
     create_bucket(emulator.addr)?;
-    let emulator_url = format!("http://{}", emulator.addr);
+    let url = format!("http://{}", emulator.addr);
+    Ok((emulator, url))
+}
+
+/// An instance of a fleet on the release store `store` (`gs://BUCKET/PREFIX/`), serving the echo
+/// until the store has a release, with the benchmark's admin token.
+pub(super) fn host_spec(paths: &Paths, label: &str, store: &str, emulator_url: &str, poll: &str) -> Spec {
+    Spec::new(
+        label,
+        &paths.echo_host,
+        &[
+            "--listen-addr",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--store",
+            store,
+            "--storage-emulator-host",
+            emulator_url,
+            "--poll-interval",
+            poll,
+            "--heartbeat-interval",
+            "2s",
+        ],
+    )
+    .arg("--component")
+    .arg(paths.echo_wasm.display().to_string())
+    .env("ECHO_HOST_ADMIN_TOKEN", super::swap::ADMIN_TOKEN)
+}
+
+/// [`FLEET_INSTANCES`] instances of `spec`, each answering.
+pub(super) fn start_fleet(paths: &Paths, spec: &Spec) -> anyhow::Result<Vec<Server>> {
+    (0..FLEET_INSTANCES)
+        .map(|i| {
+            // Instances are not pinned to one core: each compiles every pushed version, as
+            // Cloud Run instances do on their own vCPU; here the three share both cores.
+            start(paths, &spec.clone().renamed(&format!("{} #{i}", spec.name)), BOTH_CORES)
+        })
+        .collect()
+}
+
+fn version_of(client: &mut Client) -> anyhow::Result<String> {
+    let response = client.send(&http1::get_request("/"))?;
+    if response.status != 200 {
+        bail!("GET / answered {}", response.status);
+    }
+    response.component.context("no echo-host-component header")
+}
+
+/// "push → every instance serving" at each poll interval: `opts.fleet_pushes` pushes, alternating
+/// the echo and misbehave components, to the instances of a fresh fleet of three in turn.
+pub fn fleet(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<()> {
+    let dir = paths.work.join("fleet");
+    std::fs::create_dir_all(&dir)?;
+    let echo = std::fs::read(&paths.echo_wasm)?;
+    let misbehave = std::fs::read(&paths.misbehave_wasm)?;
+    let (emulator, emulator_url) = start_emulator(paths)?;
 
     for (poll, poll_ms) in FLEET_POLLS {
         let label = fleet_label(poll);
         // A prefix of its own per interval: each fleet starts from an empty store.
         let store = format!("gs://{BUCKET}/fleet-{poll}/");
-        let spec = Spec::new(
-            &label,
-            &paths.echo_host,
-            &[
-                "--listen-addr",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--store",
-                &store,
-                "--storage-emulator-host",
-                &emulator_url,
-                "--poll-interval",
-                poll,
-                "--heartbeat-interval",
-                "2s",
-                "--keep-versions",
-                "1",
-            ],
-        )
-        .arg("--component")
-        .arg(paths.echo_wasm.display().to_string())
-        .env("ECHO_HOST_ADMIN_TOKEN", super::swap::ADMIN_TOKEN);
-        let mut fleet = Vec::new();
-        for i in 0..FLEET_INSTANCES {
-            // Instances are not pinned to one core: each compiles every pushed version, as
-            // Cloud Run instances do on their own vCPU; here the three share both cores.
-            fleet.push(start(paths, &spec.clone().renamed(&format!("{label} #{i}")), BOTH_CORES)?);
-        }
+        // `--keep-versions 1`: every swap compiles, as a new version does.
+        let spec = host_spec(paths, &label, &store, &emulator_url, poll).arg("--keep-versions").arg("1");
+        let fleet = start_fleet(paths, &spec)?;
         let mut clients = fleet
             .iter()
             .map(|s| Client::connect(s.addr, Duration::from_secs(10)))

@@ -11,7 +11,10 @@
 //! - [`scaling`]: requests/s on one and two server cores.
 //! - [`fleet`]: three instances following one release store on the Cloud Storage emulator: push
 //!   to one, until every one serves it.
+//! - [`canary`]: requests/s with a 50/50 canary split, and a failing canary's first failure to
+//!   every instance of a fleet back on stable.
 
+mod canary;
 mod cold;
 mod docker_run;
 mod fleet;
@@ -21,6 +24,10 @@ mod stream;
 mod swap;
 mod throughput;
 
+pub use canary::{
+    CANARY_ONE, CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_SPLIT, CANARY_WINDOW, FAIL_PATH,
+    SPLIT_SAMPLE, canary,
+};
 pub use cold::{
     COLD_CONTAINER, COLD_CWASM, COLD_WASM, COLD_WASMTIME_CACHE, COLD_WASMTIME_NOCACHE, cold_start,
 };

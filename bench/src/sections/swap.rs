@@ -15,12 +15,18 @@ pub(super) const ADMIN_TOKEN: &str = "echo-bench-admin-token-0123456789abcdef";
 
 /// An admin upload of `component` as raw HTTP/1.1 (the benchmark's own token).
 pub(super) fn upload_request(component: &[u8]) -> Vec<u8> {
+    admin_request("PUT", "component", component)
+}
+
+/// `METHOD /.well-known/echo-host/admin/PATH` with `body` as raw HTTP/1.1 (the benchmark's own
+/// token).
+pub(super) fn admin_request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
-        "PUT /.well-known/echo-host/admin/component HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
-        component.len()
+        "{method} /.well-known/echo-host/admin/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
     .into_bytes();
-    request.extend_from_slice(component);
+    request.extend_from_slice(body);
     request
 }
 
