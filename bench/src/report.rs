@@ -227,9 +227,17 @@ pub fn targets(s: &Samples) -> Vec<Target> {
     }
     let (one, split) = (s.median("canary.rps", CANARY_ONE), s.median("canary.rps", CANARY_SPLIT));
     let r = ratio(split, one);
+    let per_cpu =
+        ratio(s.median("canary.rps_per_cpu", CANARY_SPLIT), s.median("canary.rps_per_cpu", CANARY_ONE));
     add(
         "GET req/s with a 50/50 canary split ≥ 95% of one version's",
-        format!("{} vs {} = {}%", num(split, 0), num(one, 0), num(r.map(|r| r * 100.0), 1)),
+        format!(
+            "{} vs {} = {}% (per server CPU-second: {}%)",
+            num(split, 0),
+            num(one, 0),
+            num(r.map(|r| r * 100.0), 1),
+            num(per_cpu.map(|r| r * 100.0), 1)
+        ),
         r.map(|r| r >= 0.95),
     );
     let max = max_value(s, "canary.rollback_all_ms", CANARY_ROLLBACK);
@@ -514,8 +522,8 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
     let has_split = s.get("canary.rps", CANARY_ONE).is_some();
     if has_split || s.get("canary.rollback_all_ms", CANARY_ROLLBACK).is_some() {
         let _ = writeln!(w, "## Canary releases\n");
-        let _ = writeln!(w, "| | median | min | max | target |");
-        let _ = writeln!(w, "|---|---:|---:|---:|---|");
+        let _ = writeln!(w, "| | median | min | max | req per server CPU-s | target |");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---|");
         let range = |metric: &str, server: &str| {
             let values = s.get(metric, server).unwrap_or_default();
             (values.iter().copied().reduce(f64::min), values.iter().copied().reduce(f64::max))
@@ -535,14 +543,24 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
                 let (min, max) = range("canary.rps", label);
                 let _ = writeln!(
                     w,
-                    "| {what} | {} | {} | {} | |",
+                    "| {what} | {} | {} | {} | {} | |",
                     num(s.median("canary.rps", label), 0),
                     num(min, 0),
-                    num(max, 0)
+                    num(max, 0),
+                    num(s.median("canary.rps_per_cpu", label), 0)
                 );
             }
             let r = ratio(s.median("canary.rps", CANARY_SPLIT), s.median("canary.rps", CANARY_ONE));
-            let _ = writeln!(w, "| 50/50 ÷ one version | {}% | | | ≥ 95% |", num(r.map(|r| r * 100.0), 1));
+            let per_cpu = ratio(
+                s.median("canary.rps_per_cpu", CANARY_SPLIT),
+                s.median("canary.rps_per_cpu", CANARY_ONE),
+            );
+            let _ = writeln!(
+                w,
+                "| 50/50 ÷ one version | {}% | | | {}% | ≥ 95% |",
+                num(r.map(|r| r * 100.0), 1),
+                num(per_cpu.map(|r| r * 100.0), 1)
+            );
         }
         if s.get("canary.rollback_all_ms", CANARY_ROLLBACK).is_some() {
             for (metric, what) in [
@@ -565,7 +583,7 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
                 };
                 let _ = writeln!(
                     w,
-                    "| {what} | {} | {} | {} | {target} |",
+                    "| {what} | {} | {} | {} | | {target} |",
                     ms(s.median(metric, CANARY_ROLLBACK)),
                     ms(min),
                     ms(max)
@@ -669,10 +687,10 @@ mod tests {
         assert_eq!(rollback.met, Some(false), "13 s > 12 s: {}", rollback.measured);
         assert!(rollback.measured.contains("max 13,000 ms (median 1,400 ms) over 3 rollbacks"));
         let md = render(&s, &Meta::default());
-        assert!(md.contains("| 50/50 ÷ one version | 97.0% | | | ≥ 95% |"), "{md}");
+        assert!(md.contains("| 50/50 ÷ one version | 97.0% | | | –% | ≥ 95% |"), "{md}");
         assert!(
             md.contains(
-                "| first failure → every instance on stable | 1,400 ms | 900 ms | 13,000 ms | ≤ 12,000 ms"
+                "| first failure → every instance on stable | 1,400 ms | 900 ms | 13,000 ms | | ≤ 12,000 ms"
             ),
             "{md}"
         );

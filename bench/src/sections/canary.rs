@@ -112,6 +112,7 @@ fn split(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<()
                 samples.add("canary.split_share", label, share);
             }
             wrk::run(&paths.wrk, server.addr, GET_PATH, opts.connections, opts.warmup, None, LOAD_CORES)?;
+            let cpu_before = server.cpu_time();
             let result = wrk::run(
                 &paths.wrk,
                 server.addr,
@@ -121,8 +122,15 @@ fn split(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<()
                 None,
                 LOAD_CORES,
             )?;
-            progress(&format!("round {} {label}: {:.0} req/s", round + 1, result.requests_per_sec));
+            // Per server CPU-second: robust to other work taking part of core 0 (a shared machine).
+            let per_cpu = result.requests as f64 / (server.cpu_time() - cpu_before).as_secs_f64();
+            progress(&format!(
+                "round {} {label}: {:.0} req/s, {per_cpu:.0} req per CPU-s",
+                round + 1,
+                result.requests_per_sec
+            ));
             samples.add("canary.rps", label, result.requests_per_sec);
+            samples.add("canary.rps_per_cpu", label, per_cpu);
             samples.add("canary.errors", label, result.errors as f64);
             server.stop();
         }
@@ -162,6 +170,36 @@ fn failing_load(addr: SocketAddr, load: &FailingLoad, stop: &AtomicBool) -> anyh
         std::thread::sleep(FAIL_EVERY);
     }
     Ok(())
+}
+
+/// Waits for the first failed response, then reads every instance's release status until each
+/// has stopped routing to the canary; the times from that failure, per instance (ms).
+fn watch_rollback(load: &FailingLoad, status_clients: &mut [Client]) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + ROLLBACK_PATIENCE;
+    let onset = loop {
+        if let Some(onset) = load.first_failure.get() {
+            break *onset;
+        }
+        if Instant::now() > deadline {
+            bail!("no failed response within {ROLLBACK_PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut stopped: Vec<Option<f64>> = vec![None; status_clients.len()];
+    while stopped.iter().any(Option::is_none) {
+        for (i, client) in status_clients.iter_mut().enumerate() {
+            if stopped[i].is_none() && !routes_canary(&release_status(client)?) {
+                stopped[i] = Some(onset.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not every instance stopped routing to the canary within {ROLLBACK_PATIENCE:?}: {stopped:?}"
+            );
+        }
+        std::thread::sleep(STATUS_EVERY);
+    }
+    Ok(stopped.into_iter().flatten().collect())
 }
 
 /// Failure onset → every instance on stable, `opts.rounds` times on one fleet (a new canary each
@@ -210,33 +248,7 @@ fn rollback(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result
         let stop = AtomicBool::new(false);
         let (loaded, stopped) = std::thread::scope(|scope| {
             let loader = scope.spawn(|| failing_load(fleet[0].addr, &load, &stop));
-            let stopped = (|| {
-                let deadline = Instant::now() + ROLLBACK_PATIENCE;
-                let onset = loop {
-                    if let Some(onset) = load.first_failure.get() {
-                        break *onset;
-                    }
-                    if Instant::now() > deadline {
-                        bail!("no failed response within {ROLLBACK_PATIENCE:?}");
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                };
-                let mut stopped: Vec<Option<f64>> = vec![None; status_clients.len()];
-                while stopped.iter().any(Option::is_none) {
-                    for (i, client) in status_clients.iter_mut().enumerate() {
-                        if stopped[i].is_none() && !routes_canary(&release_status(client)?) {
-                            stopped[i] = Some(onset.elapsed().as_secs_f64() * 1000.0);
-                        }
-                    }
-                    if Instant::now() > deadline {
-                        bail!(
-                            "not every instance stopped routing to the canary within {ROLLBACK_PATIENCE:?}: {stopped:?}"
-                        );
-                    }
-                    std::thread::sleep(STATUS_EVERY);
-                }
-                Ok(stopped.into_iter().flatten().collect::<Vec<f64>>())
-            })();
+            let stopped = watch_rollback(&load, &mut status_clients);
             stop.store(true, Ordering::Relaxed);
             (loader.join(), stopped)
         });
