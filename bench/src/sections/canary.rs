@@ -31,8 +31,8 @@ pub const CANARY_ROLLBACK: &str = "3 × echo-host, canary rollback";
 pub const CANARY_WINDOW: (&str, f64) = ("10s", 10_000.0);
 pub const CANARY_POLL: (&str, f64) = ("1s", 1000.0);
 pub const CANARY_SLACK_MS: f64 = 1000.0;
-/// Fails on misbehave (a trap), 200 on the echo. (`/flaky?percent=30` once misbehave has it.)
-pub const FAIL_PATH: &str = "/trap";
+/// Fails 30 % of the requests misbehave answers (500), 200 on the echo.
+pub const FAIL_PATH: &str = "/flaky?percent=30";
 /// Requests sampled to check the split before the wrk run.
 pub const SPLIT_SAMPLE: usize = 400;
 /// The failing load: one keep-alive connection, a request every this long.
