@@ -119,8 +119,13 @@ fn describe(instances: &[&Value]) -> String {
 
 async fn read_fleet(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
     let endpoint = format!("{}/.well-known/echo-host/admin/fleet", url.trim_end_matches('/'));
+    get_json(client, &endpoint, token).await
+}
+
+/// `GET endpoint` with the admin token: its JSON, or an error naming the host's answer.
+pub(crate) async fn get_json(client: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<Value> {
     let response = client
-        .get(&endpoint)
+        .get(endpoint)
         .bearer_auth(token)
         .send()
         .await

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::config::{ReleaseArgs, ReleaseCommand, ReleaseHostArgs, ReleasePromoteArgs, ReleaseStartArgs};
-use crate::push::{client, columns, read_signature, read_token, short, text};
+use crate::push::{client, columns, get_json, read_signature, read_token, short, text};
 use crate::rollout::Weight;
 use crate::signing::SIGNATURE_HEADER;
 
@@ -60,19 +60,7 @@ async fn abort(args: &ReleaseHostArgs) -> anyhow::Result<()> {
 async fn status(args: &ReleaseHostArgs) -> anyhow::Result<()> {
     let token = read_token(&args.token_file)?;
     let endpoint = endpoint(&args.url, "");
-    let response = client(Duration::from_secs(30))?
-        .get(&endpoint)
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach `{endpoint}`"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    let view: Value =
-        serde_json::from_str(&body).with_context(|| format!("`{endpoint}` answered {status}, not JSON"))?;
-    if !status.is_success() {
-        bail!("`{endpoint}` answered {status}: {}", text(&view["error"]));
-    }
+    let view = get_json(&client(Duration::from_secs(30))?, &endpoint, &token).await?;
     print!("{}", table(&view));
     Ok(())
 }
