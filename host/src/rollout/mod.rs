@@ -280,7 +280,10 @@ async fn write_rollback(app: &Arc<App>) {
                     "wrote the canary's rollback into the release (generation {generation})"
                 );
             }
-            if let Some(trip) = app.rollout.tripped().as_mut() {
+            // Only the trip written: another canary may have tripped meanwhile.
+            if let Some(trip) =
+                app.rollout.tripped().as_mut().filter(|t| t.sha256 == sha256 && t.plan == plan)
+            {
                 trip.written = true;
             }
         }
