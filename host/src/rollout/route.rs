@@ -25,24 +25,10 @@ pub enum Role {
     Canary,
 }
 
-/// How a request's version was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// Its pin named a version of the release.
-    Pinned,
-    /// By its key's hash.
-    Keyed,
-    /// By the weight.
-    Weighted,
-    /// No canary is routed to: stable.
-    Only,
-}
-
 /// What serves one request.
 pub struct Routed {
     pub component: Arc<ActiveComponent>,
     pub role: Role,
-    pub choice: Choice,
     /// A pin was sent that names no version of the release (routed by weight instead).
     pub pin_ignored: bool,
 }
@@ -58,26 +44,26 @@ pub fn pick(
     if let Some(pin) = headers.get(PIN_HEADER).and_then(|v| v.to_str().ok()) {
         match pin_prefix(pin) {
             Some(prefix) if stable.sha256.starts_with(&prefix) => {
-                return Routed { component: stable, role: Role::Stable, choice: Choice::Pinned, pin_ignored };
+                return Routed { component: stable, role: Role::Stable, pin_ignored };
             }
             Some(prefix) if canary.is_some_and(|c| c.component.sha256.starts_with(&prefix)) => {
                 let component = canary.map(|c| c.component.clone()).expect("checked above");
-                return Routed { component, role: Role::Canary, choice: Choice::Pinned, pin_ignored };
+                return Routed { component, role: Role::Canary, pin_ignored };
             }
             _ => pin_ignored = true,
         }
     }
     let Some(canary) = canary else {
-        return Routed { component: stable, role: Role::Stable, choice: Choice::Only, pin_ignored };
+        return Routed { component: stable, role: Role::Stable, pin_ignored };
     };
-    let (position, choice) = match headers.get(KEY_HEADER) {
-        Some(key) => (key_position(&canary.component.sha256, key.as_bytes()), Choice::Keyed),
-        None => (sequence_position(sequence.fetch_add(1, Ordering::Relaxed)), Choice::Weighted),
+    let position = match headers.get(KEY_HEADER) {
+        Some(key) => key_position(&canary.component.sha256, key.as_bytes()),
+        None => sequence_position(sequence.fetch_add(1, Ordering::Relaxed)),
     };
     if position < canary.weight.permille() {
-        Routed { component: canary.component.clone(), role: Role::Canary, choice, pin_ignored }
+        Routed { component: canary.component.clone(), role: Role::Canary, pin_ignored }
     } else {
-        Routed { component: stable, role: Role::Stable, choice, pin_ignored }
+        Routed { component: stable, role: Role::Stable, pin_ignored }
     }
 }
 
