@@ -23,7 +23,7 @@ const COMPONENTS: &[(&str, &str)] = &[
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["guest", "wit", "testing/components", "Cargo.toml", "Cargo.lock"] {
+    for watched in ["guest", "guest-p3", "wit", "testing/components", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
