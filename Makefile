@@ -35,6 +35,7 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p echo-guest --target $(WASM_TARGET) -- -D warnings
+	cargo clippy -p echo-guest-p3 --target $(WASM_TARGET) -- -D warnings
 
 ## Headless Chromium for the status page's browser test (Debian's `chromium`, ~350 MB; about a
 ## minute to install; as root, as in CI, or else through sudo). Already installed: nothing to do.
