@@ -14,6 +14,9 @@ const WASM_PROFILE: &str = "guest-release";
 const COMPONENTS: &[(&str, &str)] = &[
     ("echo-guest", "ECHO_GUEST_WASM"),
     ("misbehave", "MISBEHAVE_WASM"),
+    // The p3 (`wasi:http/service`) builds of both.
+    ("echo-guest-p3", "ECHO_GUEST_P3_WASM"),
+    ("misbehave-p3", "MISBEHAVE_P3_WASM"),
     // Swap-rejection cases: a component of another world (`wasi:cli/run`), and one importing an
     // interface no host provides.
     ("cli-command", "CLI_COMMAND_WASM"),

@@ -64,7 +64,7 @@ async fn p3_echo_answers_like_the_p2_echo_under_wasmtime_serve_and_echo_host() {
 async fn p3_echo_streams_256_mib_by_hash_under_both_servers() {
     let upstream = tokio::task::spawn_blocking(|| WasmtimeServe::start_p3(echo_p3_wasm())).await.unwrap();
     crate::interop::assert_streamed_echo(&upstream.base_url(), true).await;
-    let ours = TestServer::start(&["--component", path(echo_p3_wasm())]).await;
+    let ours = TestServer::start(&["--component", path(echo_p3_wasm()), "--max-body", "512MiB"]).await;
     crate::interop::assert_streamed_echo(&format!("http://{}", ours.addr), false).await;
 }
 
