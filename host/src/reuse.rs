@@ -33,6 +33,10 @@ use crate::exchange::{Exchange, Outcome};
 use crate::proxy::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::runtime::{RequestState, Reuse, Stores};
 
+/// wasmtime's `ProxyHandler` passes this to [`WorkerState::drop`] when an instance's task was
+/// dropped before it ended.
+const WORKER_DROPPED: &str = "worker panicked";
+
 /// One version's reused instances. Cloning shares them.
 #[derive(Clone)]
 pub struct Pool {
@@ -192,6 +196,11 @@ impl WorkerState for InstancePolicy {
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
         match result {
             Ok(()) => tracing::debug!(instance = %self.label, "reused instance retired"),
+            // What wasmtime reports when the instance's task is dropped rather than ended: the
+            // runtime shutting down (a real panic prints its own message).
+            Err(error) if error.to_string() == WORKER_DROPPED => {
+                tracing::debug!(instance = %self.label, "reused instance dropped with its runtime")
+            }
             Err(error) => {
                 tracing::warn!(instance = %self.label, error = format!("{error:#}"), "reused instance retired after a failure")
             }

@@ -134,17 +134,18 @@ async fn a_trap_retires_the_instance_and_the_next_request_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_its_deadline_ends_in_504_while_its_siblings_on_the_instance_finish() {
     let server =
-        TestServer::start(&["--component", path(misbehave_p3_wasm()), "--request-timeout", "2s"]).await;
+        TestServer::start(&["--component", path(misbehave_p3_wasm()), "--request-timeout", "4s"]).await;
     let client = client();
     count(&client, &server).await;
     let slow = tokio::spawn({
         let (client, url) = (client.clone(), server.url("/sleep?ms=60000"));
         async move { get(&client, url).await }
     });
-    // Siblings that start while the slow one waits, and end after its deadline.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Siblings that start 1.5 s into the slow one and end 0.5 s after its 4 s deadline, 1 s before
+    // their own.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let siblings =
-        futures::future::join_all((0..3).map(|_| get(&client, server.url("/sleep?ms=2500")))).await;
+        futures::future::join_all((0..3).map(|_| get(&client, server.url("/sleep?ms=3000")))).await;
     let slow = slow.await.unwrap();
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", slow.body);
     slow.assert_names_request_id();
