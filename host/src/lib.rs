@@ -121,6 +121,7 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         size = component.size,
         load_ms = component.load_time.as_millis() as u64,
         startup_ms = started.elapsed().as_millis() as u64,
+        world = component.handler.world(),
         "loaded component {} from {} in {} ms",
         component.version_header.to_str().unwrap_or_default(),
         component.source,

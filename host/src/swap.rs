@@ -106,6 +106,7 @@ pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome,
         }
     };
     let version = next.version_header.to_str().unwrap_or_default().to_string();
+    let world = next.handler.world();
     app.registry.publish(next);
     app.metrics.swaps.inc();
     app.tell_fleet();
@@ -116,6 +117,7 @@ pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome,
         previous_sha256 = %outcome.previous_sha256,
         reused = outcome.reused,
         elapsed_ms = outcome.elapsed_ms,
+        world,
         "swapped to component {} from {source}",
         outcome.version
     );
@@ -259,6 +261,7 @@ pub async fn reactivate(app: &Arc<App>, target: &ActiveComponent, source: String
     }
     let next = target.reactivated(source);
     let version = next.version_header.to_str().unwrap_or_default().to_string();
+    let world = next.handler.world();
     app.registry.publish(next);
     app.metrics.swaps.inc();
     app.tell_fleet();
