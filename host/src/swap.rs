@@ -261,7 +261,6 @@ pub async fn reactivate(app: &Arc<App>, target: &ActiveComponent, source: String
     }
     let next = target.reactivated(source);
     let version = next.version_header.to_str().unwrap_or_default().to_string();
-    let world = next.handler.world();
     app.registry.publish(next);
     app.metrics.swaps.inc();
     app.tell_fleet();
