@@ -3,7 +3,7 @@ WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test bench setup build guest lint chromium unit-and-integration test-container
+.PHONY: run test bench setup build guest guest-p3 lint chromium unit-and-integration test-container
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -31,10 +31,16 @@ guest: setup
 	cargo build -p echo-guest --target $(WASM_TARGET) --profile guest-release
 	@ls -l $(GUEST_WASM)
 
+## The same echo as a WASI 0.3 (`wasi:http/service`) component, for `wasmtime serve -Sp3` or echo-host.
+guest-p3: setup
+	cargo build -p echo-guest-p3 --target $(WASM_TARGET) --profile guest-release
+	@ls -l target/$(WASM_TARGET)/guest-release/echo_guest_p3.wasm
+
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p echo-guest --target $(WASM_TARGET) -- -D warnings
+	cargo clippy -p echo-guest-p3 --target $(WASM_TARGET) -- -D warnings
 
 ## Headless Chromium for the status page's browser test (Debian's `chromium`, ~350 MB; about a
 ## minute to install; as root, as in CI, or else through sudo). Already installed: nothing to do.

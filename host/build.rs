@@ -14,6 +14,9 @@ const WASM_PROFILE: &str = "guest-release";
 const COMPONENTS: &[(&str, &str)] = &[
     ("echo-guest", "ECHO_GUEST_WASM"),
     ("misbehave", "MISBEHAVE_WASM"),
+    // The p3 (`wasi:http/service`) builds of both.
+    ("echo-guest-p3", "ECHO_GUEST_P3_WASM"),
+    ("misbehave-p3", "MISBEHAVE_P3_WASM"),
     // Swap-rejection cases: a component of another world (`wasi:cli/run`), and one importing an
     // interface no host provides.
     ("cli-command", "CLI_COMMAND_WASM"),
@@ -23,7 +26,7 @@ const COMPONENTS: &[(&str, &str)] = &[
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["guest", "wit", "testing/components", "Cargo.toml", "Cargo.lock"] {
+    for watched in ["guest", "guest-p3", "wit", "testing/components", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

@@ -2,12 +2,10 @@
 //! `wasi:http/proxy` component that any proxy host (ours, `wasmtime serve`, Spin) can run.
 //!
 //! # Layout
-//! - [`echo`]: what to answer (which echo, JSON or text, lengths, rejections); no I/O.
-//! - [`query`]: Werkzeug's query-string parsing and `MultiDict` order.
-//! - [`pyrepr`]: Python's `repr` of strings and of an `ImmutableMultiDict`.
-//! - [`json`]: the JSON echo document, string escaping, base64.
+//! - [`echo`], [`query`], [`pyrepr`], [`json`]: what to answer and how it is formatted, re-exported
+//!   from `echo-core` (`guest/core`), which the p3 build (`echo-guest-p3`) shares; on wasm32 that
+//!   crate also brings the `no_std` runtime (allocator, `cabi_realloc`, panic handler).
 //! - `component` (wasm32 only): the bindings and the `incoming-handler` export, which streams bodies.
-//! - `runtime` (wasm32 only): allocator, `cabi_realloc` and panic handler for `no_std`.
 //!
 //! On wasm32 the crate is `no_std`: Rust's std for `wasm32-wasip2` links wasi-libc, which imports
 //! `wasi:cli/environment`, `exit` and `terminal-*`, interfaces outside the proxy world that plain
@@ -16,12 +14,7 @@
 
 extern crate alloc;
 
-pub mod echo;
-pub mod json;
-pub mod pyrepr;
-pub mod query;
+pub use echo_core::{echo, json, pyrepr, query};
 
 #[cfg(target_arch = "wasm32")]
 mod component;
-#[cfg(target_arch = "wasm32")]
-mod runtime;

@@ -316,6 +316,11 @@ fn info(app: &App) -> serde_json::Value {
             "loaded_at": rfc3339(component.loaded_at),
             "source": component.source,
             "load_ms": component.load_time.as_secs_f64() * 1000.0,
+            "world": component.handler.world(),
+            "instances_started": match &component.handler {
+                crate::registry::Handler::Reused(pool) => Some(pool.instances_started()),
+                crate::registry::Handler::PerRequest(_) => None,
+            },
         },
         "swaps": {
             "count": app.registry.swap_count(),
@@ -349,6 +354,7 @@ fn info(app: &App) -> serde_json::Value {
             })
         }),
         "limits": app.limits(),
+        "instance_reuse": app.runtime.reuse(),
         "requests_in_flight": app.metrics.in_flight.get(),
     })
 }

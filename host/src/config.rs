@@ -13,15 +13,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod commands;
 mod limits;
 mod parse;
+mod reuse;
 mod rollout;
 mod storage;
 pub use commands::{
     CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
     ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
 };
-pub use limits::Limits;
+pub use limits::{Limits, serialize_secs};
 pub use parse::{parse_duration, parse_size};
 use parse::{parse_env_pair, parse_outbound, parse_probe};
+pub use reuse::ReuseArgs;
 pub use rollout::RolloutArgs;
 pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};
 
@@ -271,6 +273,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub rollout: RolloutArgs,
+
+    #[command(flatten)]
+    pub reuse: ReuseArgs,
 }
 
 /// One `--allow-outbound` entry: a host name, and a port or any port.
@@ -380,6 +385,8 @@ pub struct ServeConfig {
     pub storage: crate::gcs::StorageConfig,
     /// When a canary is rolled back (`--canary-*`).
     pub thresholds: crate::rollout::Thresholds,
+    /// How p3 instances are reused (`--instance-*`).
+    pub reuse: crate::runtime::Reuse,
 }
 
 /// Environment variables the host passes through to the component (Cloud Run's own).
@@ -404,6 +411,7 @@ impl ServeArgs {
         }
         let (store, storage) = self.storage.validate()?;
         let thresholds = self.rollout.validate()?;
+        let reuse = self.reuse.validate()?;
         if store.is_some() && self.poll_interval < MIN_STORE_POLL_INTERVAL {
             bail!(
                 "`--poll-interval` must be at least {MIN_STORE_POLL_INTERVAL:?} with `--store`: it is how often every instance reads the manifest"
@@ -475,6 +483,7 @@ impl ServeArgs {
             heartbeat_interval: self.storage.heartbeat_interval,
             storage,
             thresholds,
+            reuse,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! echo-host: serves any `wasi:http/proxy` component on `$PORT` and swaps it while it serves.
+//! echo-host: serves any `wasi:http/proxy` (p2) or `wasi:http/service` (p3) component on `$PORT`
+//! and swaps it while it serves.
 //!
 //! # Layout
 //! - [`config`]: the command line, env vars and defaults, validated into a [`config::ServeConfig`].
@@ -9,7 +10,8 @@
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c), protocol settings, routing, graceful shutdown.
 //! - [`connection`]: one connection's timers (header, idle), its close, and the cut of a stream.
 //! - [`exchange`]: one request from head to last byte: permit, deadline, outcome, access log.
-//! - [`proxy`]: one request through the component, and guest failures turned into outcomes.
+//! - [`proxy`]: one request through the component, and guest failures turned into outcomes;
+//!   [`reuse`]: the pool of reused instances a p3 component's requests go to.
 //! - [`app`]: the state requests share, the concurrency permits and request ids.
 //! - [`admin`]: `/.well-known/echo-host/` health, info, metrics, the status page and the admin API.
 //! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics; [`log_writer`]: stdout
@@ -38,6 +40,7 @@ pub mod push;
 pub mod registry;
 pub mod release_api;
 pub mod release_cli;
+pub mod reuse;
 pub mod rollout;
 pub mod runtime;
 pub mod server;
@@ -70,6 +73,7 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         limits: config.limits.clone(),
         guest_env: config.guest_env.clone(),
         allow_outbound: config.allow_outbound.clone(),
+        reuse: config.reuse,
     })?;
     let store = match &config.store {
         Some(location) => Some(Arc::new(

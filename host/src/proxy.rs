@@ -1,6 +1,7 @@
-//! One request through the component: a fresh `Store` and instance, `handle` in its own task
-//! (which also supervises the response, see [`Exchange::supervise`]), the response passed on as
-//! soon as the guest sets it, and every way a guest can fail turned into an [`Outcome`].
+//! One request through the component: for a p2 component a fresh `Store` and instance, `handle`
+//! in its own task (which also supervises the response, see [`Exchange::supervise`]); for a p3
+//! one an instance of its pool ([`crate::reuse`]). The response is passed on as soon as the guest
+//! sets it, and every way a guest can fail is turned into an [`Outcome`].
 
 use std::sync::Arc;
 
@@ -14,14 +15,14 @@ use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseBody};
-use crate::registry::ActiveComponent;
+use crate::registry::{ActiveComponent, Handler};
 use crate::runtime::RequestState;
 
-type GuestResponse = (Response<ResponseBody>, Option<Frame<Bytes>>);
+/// The guest's response head with its first body frame.
+pub type GuestResponse = (Response<ResponseBody>, Option<Frame<Bytes>>);
 
 /// Serves `req` with `component`, which the caller read from the registry once: a swap during
 /// this request does not affect it. The exchange holds a permit.
@@ -53,6 +54,22 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    match &component.handler {
+        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, req).await,
+        Handler::Reused(pool) => crate::reuse::run_guest(exchange, pool, req).await,
+    }
+}
+
+/// [`run_guest`] for a p2 component: a fresh instance, in a task of its own.
+async fn run_fresh_instance<B>(
+    exchange: &Arc<Exchange>,
+    pre: &ProxyPre<RequestState>,
+    req: Request<B>,
+) -> Result<GuestResponse, Outcome>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let mut store = exchange.app().runtime.new_store(&exchange.ctx.id, exchange.stop.clone());
     // Cloud Run terminates TLS; the guest should still see the scheme the client used.
     let scheme = match req.headers().get("x-forwarded-proto").map(|v| v.as_bytes()) {
@@ -71,7 +88,7 @@ where
         Outcome::Trapped
     })?;
     exchange.guest_started();
-    tokio::spawn(guest_task(exchange.clone(), store, component.pre.clone(), incoming, outparam));
+    tokio::spawn(guest_task(exchange.clone(), store, pre.clone(), incoming, outparam));
 
     let deadline = exchange.deadline;
     let response = tokio::select! {
@@ -98,10 +115,14 @@ where
 /// whichever comes first: a guest that sets a response and then crashes (or sets a second one)
 /// before writing a byte gets a 500, not a 200 with a cut body. Streaming is not delayed: the
 /// head goes out with the first bytes.
-async fn peek_first_frame(
+pub async fn peek_first_frame<B>(
     exchange: &Arc<Exchange>,
-    response: Response<HyperOutgoingBody>,
-) -> Result<GuestResponse, Outcome> {
+    response: Response<B>,
+) -> Result<GuestResponse, Outcome>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let (parts, mut body) = response.into_parts();
     let first = loop {
         tokio::select! {
@@ -142,7 +163,7 @@ async fn peek_first_frame(
 }
 
 /// Resolves once a fault was decided that the request path must answer.
-async fn wait_for_fault(exchange: &Exchange) {
+pub async fn wait_for_fault(exchange: &Exchange) {
     while exchange.pending_answer().is_none() {
         exchange.changed().await;
     }
@@ -150,7 +171,7 @@ async fn wait_for_fault(exchange: &Exchange) {
 
 /// Records `outcome` as a fault and returns the outcome the exchange settled on (an earlier
 /// fault wins).
-fn decided(exchange: &Exchange, outcome: Outcome) -> Outcome {
+pub fn decided(exchange: &Exchange, outcome: Outcome) -> Outcome {
     exchange.fault(outcome);
     exchange.pending_answer().unwrap_or(outcome)
 }

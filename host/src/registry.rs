@@ -13,16 +13,36 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::reuse::Pool;
 use crate::rollout::Weight;
 use crate::rollout::window::Window;
-use crate::runtime::{RequestState, Runtime};
+use crate::runtime::{RequestState, Runtime, World};
 
 /// The echo component built from `guest/`, served when no `--component` is given.
 pub static BUILTIN_ECHO_WASM: &[u8] = include_bytes!(env!("ECHO_GUEST_WASM"));
 
-/// One loaded, linked component version, ready to instantiate per request.
+/// How a version's requests get an instance.
+#[derive(Clone)]
+pub enum Handler {
+    /// A p2 (`wasi:http/proxy`) component: a fresh instance per request.
+    PerRequest(ProxyPre<RequestState>),
+    /// A p3 (`wasi:http/service`) component: instances reused across requests.
+    Reused(Pool),
+}
+
+impl Handler {
+    /// `"p2"` or `"p3"`, as `info` and the logs name the world.
+    pub fn world(&self) -> &'static str {
+        match self {
+            Self::PerRequest(_) => "p2",
+            Self::Reused(_) => "p3",
+        }
+    }
+}
+
+/// One loaded, linked component version, ready to serve.
 pub struct ActiveComponent {
-    pub pre: ProxyPre<RequestState>,
+    pub handler: Handler,
     /// Lowercase hex sha256 of the bytes it was loaded from.
     pub sha256: String,
     pub size: u64,
@@ -93,11 +113,19 @@ pub fn load_component(
             )
         }
     };
-    let pre = runtime.pre_instantiate(&component)?;
+    let handler = match runtime.pre_instantiate(&component)? {
+        World::P2(pre) => Handler::PerRequest(pre),
+        World::P3(pre) => Handler::Reused(Pool::new(
+            pre,
+            runtime.stores().clone(),
+            runtime.reuse(),
+            runtime.limits().request_timeout,
+        )),
+    };
     let version_header =
         HeaderValue::try_from(format!("sha256:{}", &sha256[..12])).expect("hex is a valid header value");
     Ok(ActiveComponent {
-        pre,
+        handler,
         sha256,
         size: bytes.len() as u64,
         loaded_at: SystemTime::now(),
@@ -113,7 +141,7 @@ impl ActiveComponent {
     /// no compile, only new provenance.
     pub fn reactivated(&self, source: String) -> ActiveComponent {
         ActiveComponent {
-            pre: self.pre.clone(),
+            handler: self.handler.clone(),
             sha256: self.sha256.clone(),
             size: self.size,
             loaded_at: SystemTime::now(),

@@ -1,5 +1,6 @@
 //! The wasmtime side: the `Engine` (pooling allocator, epochs), the `Linker`, compiling and
-//! pre-instantiating components, and the per-request store state ([`RequestState`]).
+//! pre-instantiating components (of either wasi:http world, [`World`]), and the store state
+//! ([`RequestState`]) of one request's instance or of one reused instance ([`Stores`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::{Limits, OutboundRule};
@@ -26,8 +28,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 
 /// Instances beyond `--concurrency` the pool keeps room for: a swap's smoke probe (probes take
-/// no permit). A request holds its permit until its guest has stopped, so requests alone never
-/// need more than `--concurrency` slots.
+/// no permit). A request holds its permit until its guest has stopped, so per-request instances
+/// never need more than `--concurrency` slots; reused (p3) instances of a version just swapped
+/// out linger idle for `--instance-idle-timeout`, so the pool holds a second `--concurrency` for
+/// them (address space only: slots are not touched until used).
 const POOL_HEADROOM: u32 = 16;
 
 /// What the runtime needs from the configuration.
@@ -36,15 +40,51 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     pub guest_env: Vec<(String, String)>,
     pub allow_outbound: Vec<OutboundRule>,
+    /// How p3 instances are reused across requests.
+    pub reuse: Reuse,
+}
+
+/// How long a p3 (`wasi:http/service`) instance serves before it is retired (the flags
+/// `--instance-*`, with `wasmtime serve`'s defaults). p2 components get a fresh instance per
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Reuse {
+    /// Requests one instance serves in its life.
+    pub max_requests: usize,
+    /// Requests one instance serves at the same time.
+    pub max_concurrent: usize,
+    /// How long an idle instance waits for another request.
+    #[serde(serialize_with = "crate::config::serialize_secs")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self { max_requests: 128, max_concurrent: 16, idle_timeout: Duration::from_secs(1) }
+    }
+}
+
+/// Which wasi:http world a component serves, with its linked pre-instance.
+pub enum World {
+    /// `wasi:http/proxy@0.2`: `incoming-handler`, a fresh instance per request.
+    P2(ProxyPre<RequestState>),
+    /// `wasi:http/service@0.3`: an async `handler`, instances reused across requests.
+    P3(ServicePre<RequestState>),
 }
 
 /// The engine, linker and guest settings shared by every request and every component version.
 pub struct Runtime {
-    engine: Engine,
     linker: Linker<RequestState>,
+    stores: Arc<Stores>,
+    _epoch_ticker: EpochTicker,
+}
+
+/// Makes the stores instances run in: the engine and what every guest gets (limits, environment,
+/// log, outbound rules). Shared with the reused-instance pools, which make stores of their own.
+pub struct Stores {
+    engine: Engine,
     config: RuntimeConfig,
     outbound: Arc<[OutboundRule]>,
-    _epoch_ticker: EpochTicker,
 }
 
 /// x86-64 extensions newer than AVX2 (Haswell, 2013). Cranelift otherwise uses every extension
@@ -84,6 +124,8 @@ pub fn engine_config(limits: &Limits) -> anyhow::Result<Config> {
     config.epoch_interruption(true);
     config.max_wasm_stack(DEFAULT_MAX_WASM_STACK);
     config.memory_init_cow(true);
+    // WASI 0.3 (`wasi:http/service`): async component functions, streams and futures.
+    config.wasm_component_model_async(true);
     config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
     // Bounds checks in code, no guard pages: with signal-based traps and guard pages, every
     // instantiation re-protects (mprotect) the pages the previous request grew, and a slot's
@@ -100,6 +142,7 @@ pub fn engine_config(limits: &Limits) -> anyhow::Result<Config> {
     // per-request memory limit.
     let instances = u32::try_from(limits.concurrency)
         .context("`--concurrency` is too large")?
+        .saturating_mul(2)
         .saturating_add(POOL_HEADROOM);
     let max_memory = usize::try_from(limits.max_memory_bytes).context("`--max-memory` is too large")?;
     let mut pool = PoolingAllocationConfig::new();
@@ -136,21 +179,34 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to add wasi:http to the linker")?;
+        // And WASI 0.3 for `wasi:http/service` components, with the same grants.
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add WASI 0.3 to the linker")?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add wasi:http 0.3 to the linker")?;
         Ok(Self {
             _epoch_ticker: EpochTicker::start(engine.clone()),
-            outbound: config.allow_outbound.clone().into(),
-            engine,
             linker,
-            config,
+            stores: Arc::new(Stores { outbound: config.allow_outbound.clone().into(), engine, config }),
         })
     }
 
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.stores.engine
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.config.limits
+        &self.stores.config.limits
+    }
+
+    pub fn reuse(&self) -> Reuse {
+        self.stores.config.reuse
+    }
+
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 
     /// Compiles a `.wasm` component. CPU-heavy: call it from a blocking thread.
@@ -163,7 +219,7 @@ impl Runtime {
         if !is_component(bytes) {
             bail!("not a wasm component (no `\\0asm` component header)");
         }
-        let component = Component::new(&self.engine, bytes);
+        let component = Component::new(self.engine(), bytes);
         release_free_heap();
         Ok(component?)
     }
@@ -175,30 +231,63 @@ impl Runtime {
     /// this same host (see `--allow-precompiled`).
     pub unsafe fn deserialize(&self, bytes: &[u8]) -> anyhow::Result<Component> {
         // SAFETY: the caller vouches for the bytes; wasmtime checks the engine compatibility.
-        Ok(unsafe { Component::deserialize(&self.engine, bytes) }?)
+        Ok(unsafe { Component::deserialize(self.engine(), bytes) }?)
     }
 
-    /// Links a component against the host's imports and checks it exports
-    /// `wasi:http/incoming-handler`.
-    pub fn pre_instantiate(&self, component: &Component) -> anyhow::Result<ProxyPre<RequestState>> {
+    /// Links a component against the host's imports and finds which wasi:http world it serves:
+    /// it exports `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`.
+    pub fn pre_instantiate(&self, component: &Component) -> anyhow::Result<World> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .context("the component imports something this host does not provide")?;
-        ProxyPre::new(pre).map_err(anyhow::Error::from).context(
-            "the component does not export `wasi:http/incoming-handler` (is it a `wasi:http/proxy` component?)",
-        )
+        if let Ok(p2) = ProxyPre::new(pre.clone()) {
+            return Ok(World::P2(p2));
+        }
+        match ServicePre::new(pre) {
+            Ok(p3) => Ok(World::P3(p3)),
+            Err(_) => bail!(
+                "the component does not export `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3` (is it a `wasi:http/proxy` or `wasi:http/service` component?)"
+            ),
+        }
     }
 
     /// A fresh store for one request, with its limits; the guest is interrupted once `stop`
     /// passes (the deadline, or earlier once its response is over).
     pub fn new_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
+        let mut store = self.stores.store(request_id);
+        // Each tick, give the thread back to the executor; past the stop, trap.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if stop.interrupt_now() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+        });
+        store
+    }
+}
+
+impl Stores {
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A store for a reused (p3) instance, named `label` in the guest's log lines: its guest
+    /// gives the thread back every epoch tick and is never interrupted by the epoch; the pool
+    /// retires an instance that overstays (see `reuse`).
+    pub fn reused_store(&self, label: &str) -> Store<RequestState> {
+        let mut store = self.store(label);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+
+    /// A store with the guest's limits, environment, log and outbound rules.
+    fn store(&self, label: &str) -> Store<RequestState> {
         let limits = &self.config.limits;
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.config.guest_env)
-            .stdout(GuestLog::new(request_id, "stdout"))
-            .stderr(GuestLog::new(request_id, "stderr"))
+            .stdout(GuestLog::new(label, "stdout"))
+            .stderr(GuestLog::new(label, "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -209,15 +298,10 @@ impl Runtime {
             limits: StoreLimitsBuilder::new()
                 .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
                 .build(),
-            outbound: OutboundPolicy::new(self.outbound.clone(), request_id),
+            outbound: OutboundPolicy::new(self.outbound.clone(), label),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        // Each tick, give the thread back to the executor; past the stop, trap.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if stop.interrupt_now() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
-        });
         store
     }
 }

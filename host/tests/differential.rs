@@ -5,7 +5,7 @@
 use crate::util::peers::WasmtimeServe;
 use crate::util::{self, TestServer};
 
-struct Case {
+pub struct Case {
     method: &'static str,
     target: &'static str,
     headers: &'static [(&'static str, &'static str)],
@@ -16,7 +16,7 @@ const fn case(method: &'static str, target: &'static str) -> Case {
     Case { method, target, headers: &[], body: b"" }
 }
 
-const CASES: &[Case] = &[
+pub const CASES: &[Case] = &[
     case("GET", "/?name=world"),
     case("GET", "/"),
     case("GET", "/deep/path?a=1&a=2&b=it%27s"),
@@ -90,38 +90,45 @@ fn normalise(mut observed: Observed) -> Observed {
     observed
 }
 
+/// Every case where a server in `others` (name, base URL) answers differently from `reference`,
+/// as one line each.
+pub async fn compare(reference: &str, others: &[(&str, &str)]) -> Vec<String> {
+    let client = util::client();
+    let mut mismatches = Vec::new();
+    for case in CASES {
+        let expected = normalise(observe(&client, reference, case).await);
+        for (name, base) in others {
+            let actual = normalise(observe(&client, base, case).await);
+            if expected != actual {
+                mismatches.push(format!(
+                    "{} {}\n  reference: {:?} {:?} {:?} {:?}\n  {name}: {:?} {:?} {:?} {:?}",
+                    case.method,
+                    case.target,
+                    expected.status,
+                    expected.content_type,
+                    expected.content_length,
+                    String::from_utf8_lossy(&expected.body),
+                    actual.status,
+                    actual.content_type,
+                    actual.content_length,
+                    String::from_utf8_lossy(&actual.body),
+                ));
+            }
+        }
+    }
+    mismatches
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_host_answers_exactly_like_wasmtime_serve() {
     let component = util::echo_wasm();
     let upstream = tokio::task::spawn_blocking(move || WasmtimeServe::start(component)).await.unwrap();
     let ours = TestServer::start(&["--component", component.to_str().unwrap()]).await;
-    let client = util::client();
-    let upstream_base = upstream.base_url();
     let ours_base = format!("http://{}", ours.addr);
-
-    let mut mismatches = Vec::new();
-    for case in CASES {
-        let expected = normalise(observe(&client, &upstream_base, case).await);
-        let actual = normalise(observe(&client, &ours_base, case).await);
-        if expected != actual {
-            mismatches.push(format!(
-                "{} {}\n  wasmtime serve: {:?} {:?} {:?} {:?}\n  echo-host:      {:?} {:?} {:?} {:?}",
-                case.method,
-                case.target,
-                expected.status,
-                expected.content_type,
-                expected.content_length,
-                String::from_utf8_lossy(&expected.body),
-                actual.status,
-                actual.content_type,
-                actual.content_length,
-                String::from_utf8_lossy(&actual.body),
-            ));
-        }
-    }
+    let mismatches = compare(&upstream.base_url(), &[("echo-host", &ours_base)]).await;
     assert!(
         mismatches.is_empty(),
-        "{} of {} cases differ:\n{}",
+        "{} of {} cases differ (reference: wasmtime serve):\n{}",
         mismatches.len(),
         CASES.len(),
         mismatches.join("\n")

@@ -1,6 +1,7 @@
 //! The echo component as a build artifact: it imports nothing outside the `wasi:http/proxy` world
 //! (so plain `wasmtime serve` runs it, no `-S cli`), it stays small, and `wit/deps` is the WASI the
-//! host's `wasmtime-wasi-http` links against.
+//! host's `wasmtime-wasi-http` links against. The same for the p3 build: `echo-guest-p3` imports
+//! nothing outside `wasi:http/service@0.3.0`, and `wit/p3/deps` is the crate's p3 WIT.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use wasmparser::{Parser, Payload};
 
 /// Built by `host/build.rs` (`--profile guest-release`).
 const ECHO_GUEST_WASM: &str = env!("ECHO_GUEST_WASM");
+/// The p3 echo, also built by `host/build.rs`.
+const ECHO_GUEST_P3_WASM: &str = env!("ECHO_GUEST_P3_WASM");
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// The component ships inside the image and is swapped over the network: keep it small.
 const MAX_GUEST_BYTES: u64 = 300 * 1024;
@@ -30,6 +33,23 @@ const PROXY_IMPORTS: &[&str] = &[
     "wasi:cli/stdin",
 ];
 
+/// What `world service` in `wit/p3/deps/http.wit` imports, without the `@version` (see
+/// [`world_version`]); `wasi:clocks/timezone` is `@unstable` there, so not offered by default.
+const SERVICE_IMPORTS: &[&str] = &[
+    "wasi:cli/types",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/stdin",
+    "wasi:clocks/types",
+    "wasi:http/types",
+    "wasi:http/client",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/system-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+];
+
 #[test]
 fn echo_guest_imports_only_the_proxy_world() {
     let version = proxy_version();
@@ -38,12 +58,30 @@ fn echo_guest_imports_only_the_proxy_world() {
         imports.contains(&format!("wasi:http/types@{version}")),
         "`{ECHO_GUEST_WASM}` does not import `wasi:http/types@{version}`; its imports: {imports:?}"
     );
-    let outside = outside_proxy_world(&imports, &version);
+    let outside = outside_world(&imports, PROXY_IMPORTS, &version);
     assert!(
         outside.is_empty(),
         "`{ECHO_GUEST_WASM}` imports {outside:?}, outside the `wasi:http/proxy@{version}` world \
          (std on wasm32-wasip2 pulls in `wasi:cli/environment` and friends: keep the guest no_std); \
          all its imports: {imports:?}"
+    );
+}
+
+#[test]
+fn echo_guest_p3_imports_only_the_service_world() {
+    let wasm = ECHO_GUEST_P3_WASM;
+    let version = world_version("wit/p3/world.wit", "wasi:http/service@");
+    let imports = component_imports(&read(Path::new(wasm)));
+    assert!(
+        imports.contains(&format!("wasi:http/types@{version}")),
+        "`{wasm}` does not import `wasi:http/types@{version}`; its imports: {imports:?}"
+    );
+    let outside = outside_world(&imports, SERVICE_IMPORTS, &version);
+    assert!(
+        outside.is_empty(),
+        "`{wasm}` imports {outside:?}, outside the `wasi:http/service@{version}` world \
+         (std on wasm32-wasip2 pulls in the p2 `wasi:cli/environment` and friends: keep the guest \
+         no_std); all its imports: {imports:?}"
     );
 }
 
@@ -60,7 +98,7 @@ fn import_check_flags_imports_outside_the_proxy_world() {
     .map(String::from)
     .into();
     assert_eq!(
-        outside_proxy_world(&imports, "0.2.12"),
+        outside_world(&imports, PROXY_IMPORTS, "0.2.12"),
         [
             "wasi:cli/environment@0.2.12",
             "wasi:filesystem/types@0.2.12",
@@ -70,12 +108,24 @@ fn import_check_flags_imports_outside_the_proxy_world() {
     );
 
     // A real std-built component: the check must flag what std's wasi-libc imports.
-    if let Some(std_built) = option_env!("MISBEHAVE_WASM") {
+    {
+        let std_built = env!("MISBEHAVE_WASM");
         let imports = component_imports(&read(Path::new(std_built)));
-        let outside = outside_proxy_world(&imports, &proxy_version());
+        let outside = outside_world(&imports, PROXY_IMPORTS, &proxy_version());
         assert!(
             outside.iter().any(|name| name.starts_with("wasi:cli/environment@")),
             "the std-built `{std_built}` should import `wasi:cli/environment`; flagged: {outside:?}"
+        );
+    }
+    // And against the service world: the std-built p3 test component imports p2 `wasi:cli`.
+    {
+        let std_built = env!("MISBEHAVE_P3_WASM");
+        let imports = component_imports(&read(Path::new(std_built)));
+        let version = world_version("wit/p3/world.wit", "wasi:http/service@");
+        let outside = outside_world(&imports, SERVICE_IMPORTS, &version);
+        assert!(
+            outside.iter().any(|name| name.starts_with("wasi:cli/environment@0.2.")),
+            "the std-built `{std_built}` should import the p2 `wasi:cli/environment`; flagged: {outside:?}"
         );
     }
 }
@@ -93,14 +143,24 @@ fn echo_guest_is_small() {
 
 #[test]
 fn wit_deps_match_wasmtime_wasi_http() {
-    let (version, crate_dir) = wasmtime_wasi_http_dir();
-    let theirs = crate_dir.join("wit/deps");
-    let ours = Path::new(WORKSPACE).join("wit/deps");
-    let differences = wit_differences(&ours, &theirs);
+    assert_vendored("wit/deps", "wit/deps", "wit/world.wit", "@0.2.N");
+}
+
+#[test]
+fn p3_wit_deps_match_wasmtime_wasi_http() {
+    assert_vendored("wit/p3/deps", "src/p3/wit/deps", "wit/p3/world.wit", "@0.3.N");
+}
+
+/// `ours` (relative to the workspace) holds exactly the `.wit` files of `theirs` (relative to the
+/// pinned `wasmtime-wasi-http` crate); `world` and `version` only word the refresh instructions.
+fn assert_vendored(ours: &str, theirs: &str, world: &str, version: &str) {
+    let (crate_version, crate_dir) = wasmtime_wasi_http_dir();
+    let theirs = crate_dir.join(theirs);
+    let differences = wit_differences(&Path::new(WORKSPACE).join(ours), &theirs);
     assert!(
         differences.is_empty(),
-        "`wit/deps` differs from the one shipped in wasmtime-wasi-http {version} (`{}`):\n  {}\n\
-         To refresh: `rm wit/deps/*.wit && cp {}/*.wit wit/deps/`, then bump the `@0.2.N` in wit/world.wit to the \
+        "`{ours}` differs from the one shipped in wasmtime-wasi-http {crate_version} (`{}`):\n  {}\n\
+         To refresh: `rm {ours}/*.wit && cp {}/*.wit {ours}/`, then bump the `{version}` in {world} to the \
          version those files declare.",
         theirs.display(),
         differences.join("\n  "),
@@ -130,12 +190,16 @@ fn wit_comparison_reports_every_difference() {
 
 /// The `N` of `include wasi:http/proxy@N;` in wit/world.wit: the version every import must carry.
 fn proxy_version() -> String {
-    let world = Path::new(WORKSPACE).join("wit/world.wit");
-    let text = String::from_utf8(read(&world)).expect("wit/world.wit is not UTF-8");
-    let (_, rest) =
-        text.split_once("wasi:http/proxy@").expect("wit/world.wit does not include `wasi:http/proxy@…`");
+    world_version("wit/world.wit", "wasi:http/proxy@")
+}
+
+/// The version after `prefix` (`wasi:http/proxy@`, `wasi:http/service@`) in the WIT file `world`.
+fn world_version(world: &str, prefix: &str) -> String {
+    let path = Path::new(WORKSPACE).join(world);
+    let text = String::from_utf8(read(&path)).unwrap_or_else(|_| panic!("{world} is not UTF-8"));
+    let (_, rest) = text.split_once(prefix).unwrap_or_else(|| panic!("{world} does not include `{prefix}…`"));
     let version = rest.split(';').next().unwrap_or_default().trim();
-    assert!(!version.is_empty(), "no version after `wasi:http/proxy@` in wit/world.wit");
+    assert!(!version.is_empty(), "no version after `{prefix}` in {world}");
     version.to_string()
 }
 
@@ -159,15 +223,14 @@ fn component_imports(wasm: &[u8]) -> Vec<String> {
     imports
 }
 
-/// The imports that `world proxy` at `version` does not offer, in order.
-fn outside_proxy_world<'a>(imports: &'a [String], version: &str) -> Vec<&'a str> {
+/// The imports that a world offering `world` (interfaces without `@version`) at `version` does not
+/// offer, in order.
+fn outside_world<'a>(imports: &'a [String], world: &[&str], version: &str) -> Vec<&'a str> {
     imports
         .iter()
         .map(String::as_str)
         .filter(|name| {
-            !name
-                .split_once('@')
-                .is_some_and(|(interface, v)| v == version && PROXY_IMPORTS.contains(&interface))
+            !name.split_once('@').is_some_and(|(interface, v)| v == version && world.contains(&interface))
         })
         .collect()
 }

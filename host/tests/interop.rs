@@ -411,16 +411,16 @@ fn streamed_body(sent: Arc<Mutex<Sha256>>) -> impl Stream<Item = Result<Bytes, I
     })
 }
 
-/// POSTs 256 MiB as a stream (never held in memory) and hashes the echo as it streams back.
-async fn assert_streamed_echo(with_content_length: bool) {
-    let server = serve();
+/// POSTs 256 MiB as a stream (never held in memory) to the echo at `base` and hashes the echo as
+/// it streams back.
+pub async fn assert_streamed_echo(base: &str, with_content_length: bool) {
     let prefix = "Received POST data: ";
     let sent = Arc::new(Mutex::new(Sha256::new()));
     sent.lock().unwrap().update(prefix.as_bytes());
 
     let started = Instant::now();
     let mut request = client()
-        .post(server.url("/stream"))
+        .post(format!("{base}/stream"))
         .header(CONTENT_TYPE, "application/octet-stream")
         .body(reqwest::Body::wrap_stream(streamed_body(sent.clone())));
     if with_content_length {
@@ -454,10 +454,10 @@ async fn assert_streamed_echo(with_content_length: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_a_256_mib_body_with_content_length() {
-    assert_streamed_echo(true).await;
+    assert_streamed_echo(&serve().base_url(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_a_256_mib_chunked_body() {
-    assert_streamed_echo(false).await;
+    assert_streamed_echo(&serve().base_url(), false).await;
 }

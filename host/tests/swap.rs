@@ -15,7 +15,7 @@ use crate::util::{self, TestServer, client};
 const TOKEN: &str = "test-admin-token-0123456789";
 const ADMIN: &str = "/.well-known/echo-host/admin";
 
-fn sha12(bytes: &[u8]) -> String {
+pub fn sha12(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))[..12].to_string()
 }
 
@@ -39,7 +39,11 @@ fn variant(component: &[u8], n: u32) -> Vec<u8> {
     bytes
 }
 
-async fn upload(server: &TestServer, bytes: Vec<u8>, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+pub async fn upload(
+    server: &TestServer,
+    bytes: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     let mut request = client().put(server.url(&format!("{ADMIN}/component"))).bearer_auth(TOKEN).body(bytes);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -56,7 +60,7 @@ async fn serving_version(server: &TestServer) -> String {
     response.headers()["echo-host-component"].to_str().unwrap().trim_start_matches("sha256:").to_string()
 }
 
-async fn start_with_admin(dir: &Path, extra: &[&str]) -> TestServer {
+pub async fn start_with_admin(dir: &Path, extra: &[&str]) -> TestServer {
     let token = token_file(dir);
     let mut flags = vec!["--admin-token-file", token.as_str()];
     flags.extend_from_slice(extra);
@@ -359,13 +363,13 @@ async fn a_long_streaming_request_finishes_on_the_version_it_started_on() {
 
 /// What a response's body must look like for the component its version header names.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+pub enum Kind {
     Echo,
     Misbehave,
 }
 
 impl Kind {
-    fn matches(self, body: &str) -> bool {
+    pub fn matches(self, body: &str) -> bool {
         match self {
             Kind::Echo => body.starts_with("Received GET request."),
             Kind::Misbehave => body == "misbehave ok",

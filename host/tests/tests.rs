@@ -34,5 +34,7 @@ mod status_page;
 mod rollout_cli;
 // The container image (Dockerfile) and deploy/service.yaml: Cloud Run contract, SIGTERM, a fleet swap.
 mod container;
+// WASI 0.3 components: the p3 echo under both servers, instance reuse and its limits, p2/p3 swaps.
+mod p3;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.
 mod rollout;

@@ -216,14 +216,16 @@ impl Body for ExchangeBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
-            let extra = data.len() as u64;
-            hint.set_lower(hint.lower() + extra);
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper + extra);
-            }
+        let inner = self.inner.size_hint();
+        let Some(data) = self.first.as_ref().and_then(Frame::data_ref) else { return inner };
+        // The held first frame comes on top of what the inner body still has. Upper before lower
+        // would do too, but `set_lower` checks against the old upper: build it afresh.
+        let extra = data.len() as u64;
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(extra));
         }
+        hint.set_lower(inner.lower().saturating_add(extra));
         hint
     }
 }

@@ -29,6 +29,16 @@ pub fn misbehave_wasm() -> &'static Path {
     Path::new(env!("MISBEHAVE_WASM"))
 }
 
+/// The p3 (`wasi:http/service`) build of the echo component (`guest-p3/`).
+pub fn echo_p3_wasm() -> &'static Path {
+    Path::new(env!("ECHO_GUEST_P3_WASM"))
+}
+
+/// The p3 build of the misbehaving test component (`testing/components/misbehave-p3`).
+pub fn misbehave_p3_wasm() -> &'static Path {
+    Path::new(env!("MISBEHAVE_P3_WASM"))
+}
+
 /// The host in this process, serving on `127.0.0.1:<free port>` with the given flags, exactly
 /// as `echo-host serve FLAGS` would configure it. Stops (gracefully) when dropped.
 pub struct TestServer {

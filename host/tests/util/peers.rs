@@ -389,11 +389,21 @@ impl WasmtimeServe {
     /// Installs the CLI if needed ([`wasmtime_cli`]), starts it on a free port and returns once it
     /// answers HTTP. Panics with the server's output if it does not come up.
     pub fn start(component: &Path) -> WasmtimeServe {
+        Self::start_with(component, &[])
+    }
+
+    /// [`WasmtimeServe::start`] for a p3 (`wasi:http/service`) component:
+    /// `-Wcomponent-model-async -Sp3`, instance reuse at its defaults.
+    pub fn start_p3(component: &Path) -> WasmtimeServe {
+        Self::start_with(component, &["-Wcomponent-model-async", "-Sp3"])
+    }
+
+    fn start_with(component: &Path, flags: &[&str]) -> WasmtimeServe {
         assert!(component.is_file(), "component {} does not exist", component.display());
         let cli = wasmtime_cli();
         let (guard, port) = start_on_free_port("wasmtime-serve", |port| {
             let mut command = Command::new(&cli);
-            command.arg("serve").arg("--addr").arg(format!("127.0.0.1:{port}")).arg(component);
+            command.arg("serve").args(flags).arg("--addr").arg(format!("127.0.0.1:{port}")).arg(component);
             command
         });
         WasmtimeServe(PeerServer { guard, port })

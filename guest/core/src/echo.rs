@@ -1,6 +1,6 @@
 //! What the echo answers, decided from plain values: which echo a method gets, whether the client
 //! asked for JSON, the declared body length, the response texts and the rejections. No I/O here, so
-//! all of it is unit-tested natively; `component` only moves bytes.
+//! all of it is unit-tested natively; the components (`echo-guest`, `echo-guest-p3`) only move bytes.
 
 use alloc::format;
 use alloc::string::String;
