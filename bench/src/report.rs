@@ -341,52 +341,55 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
         meta.rounds, meta.connections, meta.duration_s, meta.connections, meta.rate
     );
 
-    let _ = writeln!(
-        w,
-        "## Throughput and latency (1 server core, {} keep-alive connections)\n",
-        meta.connections
-    );
-    let _ = writeln!(
-        w,
-        "| server | GET req/s | GET p50 | GET p99 | POST 1 KiB req/s | POST p50 | POST p99 | open-loop GET p99 (rate) | open-loop POST p99 (rate) | RSS under load | server CPU | GET req per CPU-s |"
-    );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for server in THROUGHPUT_SERVERS {
-        if s.get("get.rps", server).is_none() {
-            continue;
-        }
-        let load_rss = max_of(s.median("get.rss_mib", server), s.median("post.rss_mib", server));
-        let cpu = s.median("get.cpu", server).map(|c| c * 100.0);
+    // A run of other sections (`--only p3`) has no throughput table.
+    if THROUGHPUT_SERVERS.iter().any(|srv| s.get("get.rps", srv).is_some()) {
         let _ = writeln!(
             w,
-            "| {server} | {} | {} | {} | {} | {} | {} | {} ({}/s) | {} ({}/s) | {} | {}% | {} |",
-            num(s.median("get.rps", server), 0),
-            ms(s.median("get.p50_ms", server)),
-            ms(s.median("get.p99_ms", server)),
-            num(s.median("post.rps", server), 0),
-            ms(s.median("post.p50_ms", server)),
-            ms(s.median("post.p99_ms", server)),
-            ms(s.median("open_get.p99_ms", server)),
-            num(s.median("open_get.rate", server), 0),
-            ms(s.median("open_post.p99_ms", server)),
-            num(s.median("open_post.rate", server), 0),
-            mib(load_rss),
-            num(cpu, 0),
-            num(s.median("get.rps_per_cpu", server), 0),
+            "## Throughput and latency (1 server core, {} keep-alive connections)\n",
+            meta.connections
+        );
+        let _ = writeln!(
+            w,
+            "| server | GET req/s | GET p50 | GET p99 | POST 1 KiB req/s | POST p50 | POST p99 | open-loop GET p99 (rate) | open-loop POST p99 (rate) | RSS under load | server CPU | GET req per CPU-s |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for server in THROUGHPUT_SERVERS {
+            if s.get("get.rps", server).is_none() {
+                continue;
+            }
+            let load_rss = max_of(s.median("get.rss_mib", server), s.median("post.rss_mib", server));
+            let cpu = s.median("get.cpu", server).map(|c| c * 100.0);
+            let _ = writeln!(
+                w,
+                "| {server} | {} | {} | {} | {} | {} | {} | {} ({}/s) | {} ({}/s) | {} | {}% | {} |",
+                num(s.median("get.rps", server), 0),
+                ms(s.median("get.p50_ms", server)),
+                ms(s.median("get.p99_ms", server)),
+                num(s.median("post.rps", server), 0),
+                ms(s.median("post.p50_ms", server)),
+                ms(s.median("post.p99_ms", server)),
+                ms(s.median("open_get.p99_ms", server)),
+                num(s.median("open_get.rate", server), 0),
+                ms(s.median("open_post.p99_ms", server)),
+                num(s.median("open_post.rate", server), 0),
+                mib(load_rss),
+                num(cpu, 0),
+                num(s.median("get.rps_per_cpu", server), 0),
+            );
+        }
+        let errors: f64 = THROUGHPUT_SERVERS
+            .iter()
+            .flat_map(|srv| {
+                ["get.errors", "post.errors", "open_get.errors", "open_post.errors"].map(|m| s.sum(m, srv))
+            })
+            .flatten()
+            .sum();
+        let _ = writeln!(
+            w,
+            "\nServer CPU: the server's CPU time over the wall time of its GET run; below ~95% on a saturated server means other processes took part of core 0 (a shared machine), and GET req per CPU-s (req/s ÷ that share) is the noise-robust measure of efficiency. Errors (non-2xx or socket errors) over all these runs: {}.\n",
+            num(Some(errors), 0)
         );
     }
-    let errors: f64 = THROUGHPUT_SERVERS
-        .iter()
-        .flat_map(|srv| {
-            ["get.errors", "post.errors", "open_get.errors", "open_post.errors"].map(|m| s.sum(m, srv))
-        })
-        .flatten()
-        .sum();
-    let _ = writeln!(
-        w,
-        "\nServer CPU: the server's CPU time over the wall time of its GET run; below ~95% on a saturated server means other processes took part of core 0 (a shared machine), and GET req per CPU-s (req/s ÷ that share) is the noise-robust measure of efficiency. Errors (non-2xx or socket errors) over all these runs: {}.\n",
-        num(Some(errors), 0)
-    );
 
     if P3_SERVERS.iter().any(|srv| s.get("p3.rps", srv).is_some()) {
         let _ = writeln!(
@@ -796,6 +799,7 @@ mod tests {
         );
         assert!(md.contains("| native hyper | 95,000 |"), "{md}");
         assert!(md.contains("--max-instance-reuse-count 128"), "{md}");
+        assert!(!md.contains("## Throughput and latency"), "no GET samples, no throughput table: {md}");
     }
 
     #[test]
