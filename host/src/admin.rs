@@ -8,15 +8,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
 use crate::exchange::{RequestContext, ResponseBody, error_response, full};
+use crate::registry::AdminEvent;
 use crate::signing::SIGNATURE_HEADER;
 use crate::store::release;
 use crate::swap::{self, Candidate, RollbackError};
 
 const ADMIN: &str = "/admin";
+
+/// The `source` of an uploaded version.
+pub const UPLOAD_SOURCE: &str = "admin upload";
 
 pub const PREFIX: &str = "/.well-known/echo-host";
 
@@ -92,10 +97,47 @@ async fn admin(
             .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         return response;
     }
-    let who = match &ctx.user_agent {
-        Some(agent) => format!("admin:{} ({agent})", ctx.remote_ip),
+    let who = actor(ctx);
+    let call = format!("{} {}", req.method(), route.trim_start_matches('/'));
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let response = route_admin(app, req, route, &who).await;
+    if changes {
+        tracing::info!(by = %who, status = response.status().as_u16(), "admin call `{call}`");
+        app.registry.record_admin_event(AdminEvent {
+            at: rfc3339(std::time::SystemTime::now()),
+            call,
+            status: response.status().as_u16(),
+            by: who,
+        });
+    }
+    response
+}
+
+/// Longest user agent kept in an admin event: enough to tell one tool from another.
+const MAX_USER_AGENT_CHARS: usize = 100;
+
+/// `admin:<ip> (<user agent>)`, the user agent truncated and stripped of control characters: who
+/// made an admin call, for the admin history, the release store and the logs (never `info`).
+fn actor(ctx: &RequestContext) -> String {
+    match &ctx.user_agent {
+        Some(agent) => {
+            let agent: String = agent
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .take(MAX_USER_AGENT_CHARS)
+                .collect();
+            format!("admin:{} ({agent})", ctx.remote_ip)
+        }
         None => format!("admin:{}", ctx.remote_ip),
-    };
+    }
+}
+
+async fn route_admin(
+    app: &Arc<App>,
+    req: Request<impl AdminBody>,
+    route: &str,
+    who: &str,
+) -> Response<ResponseBody> {
     match (req.method().clone(), route) {
         // The body is the component; a signature may ride along in a header.
         (Method::PUT, "/component") => upload(app, req, who).await,
@@ -103,12 +145,12 @@ async fn admin(
         (Method::POST, "/rollback") => {
             let to = query_value(req.uri(), "to");
             if let Some(store) = &app.store {
-                return match release::rollback(store, to.as_deref(), &who).await {
+                return match release::rollback(store, to.as_deref(), who).await {
                     Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
                     Err(error) => json(error.status(), &error.to_json()),
                 };
             }
-            match swap::rollback(app, to.as_deref(), &who).await {
+            match swap::rollback(app, to.as_deref(), who).await {
                 Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
                 Err(error) => {
                     let status = match error {
@@ -125,7 +167,7 @@ async fn admin(
         (Method::GET | Method::HEAD, "/fleet") => fleet(app).await,
         (_, "/fleet") => method_not_allowed("GET, HEAD"),
         (_, route) if route == "/release" || route.starts_with("/release/") => {
-            crate::release_api::handle(app, req, route, &who).await
+            crate::release_api::handle(app, req, route, who).await
         }
         _ => json_error(
             StatusCode::NOT_FOUND,
@@ -136,20 +178,26 @@ async fn admin(
 }
 
 fn authorized<B>(req: &Request<B>, token: &str) -> bool {
-    let Some(presented) = req
+    let Some((scheme, presented)) = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
     else {
         return false;
     };
-    // Constant time, so response timing does not leak how much of a guess was right.
-    presented.trim().as_bytes().ct_eq(token.as_bytes()).into()
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    // Digests of equal length compared in constant time: the timing of the answer reveals
+    // neither how much of a guess was right nor how long the token is.
+    let (presented, expected) = (Sha256::digest(presented.trim()), Sha256::digest(token));
+    presented.as_slice().ct_eq(expected.as_slice()).into()
 }
 
-async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Response<ResponseBody> {
-    let (candidate, uri) = match read_component(app, req, &who).await {
+async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: &str) -> Response<ResponseBody> {
+    let (candidate, uri) = match read_component(app, req).await {
         Ok(read) => read,
         Err(answer) => return answer,
     };
@@ -165,7 +213,7 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
         }
     };
     if let Some(store) = &app.store {
-        return match release::push(app, store, candidate, if_generation, &who).await {
+        return match release::push(app, store, candidate, if_generation, who).await {
             Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
             Err(error) => json(error.status(), &error.to_json()),
         };
@@ -181,7 +229,6 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: String) -> Re
 pub(crate) async fn read_component(
     app: &App,
     req: Request<impl AdminBody>,
-    who: &str,
 ) -> Result<(Candidate, http::Uri), Response<ResponseBody>> {
     let limit = app.swap_policy.max_component_size;
     let too_large = || {
@@ -219,7 +266,8 @@ pub(crate) async fn read_component(
             "the upload ended before its Content-Length",
         ));
     }
-    Ok((Candidate { bytes: bytes.to_vec(), source: who.to_string(), signature }, uri))
+    // Who uploaded it is the admin history's (`admin_events`), not the public `source`'s.
+    Ok((Candidate { bytes: bytes.to_vec(), source: UPLOAD_SOURCE.to_string(), signature }, uri))
 }
 
 fn history(app: &App) -> serde_json::Value {
@@ -245,6 +293,7 @@ fn history(app: &App) -> serde_json::Value {
         "swaps": app.registry.swap_count(),
         "rejections": app.registry.rejection_count(),
         "last_rejection": app.registry.last_rejection(),
+        "admin_events": app.registry.admin_events(),
     })
 }
 
@@ -406,6 +455,19 @@ mod tests {
         assert!(!page.contains("http://") && !page.contains("https://"), "the page names an external URL");
         for load in ["src=", "href=", "url(", "@import"] {
             assert!(!page.contains(load), "the page loads something (`{load}`)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn bearer_in_any_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc"] {
+            let req = Request::get("/").header("authorization", value).body(()).unwrap();
+            assert!(authorized(&req, "abc"), "{value}");
         }
     }
 }

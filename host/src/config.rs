@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod commands;
 mod limits;
 mod parse;
+mod range;
 mod reuse;
 mod rollout;
 mod storage;
@@ -286,8 +287,14 @@ pub struct OutboundRule {
 }
 
 impl OutboundRule {
+    /// Whether a request to `host` (a name, or an IP address without brackets) on `port` may go.
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+        let same_host = match host.parse::<IpAddr>() {
+            // Addresses compare by value (`::1` is `0:0:0:0:0:0:0:1`); the rule holds the canonical form.
+            Ok(ip) => ip.to_string() == self.host,
+            Err(_) => self.host.eq_ignore_ascii_case(host),
+        };
+        same_host && self.port.is_none_or(|p| p == port)
     }
 }
 
@@ -406,9 +413,7 @@ impl ServeArgs {
             Some(text) => ComponentSource::parse(text)?,
             None => ComponentSource::Builtin,
         };
-        if self.keep_versions == 0 {
-            bail!("`--keep-versions` must be at least 1 (the active version)");
-        }
+        self.check_ranges()?;
         let (store, storage) = self.storage.validate()?;
         let thresholds = self.rollout.validate()?;
         let reuse = self.reuse.validate()?;
@@ -416,9 +421,6 @@ impl ServeArgs {
             bail!(
                 "`--poll-interval` must be at least {MIN_STORE_POLL_INTERVAL:?} with `--store`: it is how often every instance reads the manifest"
             );
-        }
-        if self.log_buffer_lines == 0 {
-            bail!("`--log-buffer-lines` must be at least 1");
         }
         let admin_token = match &self.admin_token_file {
             Some(path) => {
@@ -488,6 +490,31 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// The ranges of the numeric flags [`Limits`] does not hold (those are [`Limits::validate`]'s).
+    fn check_ranges(&self) -> anyhow::Result<()> {
+        use range::{MAX_TIME, MIN_TIME, check, check_or_off};
+        check_or_off("--poll-interval", self.poll_interval)?;
+        check("--fetch-timeout", self.fetch_timeout, MIN_TIME, MAX_SETTLE_TIME)?;
+        check("--swap-probe-timeout", self.swap_probe_timeout, MIN_TIME, MAX_SETTLE_TIME)?;
+        check("--shutdown-grace", self.shutdown_grace, Duration::ZERO, MAX_SETTLE_TIME)?;
+        // Each kept version holds its compiled code (and, for p3, its idle instances).
+        check("--keep-versions", self.keep_versions, 1, MAX_KEEP_VERSIONS)?;
+        // A component is read into memory whole before it is checked.
+        check("--max-component-size", self.max_component_size, 1, MAX_COMPONENT_SIZE)?;
+        check("--log-buffer-lines", self.log_buffer_lines, 1, MAX_LOG_BUFFER_LINES)?;
+        debug_assert!(MAX_SETTLE_TIME <= MAX_TIME);
+        Ok(())
+    }
+}
+
+/// Fetches, probes and the shutdown wait: an hour is already far more than any needs.
+const MAX_SETTLE_TIME: Duration = Duration::from_secs(3600);
+const MAX_KEEP_VERSIONS: usize = 64;
+const MAX_COMPONENT_SIZE: u64 = 4 << 30;
+/// A million lines held while stdout is slow: up to ~0.5 GiB of access-log lines.
+const MAX_LOG_BUFFER_LINES: usize = 1_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,6 +556,50 @@ mod tests {
         assert!(err.to_string().contains("--log-buffer-lines"), "{err}");
         let err = args(&["--store", "gs://bucket/p/", "--poll-interval", "0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("--poll-interval"), "{err}");
+    }
+
+    /// Every numeric flag refuses a value past its range with an error naming it, before the port
+    /// is bound: nothing later can overflow a deadline (`now + 1e19 s`) or a semaphore.
+    #[test]
+    fn every_numeric_flag_is_range_checked() {
+        let huge = "10000000000000000000";
+        for (flag, value) in [
+            ("--max-connections", "18446744073709551615"),
+            ("--concurrency", huge),
+            ("--request-timeout", huge),
+            ("--header-read-timeout", huge),
+            ("--body-read-timeout", huge),
+            ("--write-timeout", huge),
+            ("--idle-timeout", huge),
+            ("--after-response-grace", huge),
+            ("--h2-keepalive-interval", huge),
+            ("--h2-keepalive-timeout", huge),
+            ("--h2-max-streams", "4294967295"),
+            ("--max-headers", huge),
+            ("--max-header-bytes", "1GiB"),
+            ("--max-body", "2048GiB"),
+            ("--max-memory", "8GiB"),
+            ("--poll-interval", huge),
+            ("--fetch-timeout", huge),
+            ("--swap-probe-timeout", huge),
+            ("--shutdown-grace", huge),
+            ("--keep-versions", huge),
+            ("--max-component-size", "8GiB"),
+            ("--log-buffer-lines", huge),
+            ("--heartbeat-interval", huge),
+            ("--canary-window", huge),
+            ("--instance-max-requests", huge),
+            ("--instance-idle-timeout", huge),
+        ] {
+            let err = args(&[flag, value]).validate().map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{flag}`")) && err.contains("between"), "{flag} {value}: {err}");
+        }
+        for (flag, value) in
+            [("--fetch-timeout", "0s"), ("--max-component-size", "0"), ("--keep-versions", "0")]
+        {
+            let err = args(&[flag, value]).validate().map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{flag}`")), "{flag} {value}: {err}");
+        }
     }
 
     #[test]

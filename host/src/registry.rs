@@ -47,8 +47,12 @@ pub struct ActiveComponent {
     pub sha256: String,
     pub size: u64,
     pub loaded_at: SystemTime,
-    /// Where it came from, e.g. `builtin:echo` or `file:/srv/echo.wasm`.
+    /// How it became the version it is, e.g. `builtin:echo`, `file:/srv/echo.wasm`, `admin upload`
+    /// or `rollback (was file:/srv/echo.wasm)`. Public (`info`): never who did it (see
+    /// [`AdminEvent`]), and bounded: a reactivation names the [`Self::origin`], not the last source.
     pub source: String,
+    /// Where the bytes first came from: the `source` it was loaded with.
+    pub origin: String,
     /// How long compiling (or deserializing) and linking took.
     pub load_time: Duration,
     /// `sha256:<first 12 hex>`, sent as `echo-host-component` on every response.
@@ -129,6 +133,7 @@ pub fn load_component(
         sha256,
         size: bytes.len() as u64,
         loaded_at: SystemTime::now(),
+        origin: source.clone(),
         source,
         load_time: started.elapsed(),
         version_header,
@@ -146,6 +151,7 @@ impl ActiveComponent {
             size: self.size,
             loaded_at: SystemTime::now(),
             source,
+            origin: self.origin.clone(),
             load_time: Duration::ZERO,
             version_header: self.version_header.clone(),
             window: self.window.clone(),
@@ -163,6 +169,20 @@ pub struct RejectionRecord {
     pub reason: String,
 }
 
+/// One call to the admin API that could change something, for the admin history: who made it
+/// (`admin:<ip> (<user agent>)`, truncated) is kept only here and in the logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdminEvent {
+    pub at: String,
+    /// `PUT component`, `POST rollback`, ...
+    pub call: String,
+    pub status: u16,
+    pub by: String,
+}
+
+/// Admin events kept, newest first.
+const ADMIN_EVENTS_KEPT: usize = 32;
+
 /// The version new requests get, and the recent versions kept compiled for instant rollback.
 /// Requests keep the `Arc` they started with, so a swap never changes the component under a
 /// request in flight.
@@ -179,6 +199,8 @@ pub struct Registry {
     swaps: AtomicU64,
     rejections: AtomicU64,
     last_rejection: Mutex<Option<RejectionRecord>>,
+    /// The last [`ADMIN_EVENTS_KEPT`] admin calls, newest first.
+    admin_events: Mutex<VecDeque<AdminEvent>>,
     /// A version that passed the gate but is not live yet: a push to the release store, which
     /// goes live when the store says so. [`Registry::find`] sees it, so it is not compiled twice.
     prepared: Mutex<Option<Arc<ActiveComponent>>>,
@@ -199,6 +221,7 @@ impl Registry {
             swaps: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             last_rejection: Mutex::new(None),
+            admin_events: Mutex::new(VecDeque::new()),
             prepared: Mutex::new(None),
             swap_lock: tokio::sync::Mutex::new(()),
         }
@@ -279,6 +302,17 @@ impl Registry {
     pub fn record_rejection(&self, record: RejectionRecord) {
         self.rejections.fetch_add(1, Ordering::Relaxed);
         *self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
+    }
+
+    pub fn record_admin_event(&self, event: AdminEvent) {
+        let mut events = self.admin_events.lock().unwrap_or_else(|p| p.into_inner());
+        events.push_front(event);
+        events.truncate(ADMIN_EVENTS_KEPT);
+    }
+
+    /// The recent admin calls, newest first.
+    pub fn admin_events(&self) -> Vec<AdminEvent> {
+        self.admin_events.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     pub fn swap_count(&self) -> u64 {

@@ -22,7 +22,7 @@ pub async fn handle(
     let method = req.method().clone();
     let result = match (method, route) {
         (Method::GET | Method::HEAD, "/release") => return json(StatusCode::OK, &status::status(app).await),
-        (Method::POST, "/release") => match read_component(app, req, who).await {
+        (Method::POST, "/release") => match read_component(app, req).await {
             Ok((candidate, uri)) => start(app, candidate, &uri, who).await,
             Err(answer) => return answer,
         },
@@ -47,6 +47,10 @@ pub async fn handle(
     }
 }
 
+/// A step shorter than a second cannot gather requests to judge; a day is longer than any
+/// release should take.
+const STEP_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
 async fn start(
     app: &Arc<App>,
     candidate: Candidate,
@@ -69,8 +73,14 @@ async fn start(
             None => None,
         },
     };
-    if plan.step_interval < Duration::from_secs(1) && !plan.steps.is_empty() {
-        return Err(RolloutError::BadRequest("`step_interval` must be at least 1s".into()));
+    if !(STEP_INTERVAL_RANGE.0..=STEP_INTERVAL_RANGE.1).contains(&plan.step_interval)
+        && !plan.steps.is_empty()
+    {
+        let (low, high) = STEP_INTERVAL_RANGE;
+        return Err(RolloutError::BadRequest(format!(
+            "`step_interval` must be between {low:?} and {high:?}, not {:?}",
+            plan.step_interval
+        )));
     }
     change::start(app, candidate, plan, who).await
 }

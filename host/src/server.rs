@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::app::App;
 use crate::connection::{self, StreamExecutor, Timeouts};
-use crate::exchange::{Exchange, Outcome, Pending, RequestBody, ResponseBody, declared_length};
+use crate::exchange::{Exchange, HostProblem, Outcome, Pending, RequestBody, ResponseBody, declared_length};
 use crate::proxy;
 
 /// Send buffer per h2 stream (hyper's default is 400 KiB): with `--h2-max-streams` it bounds
@@ -136,6 +136,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
         // hyper enforces these for HTTP/1 while parsing; this covers h2c and sizes below
         // hyper's smallest read buffer (8 KiB).
         exchange.answer(Outcome::HeadTooLarge, &app.registry.active().version_header)
+    } else if let Some(problem) = host_problem(&req) {
+        // The guest cannot be given a request without an authority; say why, where operators look.
+        tracing::info!(request_id = %exchange.ctx.id, remote_ip = %remote.ip(), "bad request: {}", problem.describe());
+        exchange.answer(Outcome::BadHost(problem), &app.registry.active().version_header)
     } else if admin::owns(req.uri().path()) {
         let req = req.map(|body| RequestBody::new(body, u64::MAX, exchange.clone()));
         let response = admin::handle(&app, req, &exchange.ctx).await;
@@ -165,4 +169,25 @@ fn header_problem<B>(req: &Request<B>, limits: &crate::config::Limits) -> bool {
             + req.uri().to_string().len()
             + 12;
     req.headers().len() > limits.max_headers || bytes as u64 > limits.max_header_bytes
+}
+
+/// Why the request's host is unusable, when it is: without an authority in the URI, exactly one
+/// `Host` of the form `host[:port]` in visible ASCII is needed (RFC 9112 §3.2, RFC 9110 §7.2).
+fn host_problem<B>(req: &Request<B>) -> Option<HostProblem> {
+    if req.uri().authority().is_some() {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => return Some(HostProblem::Missing),
+        (Some(_), Some(_)) => return Some(HostProblem::Repeated),
+        (Some(host), None) => host,
+    };
+    let valid = host.to_str().is_ok_and(|text| {
+        !text.is_empty()
+            && !text.contains('@')
+            && http::uri::Authority::try_from(text)
+                .is_ok_and(|a| a.port().is_none() || a.port_u16().is_some())
+    });
+    (!valid).then_some(HostProblem::Invalid)
 }

@@ -244,7 +244,9 @@ pub async fn rollback(app: &Arc<App>, to: Option<&str>, who: &str) -> Result<Swa
         }
         None => app.registry.previous().ok_or(RollbackError::NoPrevious)?,
     };
-    let source = format!("rollback by {who} (was {})", target.source);
+    // The public source names where the bytes came from, not who asked (that is the admin
+    // history's) and not the last source (which would nest, rollback after rollback).
+    let source = format!("rollback (was {})", target.origin);
     let outcome =
         reactivate(app, &target, source).await.ok_or(RollbackError::AlreadyActive(target.sha256.clone()))?;
     tracing::info!(who, sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "rolled back to component {}", outcome.version);

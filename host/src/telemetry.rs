@@ -308,6 +308,7 @@ impl Metrics {
             // Traps are counted where the guest ends (a trap after a complete response too).
             Outcome::Responded
             | Outcome::HeadTooLarge
+            | Outcome::BadHost(_)
             | Outcome::Trapped
             | Outcome::NeverResponded
             | Outcome::ErrorCode

@@ -36,5 +36,7 @@ mod rollout_cli;
 mod container;
 // WASI 0.3 components: the p3 echo under both servers, instance reuse and its limits, p2/p3 swaps.
 mod p3;
+// Careless operators and hostile callers: flags past their range, bad `Host`, the admin token, bounded provenance.
+mod hardening;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.
 mod rollout;

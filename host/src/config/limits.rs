@@ -3,10 +3,20 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
 use clap::Parser;
 
+use super::range::{MAX_BYTES, MAX_TIME, MIN_TIME, check, check_or_off};
 use super::{Cli, ServeArgs};
+
+/// Cloud Run allows at most 1000 concurrent requests per instance; ten times that is room enough.
+const MAX_CONCURRENCY: usize = 10_000;
+/// Each connection is a file descriptor; no instance has more than a million.
+const MAX_CONNECTIONS: usize = 1_000_000;
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+const MAX_H2_STREAMS: u32 = 10_000;
+const MAX_HEADERS: usize = 10_000;
+/// A request head is buffered whole before the component sees it.
+const MAX_HEADER_BYTES: u64 = 16 << 20;
 
 /// The per-request and per-connection limits, shared by the runtime and the server.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -54,40 +64,28 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Refuses values no server can run with, naming the flag.
+    /// Refuses values no server can run with, naming the flag and its range.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.concurrency == 0 {
-            bail!("`--concurrency` must be at least 1");
-        }
-        if self.max_connections == 0 {
-            bail!("`--max-connections` must be at least 1");
-        }
-        if self.request_timeout.is_zero() {
-            bail!("`--request-timeout` must be more than 0s");
-        }
+        check("--concurrency", self.concurrency, 1, MAX_CONCURRENCY)?;
+        check("--max-connections", self.max_connections, 1, MAX_CONNECTIONS)?;
         for (flag, value) in [
+            ("--request-timeout", self.request_timeout),
             ("--header-read-timeout", self.header_read_timeout),
             ("--body-read-timeout", self.body_read_timeout),
             ("--write-timeout", self.write_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--h2-keepalive-timeout", self.h2_keepalive_timeout),
         ] {
-            if value.is_zero() {
-                bail!("`{flag}` must be more than 0s");
-            }
+            check(flag, value, MIN_TIME, MAX_TIME)?;
         }
-        if self.h2_max_streams == 0 {
-            bail!("`--h2-max-streams` must be at least 1");
-        }
-        if self.max_memory_bytes < 64 * 1024 {
-            bail!("`--max-memory` must be at least 64KiB (one wasm page)");
-        }
-        if self.max_memory_bytes > 4 * 1024 * 1024 * 1024 {
-            bail!("`--max-memory` must be at most 4GiB (32-bit wasm memories)");
-        }
-        if self.max_headers == 0 || self.max_header_bytes < 1024 {
-            bail!("`--max-headers` must be at least 1 and `--max-header-bytes` at least 1KiB");
-        }
+        check("--after-response-grace", self.after_response_grace, Duration::ZERO, MAX_GRACE)?;
+        check_or_off("--h2-keepalive-interval", self.h2_keepalive_interval.unwrap_or_default())?;
+        check("--h2-max-streams", self.h2_max_streams, 1, MAX_H2_STREAMS)?;
+        // At least one wasm page; at most what a 32-bit wasm memory can address.
+        check("--max-memory", self.max_memory_bytes, 64 << 10, 4 << 30)?;
+        check("--max-body", self.max_body_bytes, 0, MAX_BYTES)?;
+        check("--max-headers", self.max_headers, 1, MAX_HEADERS)?;
+        check("--max-header-bytes", self.max_header_bytes, 1 << 10, MAX_HEADER_BYTES)?;
         Ok(())
     }
 }

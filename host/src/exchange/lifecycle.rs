@@ -14,6 +14,8 @@ pub enum Outcome {
     Overloaded,
     /// The request head crossed `--max-headers` or `--max-header-bytes` (431).
     HeadTooLarge,
+    /// The request names no host the component could be given (400).
+    BadHost(HostProblem),
     /// The request body crossed `--max-body` (413, or a cut once the response had started).
     BodyTooLarge,
     /// The request body made no progress for `--body-read-timeout` (408, or a cut).
@@ -40,6 +42,7 @@ impl Outcome {
             Self::Responded => StatusCode::OK,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BadHost(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             Self::TimedOut => StatusCode::GATEWAY_TIMEOUT,
@@ -57,6 +60,7 @@ impl Outcome {
             Self::Responded => "responded",
             Self::Overloaded => "overloaded",
             Self::HeadTooLarge => "head_too_large",
+            Self::BadHost(_) => "bad_host",
             Self::BodyTooLarge => "body_too_large",
             Self::BodyStalled => "body_stalled",
             Self::TimedOut => "timed_out",
@@ -71,7 +75,28 @@ impl Outcome {
     /// Whether the connection must not carry another request after this (the request body was
     /// not read to its end).
     pub fn closes_connection(self) -> bool {
-        matches!(self, Self::BodyTooLarge | Self::BodyStalled)
+        matches!(self, Self::BodyTooLarge | Self::BodyStalled | Self::BadHost(_))
+    }
+}
+
+/// What is wrong with a request's host, when its URI has no authority (an HTTP/1 request in
+/// origin form) and its `Host` header cannot stand in (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostProblem {
+    Missing,
+    Repeated,
+    /// Not `host[:port]` of visible ASCII (an obs-text byte, userinfo, a bad port).
+    Invalid,
+}
+
+impl HostProblem {
+    /// The reason the 400 gives.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Missing => "the request has no `Host` header (HTTP/1.1 requires one)",
+            Self::Repeated => "the request has more than one `Host` header",
+            Self::Invalid => "the `Host` header is not `host[:port]` in visible ASCII",
+        }
     }
 }
 

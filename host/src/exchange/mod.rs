@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use body::Progress;
 pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
-pub use lifecycle::{Action, Lifecycle, Outcome, Phase};
+pub use lifecycle::{Action, HostProblem, Lifecycle, Outcome, Phase};
 pub use record::{RequestContext, declared_length};
 pub use stop::StopSignal;
 
@@ -288,6 +288,7 @@ impl Exchange {
                 "the component did not respond within the {}s request timeout",
                 (self.deadline - self.ctx.started).as_secs_f64()
             ),
+            Outcome::BadHost(problem) => problem.describe().into(),
             Outcome::Trapped => "the component failed while handling the request".into(),
             Outcome::NeverResponded => "the component did not produce a response".into(),
             Outcome::ErrorCode => "the component reported an error".into(),

@@ -15,6 +15,8 @@ const INSTANCE_ID_PATH: &str = "/computeMetadata/v1/instance/id";
 
 /// A token is replaced once less than this (or a third of its lifetime, if shorter) remains.
 const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+/// Google's tokens live an hour; a day is the most any token is trusted for.
+const MAX_TOKEN_LIFETIME_S: u64 = 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
@@ -120,7 +122,8 @@ impl TokenSource {
         let token: TokenResponse = serde_json::from_str(&text)
             .with_context(|| format!("the metadata server at `{host}` sent a token that is not JSON"))?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        let lifetime = Duration::from_secs(token.expires_in);
+        // Capped: a metadata server answering `expires_in: 1e19` must not overflow the clock.
+        let lifetime = Duration::from_secs(token.expires_in.min(MAX_TOKEN_LIFETIME_S));
         Ok(Token { value: token.access_token, expires_at: Instant::now() + lifetime, lifetime })
     }
 }

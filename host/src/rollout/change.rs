@@ -242,7 +242,7 @@ async fn apply_local(app: &Arc<App>, manifest: &Manifest, generation: i64) {
     if app.registry.active().sha256 != stable
         && let Some(kept) = app.registry.find(stable)
     {
-        let _ = swap::reactivate(app, &kept, format!("promoted canary (was {})", kept.source)).await;
+        let _ = swap::reactivate(app, &kept, format!("promoted canary (was {})", kept.origin)).await;
     }
     let canary = manifest.canary_sha256().and_then(|sha| app.registry.find(sha));
     app.rollout.apply(app, manifest, generation, canary);

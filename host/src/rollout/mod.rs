@@ -367,5 +367,6 @@ fn step_due(plan: &CanaryPlan) -> Option<SystemTime> {
     let started =
         time::OffsetDateTime::parse(&plan.step_started_at, &time::format_description::well_known::Rfc3339)
             .ok()?;
-    Some(SystemTime::from(started) + Duration::from_millis(plan.step_interval_ms))
+    // `checked_add`: the plan comes from the store, where anyone with write access may put any number.
+    SystemTime::from(started).checked_add(Duration::from_millis(plan.step_interval_ms))
 }
