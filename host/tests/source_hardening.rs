@@ -34,7 +34,14 @@ fn mkfifo(path: &Path) {
 }
 
 async fn info(addr: &str) -> serde_json::Value {
-    client().get(format!("http://{addr}/.well-known/echo-host/info")).send().await.unwrap().json().await.unwrap()
+    client()
+        .get(format!("http://{addr}/.well-known/echo-host/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Waits (up to [`WAIT`]) for `condition`, checked every 50 ms.
@@ -68,7 +75,8 @@ async fn a_url_with_credentials_shows_them_nowhere() {
     origin.set(&misbehave, None, Mode::Normal);
     until("the swap", || async { served_version(&addr).await == version(&misbehave) }).await;
 
-    let info = client().get(host.url("/.well-known/echo-host/info")).send().await.unwrap().text().await.unwrap();
+    let info =
+        client().get(host.url("/.well-known/echo-host/info")).send().await.unwrap().text().await.unwrap();
     let history = client()
         .get(host.url("/.well-known/echo-host/admin/history"))
         .bearer_auth(TOKEN)
@@ -163,8 +171,10 @@ async fn a_transient_probe_failure_is_retried_until_the_candidate_goes_live() {
     let last = info(&addr).await["swaps"]["last_rejection"].clone();
     assert!(last["reason"].as_str().unwrap().contains("502"), "{last}");
     serve_ok(TcpListener::bind(("127.0.0.1", port)).unwrap());
-    until("the retried candidate to go live", || async { served_version(&addr).await == version(&misbehave) })
-        .await;
+    until("the retried candidate to go live", || async {
+        served_version(&addr).await == version(&misbehave)
+    })
+    .await;
     assert!(server.metric("echo_host_swap_retries_total").await >= 2.0);
 }
 

@@ -87,7 +87,8 @@ impl Retries {
                 "the rejection of the candidate from {} may be transient; retrying in {delay:?}",
                 kept.source
             );
-            self.pending = Some(Pending { candidate: kept, artifacts, attempts, due: Instant::now() + delay });
+            self.pending =
+                Some(Pending { candidate: kept, artifacts, attempts, due: Instant::now() + delay });
         }
         result
     }

@@ -335,8 +335,7 @@ async fn get(
 /// The signature's URL: `.sig` added to the path, the query kept (`/c.wasm?q=1` →
 /// `/c.wasm.sig?q=1`).
 fn signature_url(url: &str) -> anyhow::Result<String> {
-    let uri: http::Uri =
-        url.parse().with_context(|| format!("`{}` is not a valid URL", redact::url(url)))?;
+    let uri: http::Uri = url.parse().with_context(|| format!("`{}` is not a valid URL", redact::url(url)))?;
     let mut parts = uri.into_parts();
     let path_and_query = match &parts.path_and_query {
         Some(pq) => match pq.query() {
@@ -346,8 +345,7 @@ fn signature_url(url: &str) -> anyhow::Result<String> {
         None => "/.sig".to_string(),
     };
     parts.path_and_query = Some(
-        http::uri::PathAndQuery::try_from(path_and_query)
-            .context("cannot add `.sig` to the URL's path")?,
+        http::uri::PathAndQuery::try_from(path_and_query).context("cannot add `.sig` to the URL's path")?,
     );
     Ok(http::Uri::from_parts(parts).context("cannot build the signature's URL")?.to_string())
 }
