@@ -340,7 +340,7 @@ impl std::fmt::Display for ComponentSource {
         match self {
             Self::Builtin => write!(f, "builtin:echo"),
             Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Url(url) => write!(f, "{url}"),
+            Self::Url(url) => f.write_str(&crate::redact::url(url)),
             Self::Gcs(object) => write!(f, "{object}"),
         }
     }

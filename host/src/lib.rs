@@ -24,6 +24,7 @@
 //! - [`signing`]: ed25519 keys and detached signatures (`keygen`, `sign`, `--trusted-key`).
 //! - [`push`]: `echo-host push` (the admin upload from a shell, `--wait` for the fleet) and
 //!   `echo-host fleet`.
+//! - [`redact`]: URLs as the host prints them (no userinfo, no query values).
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod admin;
@@ -37,6 +38,7 @@ pub mod log_writer;
 pub mod outbound;
 pub mod proxy;
 pub mod push;
+pub mod redact;
 pub mod registry;
 pub mod release_api;
 pub mod release_cli;
@@ -189,6 +191,7 @@ fn watch_config(config: &ServeConfig) -> source::WatchConfig {
         fetch_timeout: config.fetch_timeout,
         max_component_size: config.swap.max_component_size,
         storage: config.storage.clone(),
+        allow_precompiled: config.allow_precompiled,
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Order: size, sha256, pin, signature, compile + link (or reuse a kept compiled version), smoke
 //! probe, publish. The CPU-heavy steps run on blocking threads.
+//!
+//! A rejection says whether trying the same bytes again can help ([`Rejection::retry`]): the
+//! watchers in [`crate::source`] remember deterministic ones and retry transient ones.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,13 +14,15 @@ use http::StatusCode;
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
-use crate::config::SwapPolicy;
-use crate::registry::{ActiveComponent, RejectionRecord, load_component};
+use crate::config::{SwapPolicy, SwapProbe};
+use crate::registry::{ActiveComponent, Artifact, RejectionRecord, load_component};
 
 /// A component some source wants to make active.
+#[derive(Clone)]
 pub struct Candidate {
     pub bytes: Vec<u8>,
-    /// Where it came from, for logs and `info`: `file:/path`, a URL, `admin:<who>`.
+    /// Where it came from, for logs and `info`: `file:/path`, a URL (redacted with
+    /// [`crate::redact::url`]), `admin:<who>`.
     pub source: String,
     /// A detached signature (base64 text), when the source had one.
     pub signature: Option<Vec<u8>>,
@@ -39,7 +44,31 @@ pub enum Rejection {
     #[error("invalid component: {0:#}")]
     Invalid(anyhow::Error),
     #[error("smoke probe `{probe}` failed: {reason}")]
-    ProbeFailed { probe: String, reason: String },
+    ProbeFailed { probe: String, reason: String, retry: Retry },
+    /// The host could not run a check (the compile task died): nothing is known about the bytes.
+    #[error("cannot check the component now: {0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// Whether a rejected candidate is worth submitting again unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The same bytes and signature will be turned away again (bad bytes, link failure, bad or
+    /// missing signature, pin mismatch, too large): only a change, `touch` or an admin call
+    /// submits them again.
+    Never,
+    /// The reason may pass (a probe that failed for overload, a timeout or a 5xx; a check the
+    /// host could not run): retried with backoff.
+    Later,
+}
+
+/// Whether a candidate may be a precompiled `.cwasm` (native code the host trusts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifacts {
+    /// Only `.wasm`, compiled and validated here: URLs, `gs://`, uploads, the store.
+    WasmOnly,
+    /// Also `.cwasm`: only the `--component` file given with `--allow-precompiled`.
+    AlsoPrecompiled,
 }
 
 impl Rejection {
@@ -50,6 +79,20 @@ impl Rejection {
                 StatusCode::FORBIDDEN
             }
             Self::Invalid(_) | Self::ProbeFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether the same candidate may pass later.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::TooLarge { .. }
+            | Self::PinMismatch { .. }
+            | Self::MissingSignature
+            | Self::BadSignature(_)
+            | Self::Invalid(_) => Retry::Never,
+            Self::ProbeFailed { retry, .. } => *retry,
+            Self::Unavailable(_) => Retry::Later,
         }
     }
 
@@ -62,6 +105,7 @@ impl Rejection {
             Self::BadSignature(_) => "bad_signature",
             Self::Invalid(_) => "invalid_component",
             Self::ProbeFailed { .. } => "probe_failed",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -79,8 +123,18 @@ pub struct SwapOutcome {
     pub elapsed_ms: f64,
 }
 
-/// Runs the gate on `candidate` and publishes it. Rejections are logged and counted here.
+/// Runs the gate on `candidate` (never a `.cwasm`) and publishes it. Rejections are logged and
+/// counted here.
 pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome, Rejection> {
+    submit_as(app, candidate, Artifacts::WasmOnly).await
+}
+
+/// [`submit`], a `.cwasm` accepted when `artifacts` says so.
+pub async fn submit_as(
+    app: &Arc<App>,
+    candidate: Candidate,
+    artifacts: Artifacts,
+) -> Result<SwapOutcome, Rejection> {
     let _one_at_a_time = app.registry.swap_lock.lock().await;
     let started = Instant::now();
     let source = candidate.source.clone();
@@ -98,7 +152,7 @@ pub async fn submit(app: &Arc<App>, candidate: Candidate) -> Result<SwapOutcome,
         tracing::debug!(source = %source, "candidate is already the active version");
         return Ok(outcome(false, false, active.version_header.to_str().unwrap_or_default()));
     }
-    let (next, reused) = match gate(app, candidate, &sha256).await {
+    let (next, reused) = match gate(app, candidate, &sha256, artifacts).await {
         Ok(passed) => passed,
         Err(rejection) => {
             record_rejection(app, &source, Some(&sha256), &rejection);
@@ -133,7 +187,7 @@ pub async fn prepare(app: &Arc<App>, candidate: Candidate) -> Result<String, Rej
     if sha256 == app.registry.active().sha256 {
         return Ok(sha256);
     }
-    match gate(app, candidate, &sha256).await {
+    match gate(app, candidate, &sha256, Artifacts::WasmOnly).await {
         Ok((next, _)) => {
             app.registry.prepare(Arc::new(next));
             Ok(sha256)
@@ -159,6 +213,7 @@ pub fn record_rejection(app: &App, source: &str, sha256: Option<&str>, rejection
         source,
         sha256,
         kind = rejection.kind(),
+        retry = ?rejection.retry(),
         "rejected candidate component, the active version keeps serving: {rejection}"
     );
     app.tell_fleet();
@@ -170,38 +225,50 @@ async fn gate(
     app: &Arc<App>,
     candidate: Candidate,
     sha256: &str,
+    artifacts: Artifacts,
 ) -> Result<(ActiveComponent, bool), Rejection> {
     check_policy(&app.swap_policy, &candidate, sha256)?;
+    let precompiled = Artifact::detect(&candidate.bytes) == Artifact::Precompiled;
+    if precompiled && artifacts == Artifacts::WasmOnly {
+        // `.cwasm` is native code (see DESIGN.md): only from the file the operator named.
+        return Err(Rejection::Invalid(anyhow::anyhow!(
+            "a precompiled `.cwasm` is accepted only from the `--component` file given with `--allow-precompiled`; send the `.wasm` instead"
+        )));
+    }
     let (next, reused) = match app.registry.find(sha256) {
         Some(kept) => (kept.reactivated(candidate.source), true),
         None => {
             let app = app.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                // Never precompiled from a swap source: `.cwasm` is native code (see DESIGN.md).
-                load_component(&app.runtime, &candidate.bytes, candidate.source, false)
+                load_component(&app.runtime, &candidate.bytes, candidate.source, precompiled)
             })
             .await
-            .map_err(|e| Rejection::Invalid(anyhow::anyhow!("the compile task failed: {e}")))?
+            .map_err(|e| Rejection::Unavailable(anyhow::anyhow!("the compile task failed: {e}")))?
             .map_err(Rejection::Invalid)?;
             (loaded, false)
         }
     };
     if let Some(probe) = &app.swap_policy.probe {
-        let described = format!("{} {}", probe.method, probe.path);
-        match crate::proxy::probe(app, &next, probe).await {
-            Ok(status) if status.is_success() => {}
-            Ok(status) => {
-                return Err(Rejection::ProbeFailed {
-                    probe: described,
-                    reason: format!("answered {status}"),
-                });
-            }
-            Err(error) => {
-                return Err(Rejection::ProbeFailed { probe: described, reason: format!("{error:#}") });
-            }
-        }
+        smoke_probe(app, &next, probe).await?;
     }
     Ok((next, reused))
+}
+
+/// `--swap-probe` on the candidate. An answer of 5xx, 408 or 429, a timeout or a failure to run
+/// the guest (the instance pool full under load) may pass later; any other answer will not.
+async fn smoke_probe(app: &Arc<App>, next: &ActiveComponent, probe: &SwapProbe) -> Result<(), Rejection> {
+    let described = format!("{} {}", probe.method, probe.path);
+    let (reason, retry) = match crate::proxy::probe(app, next, probe).await {
+        Ok(status) if status.is_success() => return Ok(()),
+        Ok(status) => {
+            let transient = status.is_server_error()
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status == StatusCode::TOO_MANY_REQUESTS;
+            (format!("answered {status}"), if transient { Retry::Later } else { Retry::Never })
+        }
+        Err(error) => (format!("{error:#}"), Retry::Later),
+    };
+    Err(Rejection::ProbeFailed { probe: described, reason, retry })
 }
 
 /// The checks that need only the bytes: size, sha256 pin, signature. The start-up component

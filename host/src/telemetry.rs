@@ -173,6 +173,8 @@ pub struct Metrics {
     pub instantiation: Histogram,
     pub swaps: Counter,
     pub swap_rejections: Counter,
+    /// Candidates submitted again by a watcher after a transient rejection (`source::Retries`).
+    pub swap_retries: Counter,
     /// Polls of the release store's manifest, and store calls that failed (polls, heartbeats).
     pub store_polls: Counter,
     pub store_errors: Counter,
@@ -216,6 +218,7 @@ impl Metrics {
             instantiation,
             swaps: Counter::default(),
             swap_rejections: Counter::default(),
+            swap_retries: Counter::default(),
             store_polls: Counter::default(),
             store_errors: Counter::default(),
             versions,
@@ -281,6 +284,11 @@ impl Metrics {
             "swap_rejections",
             "Candidate components rejected by validation",
             metrics.swap_rejections.clone(),
+        );
+        registry.register(
+            "swap_retries",
+            "Candidates submitted again after a transient rejection (probe overload, timeout)",
+            metrics.swap_retries.clone(),
         );
         registry.register(
             "store_polls",

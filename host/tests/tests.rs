@@ -24,6 +24,8 @@ mod differential;
 mod swap;
 // Component sources: a watched file and a polled URL, their failure modes, swaps under load.
 mod sources;
+// Sources hardened: redacted URLs, signed URLs' signatures, transient retries, FIFOs, a watched .cwasm.
+mod source_hardening;
 // A stalled stdout: log lines dropped and counted, requests and health never wait on it.
 mod log_pipe;
 // The fleet release store on Cloud Storage (fake-gcs-server): gs:// source, push, rollback, fleet view, faults.

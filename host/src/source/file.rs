@@ -13,11 +13,18 @@
 //! longer than the settle delay can still be read half-way, and then the truncated component
 //! fails validation in [`crate::swap::submit`] and is retried when the file changes again.
 //!
-//! The same bytes and signature are submitted once: a rejected candidate is not resubmitted until
-//! the file (or its signature) changes.
+//! A version is submitted once per fingerprint: a candidate rejected for good is not resubmitted
+//! until the file (or its signature) changes, if only its mtime (`touch`); one rejected for a
+//! transient reason is retried with backoff ([`super::retry`]).
+//!
+//! Only regular files are read. The component and its signature are opened with `O_NONBLOCK`
+//! and checked with `fstat`, so a FIFO, socket, directory or device at either path is an error
+//! naming it, never a read that waits for a writer.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,16 +33,14 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::WatchConfig;
+use super::retry::Retries;
+use super::{MAX_SIGNATURE_SIZE, SIGNATURE_LIMIT, WatchConfig};
 use crate::app::App;
-use crate::swap::{Candidate, Rejection};
+use crate::swap::{Artifacts, Candidate, Rejection};
 
 /// How long a changed file must hold still before it is read. Much shorter than any sensible
 /// poll interval, longer than the pauses of a copy that writes in chunks.
 pub const SETTLE: Duration = Duration::from_millis(150);
-
-/// A detached signature is base64 text of 64 bytes; anything much longer is not one.
-const MAX_SIGNATURE_SIZE: u64 = 64 * 1024;
 
 /// How long the start-up read waits for a file that keeps changing.
 const STARTUP_SETTLE_LIMIT: Duration = Duration::from_secs(30);
@@ -115,6 +120,8 @@ async fn run(app: Arc<App>, path: PathBuf, config: WatchConfig, inotify: bool) {
     let mut state = WatchState::default();
     loop {
         let next = round(&app, &path, &sig_path, &config, &mut state).await;
+        // Logged and counted by `submit`; a transient rejection stays pending.
+        let _ = state.retries.run_due(&app, config.poll_interval).await;
         let wait = match next {
             Next::Wait => config.poll_interval,
             // Still moving: look again soon (only a stat, then the settle delay), not at once.
@@ -131,8 +138,8 @@ async fn run(app: Arc<App>, path: PathBuf, config: WatchConfig, inotify: bool) {
 struct WatchState {
     /// The fingerprint of the last version read completely (whatever became of it).
     last_seen: Option<Fingerprint>,
-    /// The sha256 of the last bytes + signature submitted: the same pair is never resubmitted.
-    last_submitted: Option<[u8; 32]>,
+    /// The candidate to submit again after a transient rejection.
+    retries: Retries,
     /// The problem last logged at warn (missing file, unreadable), so it is logged once.
     problem: Option<String>,
 }
@@ -197,13 +204,10 @@ async fn check(
         tracing::debug!(path = %path.display(), "the component file changed while it was read; retrying");
         return Ok(Next::Soon);
     };
+    // A new fingerprint, even with the same content (`touch`), is submitted again: that is how
+    // an operator retries a rejected version.
     state.last_seen = Some(before);
-    let key = snapshot.key();
-    if state.last_submitted == Some(key) {
-        tracing::debug!(path = %path.display(), "the component file was touched but its content is the same");
-        return Ok(Next::Wait);
-    }
-    state.last_submitted = Some(key);
+    state.retries.clear();
     if hex::encode(Sha256::digest(&snapshot.bytes)) == app.registry.active().sha256 {
         tracing::debug!(path = %path.display(), "the component file holds the active version");
         return Ok(Next::Wait);
@@ -216,8 +220,11 @@ async fn check(
         "the component file `{}` changed; checking the new version",
         path.display()
     );
+    // The file named at start-up with `--allow-precompiled` may be a `.cwasm` (the only source
+    // that may).
+    let artifacts = if config.allow_precompiled { Artifacts::AlsoPrecompiled } else { Artifacts::WasmOnly };
     // Logged and counted by `submit`; the old version keeps serving if it is rejected.
-    let _ = crate::swap::submit(app, candidate).await;
+    let _ = state.retries.submit(app, candidate, artifacts, config.poll_interval).await;
     Ok(Next::Wait)
 }
 
@@ -331,15 +338,51 @@ struct Fingerprint {
 
 fn fingerprint(path: &Path, sig_path: &Path) -> std::io::Result<Fingerprint> {
     let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
+    ensure_regular(path, &meta)?;
     let signature = match std::fs::metadata(sig_path) {
-        Ok(meta) => Some(Stamp::of(&meta)),
+        Ok(meta) => {
+            ensure_regular(sig_path, &meta)?;
+            Some(Stamp::of(&meta))
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => None,
         Err(e) => return Err(std::io::Error::new(e.kind(), format!("`{}`: {e}", sig_path.display()))),
     };
     Ok(Fingerprint { component: Stamp::of(&meta), signature })
+}
+
+/// An error naming `path` and what it is, unless it is a regular file.
+fn ensure_regular(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else {
+        "of another kind"
+    };
+    Err(std::io::Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "`{}` is {what}, not a regular file; only regular files are read: put the file itself there",
+            path.display()
+        ),
+    ))
+}
+
+/// Opens `path` for reading without ever waiting (`O_NONBLOCK`: a FIFO with no writer opens at
+/// once), and refuses it unless the open handle is a regular file (`fstat`).
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    ensure_regular(path, &file.metadata()?)?;
+    Ok(file)
 }
 
 /// `stat` off the async threads: on a FUSE mount it is a network round trip.
@@ -357,19 +400,6 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn key(&self) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(Sha256::digest(&self.bytes));
-        match &self.signature {
-            Some(signature) => {
-                hasher.update([1]);
-                hasher.update(signature);
-            }
-            None => hasher.update([0]),
-        }
-        hasher.finalize().into()
-    }
-
     fn candidate(self, path: &Path) -> Candidate {
         Candidate { bytes: self.bytes, source: format!("file:{}", path.display()), signature: self.signature }
     }
@@ -395,7 +425,7 @@ fn read_snapshot_blocking(
     expected: &Fingerprint,
     max_size: u64,
 ) -> std::io::Result<Option<Snapshot>> {
-    let mut file = std::fs::File::open(path)?;
+    let mut file = open_regular(path)?;
     let mut bytes = Vec::with_capacity(expected.component.len.min(max_size) as usize);
     // One byte over the limit is enough to know it grew.
     (&mut file).take(max_size.saturating_add(1)).read_to_end(&mut bytes)?;
@@ -403,10 +433,16 @@ fn read_snapshot_blocking(
     drop(file);
     let signature = match expected.signature {
         None => None,
-        Some(_) => match std::fs::File::open(sig_path) {
+        Some(_) => match open_regular(sig_path) {
             Ok(sig) => {
                 let mut text = Vec::new();
-                sig.take(MAX_SIGNATURE_SIZE).read_to_end(&mut text)?;
+                sig.take(MAX_SIGNATURE_SIZE + 1).read_to_end(&mut text)?;
+                if text.len() as u64 > MAX_SIGNATURE_SIZE {
+                    return Err(std::io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!("`{}` is over 64 KiB: {SIGNATURE_LIMIT}", sig_path.display()),
+                    ));
+                }
                 Some(text)
             }
             // Removed since the stat: changed, try again.

@@ -1,17 +1,17 @@
 //! A Cloud Storage object as the component (`--component gs://BUCKET/OBJECT`): read through the
 //! JSON API, then one metadata request per poll; the bytes are downloaded only when the
 //! object's `generation` changes (that generation, checked against its checksum). `OBJECT.sig` is
-//! the detached signature (missing: unsigned).
+//! the detached signature (missing: unsigned, at most 64 KiB). A generation is submitted once;
+//! one rejected for a transient reason is retried ([`super::retry`]) until a new generation
+//! replaces it.
 
 use std::sync::Arc;
 
-use super::WatchConfig;
+use super::retry::Retries;
+use super::{MAX_SIGNATURE_SIZE, SIGNATURE_LIMIT, WatchConfig};
 use crate::app::App;
 use crate::gcs::{Gcs, GcsError, GsObject, ObjectMeta};
-use crate::swap::Candidate;
-
-/// A detached signature is base64 text of 64 bytes; anything much longer is not one.
-const MAX_SIGNATURE_SIZE: u64 = 64 * 1024;
+use crate::swap::{Artifacts, Candidate};
 
 pub fn client(config: &WatchConfig) -> anyhow::Result<Gcs> {
     Gcs::new(&config.storage, config.fetch_timeout)
@@ -24,7 +24,7 @@ pub async fn fetch_candidate(object: &GsObject, config: &WatchConfig) -> anyhow:
         .metadata(&object.bucket, &object.object)
         .await?
         .ok_or_else(|| GcsError::NotFound(object.to_string()))?;
-    Ok(download(&gcs, object, &meta, config).await?)
+    download(&gcs, object, &meta, config).await
 }
 
 async fn download(
@@ -32,13 +32,27 @@ async fn download(
     object: &GsObject,
     meta: &ObjectMeta,
     config: &WatchConfig,
-) -> Result<Candidate, GcsError> {
-    let bytes = gcs.download(&object.bucket, meta, config.max_component_size).await?;
+) -> anyhow::Result<Candidate> {
+    let bytes = gcs
+        .download(&object.bucket, meta, config.max_component_size)
+        .await
+        .map_err(|e| name_limit(e, "`--max-component-size`"))?;
     let signature = match gcs.metadata(&object.bucket, &format!("{}.sig", object.object)).await? {
-        Some(sig) => Some(gcs.download(&object.bucket, &sig, MAX_SIGNATURE_SIZE).await?),
+        Some(sig) => Some(
+            gcs.download(&object.bucket, &sig, MAX_SIGNATURE_SIZE)
+                .await
+                .map_err(|e| name_limit(e, SIGNATURE_LIMIT))?,
+        ),
         None => None,
     };
     Ok(Candidate { bytes, source: source_name(object, meta.generation), signature })
+}
+
+/// A size error says which limit applies; other errors pass as they are.
+fn name_limit(error: GcsError, limit: &str) -> anyhow::Error {
+    let too_large = matches!(error, GcsError::TooLarge { .. });
+    let error = anyhow::Error::new(error);
+    if too_large { error.context(format!("too large ({limit})")) } else { error }
 }
 
 /// The provenance of one generation of the object: `gs://BUCKET/OBJECT#GENERATION`.
@@ -60,11 +74,14 @@ pub async fn watch(app: Arc<App>, object: GsObject, config: WatchConfig) {
     let mut submitted: Option<i64> = None;
     let started_from = app.registry.active().source.clone();
     let mut failures = 0u32;
+    let mut retries = Retries::default();
     loop {
         tokio::time::sleep(super::backoff(config.poll_interval, failures)).await;
+        // Logged and counted by `submit`; a transient rejection stays pending.
+        let _ = retries.run_due(&app, config.poll_interval).await;
         let polled = async {
             let Some(meta) = gcs.metadata(&object.bucket, &object.object).await? else {
-                return Err(GcsError::NotFound(object.to_string()));
+                return Err(anyhow::Error::new(GcsError::NotFound(object.to_string())));
             };
             if submitted == Some(meta.generation) || started_from == source_name(&object, meta.generation) {
                 return Ok(None);
@@ -76,15 +93,15 @@ pub async fn watch(app: Arc<App>, object: GsObject, config: WatchConfig) {
             Ok(Some((generation, candidate))) => {
                 failures = 0;
                 submitted = Some(generation);
-                // Logged, counted and remembered by `submit`.
-                let _ = crate::swap::submit(&app, candidate).await;
+                // Logged, counted and remembered by `submit`; a transient rejection is retried.
+                let _ = retries.submit(&app, candidate, Artifacts::WasmOnly, config.poll_interval).await;
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(
                     object = %object,
                     failures,
-                    "cannot read `{object}` (the active version keeps serving; retrying): {error}"
+                    "cannot read `{object}` (the active version keeps serving; retrying): {error:#}"
                 );
             }
         }

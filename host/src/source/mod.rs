@@ -1,10 +1,12 @@
 //! Where new component versions come from: a watched file ([`file`]), a polled URL ([`url`]) or
 //! a polled Cloud Storage object ([`gcs`]). The release store is [`crate::store`].
 //! The admin upload lives in [`crate::admin`]. Every source hands its candidates to
-//! [`crate::swap::submit`], which decides whether they go live.
+//! [`crate::swap::submit`], which decides whether they go live; a transient rejection is
+//! retried with backoff ([`retry`]), a deterministic one only once the source changes.
 
 pub mod file;
 pub mod gcs;
+pub mod retry;
 pub mod url;
 
 use std::sync::Arc;
@@ -25,7 +27,16 @@ pub struct WatchConfig {
     pub max_component_size: u64,
     /// Where Cloud Storage is, for `gs://` components.
     pub storage: crate::gcs::StorageConfig,
+    /// `--allow-precompiled`: a `.cwasm` is accepted from the watched `--component` file (never
+    /// from a URL or `gs://`).
+    pub allow_precompiled: bool,
 }
+
+/// A detached signature is base64 text of 64 bytes; anything much longer is not one.
+pub const MAX_SIGNATURE_SIZE: u64 = 64 * 1024;
+
+/// What a size error says about the signature's limit.
+pub const SIGNATURE_LIMIT: &str = "a signature is at most 64 KiB";
 
 /// Reads the component the host starts with (and its detached signature, when there is one).
 pub async fn fetch_initial(source: &ComponentSource, config: &WatchConfig) -> anyhow::Result<Candidate> {
@@ -37,6 +48,7 @@ pub async fn fetch_initial(source: &ComponentSource, config: &WatchConfig) -> an
         }),
         ComponentSource::File(path) => file::read_candidate(path, config.max_component_size).await,
         ComponentSource::Url(url) => url::fetch_candidate(url, config).await,
+        // `gs://BUCKET/OBJECT` names carry no credentials (those come from the metadata server).
         ComponentSource::Gcs(object) => gcs::fetch_candidate(object, config)
             .await
             .map_err(|e| e.context(format!("cannot read the component `{object}`"))),

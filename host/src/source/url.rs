@@ -3,9 +3,15 @@
 //!
 //! Every fetch has the `--fetch-timeout` time limit (headers and body), redirects are not
 //! followed, anything but a 2xx (or a 304 to a conditional request) is an error, and a body over
-//! `--max-component-size` or shorter than its `Content-Length` is refused. `URL.sig` is the
-//! detached signature: 404 means unsigned, any other failure fails the fetch. A failed poll is
-//! logged and retried (backing off after a few failures); the active version keeps serving.
+//! `--max-component-size` or shorter than its `Content-Length` is refused. The detached
+//! signature is the URL with `.sig` added to its path, the query kept (`/c.wasm?q=1` →
+//! `/c.wasm.sig?q=1`, as a signed URL needs), at most 64 KiB: 404 means unsigned, any other
+//! failure fails the fetch. A failed poll is logged and retried (backing off after a few
+//! failures); the active version keeps serving. A candidate rejected for good is not submitted
+//! again until the server says it changed (a new `ETag` / `Last-Modified`, a re-upload even of
+//! the same bytes); one rejected for a transient reason is retried ([`super::retry`]).
+//!
+//! The URL is printed only redacted ([`crate::redact::url`]): no userinfo, no query values.
 //!
 //! A Cloud Storage object readable by `allUsers` is cached by Google's edge for `max-age=3600`
 //! unless its `Cache-Control` metadata says otherwise: set it to `no-cache` (or `no-store`) on
@@ -18,40 +24,42 @@ use anyhow::{Context, anyhow, bail};
 use http::{HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
-use super::WatchConfig;
+use super::retry::Retries;
+use super::{MAX_SIGNATURE_SIZE, SIGNATURE_LIMIT, WatchConfig};
 use crate::app::App;
-use crate::swap::{Candidate, Rejection};
+use crate::redact;
+use crate::swap::{Artifacts, Candidate, Rejection};
 
-/// A detached signature is base64 text of 64 bytes; anything much longer is not one.
-const MAX_SIGNATURE_SIZE: u64 = 64 * 1024;
-
-/// Fetches `url` (and `URL.sig`, if it exists) as a candidate.
+/// Fetches `url` (and its signature, if it exists) as a candidate.
 pub async fn fetch_candidate(url: &str, config: &WatchConfig) -> anyhow::Result<Candidate> {
+    let shown = redact::url(url);
     let fetch = async {
         let client = client(config)?;
-        match get(&client, url, None, config.max_component_size, config.fetch_timeout).await? {
+        let limit = Limit::Component(config.max_component_size);
+        match get(&client, url, None, limit, config.fetch_timeout).await? {
             Got::Body { bytes, .. } => {
                 let signature = fetch_signature(&client, url, config.fetch_timeout).await?;
-                Ok(Candidate { bytes, source: url.to_string(), signature })
+                Ok(Candidate { bytes, source: shown.clone(), signature })
             }
             // `get` turns a 304 to an unconditional request into an error; never here.
             Got::NotModified => bail!("the server answered 304 Not Modified to an unconditional request"),
             Got::NotFound => bail!("the server answered 404 Not Found"),
         }
     };
-    fetch.await.with_context(|| format!("cannot fetch the component `{url}`"))
+    fetch.await.with_context(|| format!("cannot fetch the component `{shown}`"))
 }
 
 /// Polls `url` until the task is dropped, submitting every new version.
 pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
+    let shown = redact::url(&url);
     let client = match client(&config) {
         Ok(client) => client,
         Err(error) => {
-            tracing::error!(url = %url, "cannot watch `{url}` for new versions: {error:#}");
+            tracing::error!(url = %shown, "cannot watch `{shown}` for new versions: {error:#}");
             return;
         }
     };
-    tracing::info!(url = %url, "polling the component URL `{url}` every {:?}", config.poll_interval);
+    tracing::info!(url = %shown, "polling the component URL `{shown}` every {:?}", config.poll_interval);
     let mut state = PollState::default();
     let mut delay = config.poll_interval;
     loop {
@@ -59,7 +67,7 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
         match poll(&app, &client, &url, &config, &mut state).await {
             Ok(()) => {
                 if state.failures > 0 {
-                    tracing::info!(url = %url, failures = state.failures, "fetching `{url}` works again after {} failed attempts", state.failures);
+                    tracing::info!(url = %shown, failures = state.failures, "fetching `{shown}` works again after {} failed attempts", state.failures);
                 }
                 state.failures = 0;
             }
@@ -67,12 +75,16 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
                 state.failures = state.failures.saturating_add(1);
                 let next = super::backoff(config.poll_interval, state.failures);
                 tracing::warn!(
-                    url = %url,
+                    url = %shown,
                     failures = state.failures,
                     retry_in_ms = next.as_millis() as u64,
-                    "cannot fetch a new version from `{url}` (the active version keeps serving; retrying in {next:?}): {error:#}"
+                    "cannot fetch a new version from `{shown}` (the active version keeps serving; retrying in {next:?}): {error:#}"
                 );
             }
+        }
+        // Logged and counted by `submit`; a transient rejection stays pending.
+        if let Some(result) = state.retries.run_due(&app, config.poll_interval).await {
+            state.awaiting_signature = awaits_signature(&result, &state.awaiting_signature);
         }
         delay = super::backoff(config.poll_interval, state.failures);
     }
@@ -82,15 +94,18 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
 struct PollState {
     /// `ETag` / `Last-Modified` of the last complete download.
     validators: Validators,
-    /// sha256 of the last bytes + signature submitted: the same pair is not resubmitted.
+    /// sha256 of the last bytes + signature submitted: the same pair is not resubmitted unless
+    /// the server says it was uploaded again (new validators).
     last_submitted: Option<[u8; 32]>,
+    /// The candidate to submit again after a transient rejection.
+    retries: Retries,
     /// The last candidate, kept while it stands rejected for its signature: the `.sig` may be
     /// uploaded after the component, so it is re-checked on every poll until it changes.
     awaiting_signature: Option<Candidate>,
     failures: u32,
 }
 
-#[derive(Default, Clone)]
+#[derive(Default, Clone, PartialEq)]
 struct Validators {
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
@@ -116,37 +131,41 @@ async fn poll(
     config: &WatchConfig,
     state: &mut PollState,
 ) -> anyhow::Result<()> {
-    let got =
-        get(client, url, Some(&state.validators), config.max_component_size, config.fetch_timeout).await?;
+    let limit = Limit::Component(config.max_component_size);
+    let got = get(client, url, Some(&state.validators), limit, config.fetch_timeout).await?;
     let (bytes, validators) = match got {
         Got::NotModified => return recheck_signature(app, client, url, config, state).await,
         Got::NotFound => bail!("the server answered 404 Not Found"),
         Got::Body { bytes, validators } => (bytes, validators),
     };
     let signature = fetch_signature(client, url, config.fetch_timeout).await?;
+    // A new `ETag` / `Last-Modified` is a new upload: submitted even with the same bytes.
+    let uploaded_again = !validators.is_empty() && validators != state.validators;
     // Only a complete download (component and signature) moves the validators on.
     state.validators = validators;
-    let candidate = Candidate { bytes, source: url.to_string(), signature };
+    let shown = redact::url(url);
+    let candidate = Candidate { bytes, source: shown.clone(), signature };
     let key = key(&candidate);
-    if state.last_submitted == Some(key) {
-        tracing::debug!(url = %url, "the component at `{url}` is unchanged (same bytes and signature)");
+    if state.last_submitted == Some(key) && !uploaded_again {
+        tracing::debug!(url = %shown, "the component at `{shown}` is unchanged (same bytes and signature)");
         return Ok(());
     }
     state.last_submitted = Some(key);
+    state.retries.clear();
     if hex::encode(Sha256::digest(&candidate.bytes)) == app.registry.active().sha256 {
         // The first poll after start, or a server that ignores conditional requests.
-        tracing::debug!(url = %url, "the component at `{url}` is the active version");
+        tracing::debug!(url = %shown, "the component at `{shown}` is the active version");
         state.awaiting_signature = None;
         return Ok(());
     }
     tracing::info!(
-        url = %url,
+        url = %shown,
         size = candidate.bytes.len(),
         signed = candidate.signature.is_some(),
         etag = state.validators.etag.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
-        "the component at `{url}` changed; checking the new version"
+        "the component at `{shown}` changed; checking the new version"
     );
-    submit(app, candidate, state).await;
+    submit(app, candidate, state, config).await;
     Ok(())
 }
 
@@ -166,22 +185,25 @@ async fn recheck_signature(
     }
     let candidate = Candidate { bytes: rejected.bytes.clone(), source: rejected.source.clone(), signature };
     state.last_submitted = Some(key(&candidate));
-    tracing::info!(url = %url, "the signature `{url}.sig` changed; checking the component again");
-    submit(app, candidate, state).await;
+    let shown = redact::url(&signature_url(url)?);
+    tracing::info!(url = %shown, "the signature `{shown}` changed; checking the component again");
+    submit(app, candidate, state, config).await;
     Ok(())
 }
 
-async fn submit(app: &Arc<App>, candidate: Candidate, state: &mut PollState) {
-    let kept = Candidate {
-        bytes: candidate.bytes.clone(),
-        source: candidate.source.clone(),
-        signature: candidate.signature.clone(),
-    };
+async fn submit(app: &Arc<App>, candidate: Candidate, state: &mut PollState, config: &WatchConfig) {
+    let kept = candidate.clone();
     // Logged and counted by `submit`; the old version keeps serving if it is rejected.
-    state.awaiting_signature = match crate::swap::submit(app, candidate).await {
-        Err(Rejection::MissingSignature | Rejection::BadSignature(_)) => Some(kept),
+    let result = state.retries.submit(app, candidate, Artifacts::WasmOnly, config.poll_interval).await;
+    state.awaiting_signature = awaits_signature(&result, &Some(kept));
+}
+
+/// The candidate to keep while it stands rejected for its signature (`kept`), or `None`.
+fn awaits_signature<T>(result: &Result<T, Rejection>, kept: &Option<Candidate>) -> Option<Candidate> {
+    match result {
+        Err(Rejection::MissingSignature | Rejection::BadSignature(_)) => kept.clone(),
         _ => None,
-    };
+    }
 }
 
 fn key(candidate: &Candidate) -> [u8; 32] {
@@ -207,6 +229,32 @@ fn client(config: &WatchConfig) -> anyhow::Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
+/// The size limit of one download, and how an error names it.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// `--max-component-size`.
+    Component(u64),
+    /// [`MAX_SIGNATURE_SIZE`].
+    Signature,
+}
+
+impl Limit {
+    fn bytes(self) -> u64 {
+        match self {
+            Self::Component(limit) => limit,
+            Self::Signature => MAX_SIGNATURE_SIZE,
+        }
+    }
+
+    /// `over the N-byte limit (...)`, naming where the limit comes from.
+    fn over(self) -> String {
+        match self {
+            Self::Component(limit) => format!("over the {limit}-byte limit (`--max-component-size`)"),
+            Self::Signature => format!("over {MAX_SIGNATURE_SIZE} bytes ({SIGNATURE_LIMIT})"),
+        }
+    }
+}
+
 enum Got {
     Body { bytes: Vec<u8>, validators: Validators },
     NotModified,
@@ -218,7 +266,7 @@ async fn get(
     client: &reqwest::Client,
     url: &str,
     validators: Option<&Validators>,
-    limit: u64,
+    limit: Limit,
     timeout: Duration,
 ) -> anyhow::Result<Got> {
     // Ask caches on the way (Cloud Storage's edge cache included) to revalidate.
@@ -244,8 +292,11 @@ async fn get(
         return Ok(Got::NotFound);
     }
     if status.is_redirection() {
-        let location =
-            response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("none");
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map_or_else(|| "none".to_string(), redact::url);
         bail!(
             "the server answered {status} (Location: {location}); redirects are not followed; point --component at the final URL"
         );
@@ -256,13 +307,11 @@ async fn get(
     let validators = Validators::from_response(&response);
     let expected = response.content_length();
     if let Some(length) = expected
-        && length > limit
+        && length > limit.bytes()
     {
-        bail!(
-            "the body is {length} bytes (Content-Length), over the {limit}-byte limit (`--max-component-size`)"
-        );
+        bail!("the body is {length} bytes (Content-Length), {}", limit.over());
     }
-    let mut bytes = Vec::with_capacity(expected.unwrap_or(0).min(limit) as usize);
+    let mut bytes = Vec::with_capacity(expected.unwrap_or(0).min(limit.bytes()) as usize);
     loop {
         let chunk = response.chunk().await.map_err(|e| {
             let got = bytes.len();
@@ -270,8 +319,8 @@ async fn get(
             describe(e, timeout).context(format!("the download broke off after {got}{of} bytes"))
         })?;
         let Some(chunk) = chunk else { break };
-        if (bytes.len() + chunk.len()) as u64 > limit {
-            bail!("the body is over the {limit}-byte limit (`--max-component-size`); stopped reading");
+        if (bytes.len() + chunk.len()) as u64 > limit.bytes() {
+            bail!("the body is {}; stopped reading", limit.over());
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -283,21 +332,40 @@ async fn get(
     Ok(Got::Body { bytes, validators })
 }
 
-/// `URL.sig`: `None` when it does not exist (404); any other failure is an error.
+/// The signature's URL: `.sig` added to the path, the query kept (`/c.wasm?q=1` →
+/// `/c.wasm.sig?q=1`).
+fn signature_url(url: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = url.parse().with_context(|| format!("`{}` is not a valid URL", redact::url(url)))?;
+    let mut parts = uri.into_parts();
+    let path_and_query = match &parts.path_and_query {
+        Some(pq) => match pq.query() {
+            Some(query) => format!("{}.sig?{query}", pq.path()),
+            None => format!("{}.sig", pq.path()),
+        },
+        None => "/.sig".to_string(),
+    };
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query).context("cannot add `.sig` to the URL's path")?,
+    );
+    Ok(http::Uri::from_parts(parts).context("cannot build the signature's URL")?.to_string())
+}
+
+/// The signature: `None` when it does not exist (404); any other failure is an error.
 async fn fetch_signature(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
 ) -> anyhow::Result<Option<Vec<u8>>> {
-    let sig_url = format!("{url}.sig");
-    match get(client, &sig_url, None, MAX_SIGNATURE_SIZE, timeout)
+    let sig_url = signature_url(url)?;
+    let shown = redact::url(&sig_url);
+    match get(client, &sig_url, None, Limit::Signature, timeout)
         .await
-        .with_context(|| format!("cannot fetch the signature `{sig_url}`"))?
+        .with_context(|| format!("cannot fetch the signature `{shown}`"))?
     {
         Got::Body { bytes, .. } => Ok(Some(bytes)),
         Got::NotFound => Ok(None),
         Got::NotModified => {
-            bail!("cannot fetch the signature `{sig_url}`: the server answered 304 Not Modified")
+            bail!("cannot fetch the signature `{shown}`: the server answered 304 Not Modified")
         }
     }
 }
@@ -308,4 +376,18 @@ fn describe(error: reqwest::Error, timeout: Duration) -> anyhow::Error {
         return anyhow!("timed out after {timeout:?} (`--fetch-timeout`)");
     }
     anyhow::Error::new(error.without_url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_next_to_the_path_with_the_query_kept() {
+        assert_eq!(signature_url("http://h/c.wasm").unwrap(), "http://h/c.wasm.sig");
+        assert_eq!(
+            signature_url("http://u:p@h:81/d/c.wasm?X-Goog-Signature=ab%2F&x=1").unwrap(),
+            "http://u:p@h:81/d/c.wasm.sig?X-Goog-Signature=ab%2F&x=1"
+        );
+    }
 }
