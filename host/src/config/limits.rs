@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Parser;
 
-use super::{Cli, ServeArgs};
+use super::{Cli, GuestLimits, ServeArgs};
 
 /// The per-request and per-connection limits, shared by the runtime and the server.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,6 +35,8 @@ pub struct Limits {
     pub h2_keepalive_interval: Option<Duration>,
     #[serde(serialize_with = "serialize_secs")]
     pub h2_keepalive_timeout: Duration,
+    /// What a guest may make the host hold and log (`--max-guest-*`).
+    pub guest: GuestLimits,
 }
 
 pub fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -88,7 +90,7 @@ impl Limits {
         if self.max_headers == 0 || self.max_header_bytes < 1024 {
             bail!("`--max-headers` must be at least 1 and `--max-header-bytes` at least 1KiB");
         }
-        Ok(())
+        self.guest.validate()
     }
 }
 
@@ -110,6 +112,7 @@ impl ServeArgs {
             h2_max_streams: self.h2_max_streams,
             h2_keepalive_interval: Some(self.h2_keepalive_interval).filter(|d| !d.is_zero()),
             h2_keepalive_timeout: self.h2_keepalive_timeout,
+            guest: self.guest.limits(),
         }
     }
 }
