@@ -87,7 +87,7 @@ pub fn add_to_linker(linker: &mut Linker<RequestState>) -> anyhow::Result<()> {
 }
 
 fn add_p2(linker: &mut Linker<RequestState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi_http::p2::bindings::http::types::{Host, HeaderError, HostFields};
+    use wasmtime_wasi_http::p2::bindings::http::types::{HeaderError, Host, HostFields};
     type Store<'a> = StoreContextMut<'a, RequestState>;
 
     let mut types = linker.instance(P2_TYPES)?;
@@ -145,7 +145,7 @@ fn add_p2(linker: &mut Linker<RequestState>) -> wasmtime::Result<()> {
 }
 
 fn add_p3(linker: &mut Linker<RequestState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi_http::p3::bindings::http::types::{Host, HeaderError, HostFields};
+    use wasmtime_wasi_http::p3::bindings::http::types::{HeaderError, Host, HostFields};
     type Store<'a> = StoreContextMut<'a, RequestState>;
 
     let mut types = linker.instance(P3_TYPES)?;

@@ -93,15 +93,19 @@ fn a_log_flood_is_cut_at_the_limit_counted_and_the_request_answered() {
         assert_eq!(reply.status(), StatusCode::OK, "{world}");
         assert_eq!(reply.text().unwrap(), format!("printed {LINES} lines"), "{world}");
         let metrics = host.url("/.well-known/echo-host/metrics");
-        let dropped = poll_metric_until(&metrics, "echo_host_guest_log_dropped_total", REQUEST_TIMEOUT, |v| {
-            v >= (LINES - LIMIT) as f64
-        });
+        let dropped =
+            poll_metric_until(&metrics, "echo_host_guest_log_dropped_total", REQUEST_TIMEOUT, |v| {
+                v >= (LINES - LIMIT) as f64
+            });
         assert_eq!(dropped, (LINES - LIMIT) as f64, "{world}: lines dropped");
         // One line says how many: at the end of the request (p2), or when the instance takes its
         // next request or retires (p3: idle for `--instance-idle-timeout`, 1 s).
         let summary = host.wait_for_line("guest log lines dropped", REQUEST_TIMEOUT);
         let summary = summary.unwrap_or_else(|| panic!("{world}: no summary line"));
-        assert!(summary.contains(&format!("{} guest log lines dropped", LINES - LIMIT)), "{world}: {summary}");
+        assert!(
+            summary.contains(&format!("{} guest log lines dropped", LINES - LIMIT)),
+            "{world}: {summary}"
+        );
         let logged = host.lines().iter().filter(|line| line.contains(" flood line ")).count();
         assert!(logged as u64 <= LIMIT, "{world}: {logged} guest lines logged, limit {LIMIT}");
         assert!(logged > 0, "{world}: the lines under the limit are logged");

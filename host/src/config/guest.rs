@@ -142,7 +142,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             limits,
-            GuestLimits { max_resources: 64, max_header_bytes: 1024, max_log_lines: 0, max_log_bytes: 1 << 30 }
+            GuestLimits {
+                max_resources: 64,
+                max_header_bytes: 1024,
+                max_log_lines: 0,
+                max_log_bytes: 1 << 30
+            }
         );
     }
 
