@@ -143,7 +143,7 @@ fn many_fields(n: u64, per: u64) -> (u16, String) {
             held.push(Fields::new());
         }
         let fields = held.last().expect("pushed above");
-        if let Err(e) = fields.append(&format!("x-f{i}"), &b"v".to_vec()) {
+        if let Err(e) = fields.append(&format!("x-f{i}"), b"v") {
             return (500, format!("refused after {i} fields: {e:?}"));
         }
     }
