@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod commands;
+mod guest;
 mod limits;
 mod parse;
 mod range;
@@ -21,6 +22,7 @@ pub use commands::{
     CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
     ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
 };
+pub use guest::{GuestArgs, GuestLimits};
 pub use limits::{Limits, serialize_secs};
 pub use parse::{parse_duration, parse_size};
 use parse::{parse_env_pair, parse_outbound, parse_probe};
@@ -277,6 +279,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub reuse: ReuseArgs,
+
+    #[command(flatten)]
+    pub guest: GuestArgs,
 }
 
 /// One `--allow-outbound` entry: a host name, and a port or any port.

@@ -17,6 +17,7 @@
 //! - [`telemetry`]: Cloud Logging JSON logs and Prometheus metrics; [`log_writer`]: stdout
 //!   through a bounded queue, so a stalled log pipe drops lines instead of blocking requests.
 //! - [`guest_log`]: the guest's stdout/stderr as log lines; [`outbound`]: the outbound allowlist.
+//! - [`header_budget`]: the header bytes a guest may build per request, over all its `fields`.
 //! - [`swap`]: the validation gate a candidate passes before it goes live, and rollback.
 //! - [`source`]: where candidates come from: a watched file, a polled URL or `gs://` object.
 //! - [`store`]: the fleet's release store on Cloud Storage: manifest, follower, pushes and
@@ -34,6 +35,7 @@ pub mod connection;
 pub mod exchange;
 pub mod gcs;
 pub mod guest_log;
+pub mod header_budget;
 pub mod log_writer;
 pub mod outbound;
 pub mod proxy;

@@ -184,10 +184,11 @@ impl WorkerState for InstancePolicy {
 
     fn on_request_start(
         &self,
-        _store: StoreContextMut<'_, RequestState>,
+        mut store: StoreContextMut<'_, RequestState>,
         exchange: Arc<Exchange>,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        store.data_mut().start_request();
         tracing::debug!(request_id = %exchange.ctx.id, instance = %self.label, "request passed to a reused instance");
         let stop = exchange.stop.clone();
         Box::pin(async move { stop.reached().await })

@@ -2,8 +2,8 @@
 //! pre-instantiating components (of either wasi:http world, [`World`]), and the store state
 //! ([`RequestState`]) of one request's instance or of one reused instance ([`Stores`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,7 +17,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::{Limits, OutboundRule};
 use crate::exchange::StopSignal;
-use crate::guest_log::GuestLog;
+use crate::guest_log::{GuestLog, LogBudget};
+use crate::header_budget::{self, HeaderBudget};
 use crate::outbound::OutboundPolicy;
 
 /// How often the epoch advances. A guest that never yields is checked at this granularity:
@@ -186,6 +187,7 @@ impl Runtime {
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("failed to add wasi:http 0.3 to the linker")?;
+        header_budget::add_to_linker(&mut linker)?;
         Ok(Self {
             _epoch_ticker: EpochTicker::start(engine.clone()),
             linker,
@@ -284,17 +286,27 @@ impl Stores {
     /// A store with the guest's limits, environment, log and outbound rules.
     fn store(&self, label: &str) -> Store<RequestState> {
         let limits = &self.config.limits;
+        let guest = &limits.guest;
+        let log_budget = LogBudget::new(label, guest.max_log_lines, guest.max_log_bytes);
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.config.guest_env)
-            .stdout(GuestLog::new(label, "stdout"))
-            .stderr(GuestLog::new(label, "stderr"))
+            .stdout(GuestLog::new(label, "stdout", log_budget.clone()))
+            .stderr(GuestLog::new(label, "stderr", log_budget.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        // `wasmtime serve`'s `-Smax-http-fields-size` and `-Smax-resources`: every `fields` the
+        // guest builds, and the entries it holds, are bounded (past them, a trap or an error).
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(guest.header_bytes());
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(guest.max_resources);
         let state = RequestState {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
+            header_budget: HeaderBudget::new(guest.header_bytes()),
+            log_budget,
             limits: StoreLimitsBuilder::new()
                 .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
                 .build(),
@@ -341,8 +353,25 @@ pub struct RequestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    /// Header bytes the guest may still build (`--max-guest-header-bytes`).
+    header_budget: HeaderBudget,
+    /// What the guest may still log; shared with its stdout and stderr.
+    log_budget: Arc<Mutex<LogBudget>>,
     limits: StoreLimits,
     outbound: OutboundPolicy,
+}
+
+impl RequestState {
+    /// A reused (p3) instance takes a new request: its guest gets full header and log budgets
+    /// again (the per-request limits of a p2 store hold for the store's life).
+    pub fn start_request(&mut self) {
+        self.header_budget.refill();
+        self.log_budget.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).refill();
+    }
+
+    pub(crate) fn header_budget(&mut self) -> &mut HeaderBudget {
+        &mut self.header_budget
+    }
 }
 
 impl WasiView for RequestState {

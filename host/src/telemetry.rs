@@ -301,6 +301,7 @@ impl Metrics {
             metrics.store_errors.clone(),
         );
         registry.register_collector(Box::new(log_writer::DroppedLines));
+        registry.register_collector(Box::new(crate::guest_log::DroppedGuestLines));
         Self { registry, ..metrics }
     }
 

@@ -18,6 +18,8 @@ mod limits;
 mod hostile;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
+// Guest resource limits: resource-table entries, header bytes, log lines, in both worlds.
+mod guest_limits;
 // echo-host and `wasmtime serve` on the same component: same status, type and body.
 mod differential;
 // Hot swap through the admin API: auth, the validation gate, rollback, swaps under load.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::range::{MAX_BYTES, MAX_TIME, MIN_TIME, check, check_or_off};
-use super::{Cli, ServeArgs};
+use super::{Cli, GuestLimits, ServeArgs};
 
 /// Cloud Run allows at most 1000 concurrent requests per instance; ten times that is room enough.
 const MAX_CONCURRENCY: usize = 10_000;
@@ -45,6 +45,8 @@ pub struct Limits {
     pub h2_keepalive_interval: Option<Duration>,
     #[serde(serialize_with = "serialize_secs")]
     pub h2_keepalive_timeout: Duration,
+    /// What a guest may make the host hold and log (`--max-guest-*`).
+    pub guest: GuestLimits,
 }
 
 pub fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -86,7 +88,7 @@ impl Limits {
         check("--max-body", self.max_body_bytes, 0, MAX_BYTES)?;
         check("--max-headers", self.max_headers, 1, MAX_HEADERS)?;
         check("--max-header-bytes", self.max_header_bytes, 1 << 10, MAX_HEADER_BYTES)?;
-        Ok(())
+        self.guest.validate()
     }
 }
 
@@ -108,6 +110,7 @@ impl ServeArgs {
             h2_max_streams: self.h2_max_streams,
             h2_keepalive_interval: Some(self.h2_keepalive_interval).filter(|d| !d.is_zero()),
             h2_keepalive_timeout: self.h2_keepalive_timeout,
+            guest: self.guest.limits(),
         }
     }
 }

@@ -13,6 +13,9 @@
 //! | `/loop` | busy loop forever, never yielding: only epoch interruption (or a fuel limit) stops it |
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
 //! | `/stream?chunks=N&ms=M` | 200 at once, then lines `chunk 0\n` .. `chunk N-1\n`, one every M ms, waited asynchronously (defaults 5, 100) |
+//! | `/fields?n=N&per=P` | appends N header fields (`x-f<i>: v`), P to each `fields` resource (default: all to one), keeping every resource alive; then 200 `created N fields in K resources`, or 500 `refused after I fields: E` when an append is refused |
+//! | `/resources?n=N` | holds N empty `fields` resources at once, then 200 `held N resources` |
+//! | `/log-flood?lines=N` | prints N lines `misbehave-p3 flood line <i>` on stdout, then 200 `printed N lines` |
 //! | `/flaky?percent=P` | 500 `flaky failure` with probability P % (`wasi:random`), else 200 `flaky ok`; P in 0..=100 (default 0) |
 //! | anything else | 404 `unknown misbehave-p3 path` |
 //!
@@ -92,6 +95,30 @@ fn simple(path: &str, query: &str) -> (u16, String) {
             },
             Err(bad) => (400, bad),
         },
+        // What a guest can make the host hold through headers (`--max-guest-header-bytes`,
+        // `--max-guest-resources`).
+        "/fields" => match (number(query, "n", 0), number(query, "per", u64::MAX)) {
+            (Ok(n), Ok(per)) => many_fields(n, per.max(1)),
+            (Err(bad), _) | (_, Err(bad)) => (400, bad),
+        },
+        // What a guest can make the host's resource table hold (`--max-guest-resources`).
+        "/resources" => match number(query, "n", 0) {
+            Ok(n) => {
+                let held: Vec<Fields> = (0..n).map(|_| Fields::new()).collect();
+                (200, format!("held {} resources", held.len()))
+            }
+            Err(bad) => (400, bad),
+        },
+        // What a guest can make the host log (`--max-guest-log-lines`).
+        "/log-flood" => match number(query, "lines", 0) {
+            Ok(lines) => {
+                for i in 0..lines {
+                    println!("misbehave-p3 flood line {i}");
+                }
+                (200, format!("printed {lines} lines"))
+            }
+            Err(bad) => (400, bad),
+        },
         // A failure rate for the canary tests: each request draws on its own.
         "/flaky" => match number(query, "percent", 0) {
             Ok(percent) if percent <= 100 => {
@@ -106,6 +133,21 @@ fn simple(path: &str, query: &str) -> (u16, String) {
         },
         _ => (404, "unknown misbehave-p3 path".into()),
     }
+}
+
+/// Appends `n` fields, `per` to each `fields` resource, and holds every resource until the end.
+fn many_fields(n: u64, per: u64) -> (u16, String) {
+    let mut held: Vec<Fields> = Vec::new();
+    for i in 0..n {
+        if i % per == 0 {
+            held.push(Fields::new());
+        }
+        let fields = held.last().expect("pushed above");
+        if let Err(e) = fields.append(&format!("x-f{i}"), b"v") {
+            return (500, format!("refused after {i} fields: {e:?}"));
+        }
+    }
+    (200, format!("created {n} fields in {} resources", held.len()))
 }
 
 fn trap() -> ! {

@@ -25,6 +25,9 @@
 //! | `/env-all` | 200 with every `KEY=VALUE` on its own line, sorted |
 //! | `/fetch?url=U` | outgoing GET to U: 200 `upstream STATUS\n` + upstream body, or 502 `outbound error: {code:?}` |
 //! | `/fs` | `std::fs::read_dir("/")` then `read_to_string("/etc/passwd")`: one line each, `ok` or `err: {e}` |
+//! | `/fields?n=N&per=P` | appends N header fields (`x-f<i>: v`), P to each `fields` resource (default: all to one), keeping every resource alive; then 200 `created N fields in K resources`, 500 `refused after I fields: E` when an append is refused (p2 hosts trap instead) |
+//! | `/resources?n=N` | holds N empty `fields` resources at once, then 200 `held N resources` |
+//! | `/log-flood?lines=N` | prints N lines `misbehave flood line <i>` on stdout, then 200 `printed N lines` |
 //! | `/flaky?percent=N` | 500 `flaky failure` with probability N % (`wasi:random`), else 200 `flaky ok`; N in 0..=100 (default 0) |
 //! | anything else | 404 `unknown misbehave path` |
 //!
@@ -152,6 +155,30 @@ fn simple(path: &str, query: &str) -> (u16, Vec<u8>) {
             let file = outcome(std::fs::read_to_string("/etc/passwd"));
             (200, format!("{dir}\n{file}\n").into())
         }
+        // What a guest can make the host hold through headers (`--max-guest-header-bytes`,
+        // `--max-guest-resources`).
+        "/fields" => match (number(query, "n", 0), number(query, "per", u64::MAX)) {
+            (Ok(n), Ok(per)) => many_fields(n, per.max(1)),
+            (Err(bad), _) | (_, Err(bad)) => (400, bad.into()),
+        },
+        // What a guest can make the host's resource table hold (`--max-guest-resources`).
+        "/resources" => match number(query, "n", 0) {
+            Ok(n) => {
+                let held: Vec<Fields> = (0..n).map(|_| Fields::new()).collect();
+                (200, format!("held {} resources", held.len()).into())
+            }
+            Err(bad) => (400, bad.into()),
+        },
+        // What a guest can make the host log (`--max-guest-log-lines`).
+        "/log-flood" => match number(query, "lines", 0) {
+            Ok(lines) => {
+                for i in 0..lines {
+                    println!("misbehave flood line {i}");
+                }
+                (200, format!("printed {lines} lines").into())
+            }
+            Err(bad) => (400, bad.into()),
+        },
         // A failure rate for the canary analysis tests: each request draws on its own.
         "/flaky" => match number(query, "percent", 0) {
             Ok(percent) if percent <= 100 => {
@@ -166,6 +193,21 @@ fn simple(path: &str, query: &str) -> (u16, Vec<u8>) {
         },
         _ => (404, "unknown misbehave path".into()),
     }
+}
+
+/// Appends `n` fields, `per` to each `fields` resource, and holds every resource until the end.
+fn many_fields(n: u64, per: u64) -> (u16, Vec<u8>) {
+    let mut held: Vec<Fields> = Vec::new();
+    for i in 0..n {
+        if i % per == 0 {
+            held.push(Fields::new());
+        }
+        let fields = held.last().expect("pushed above");
+        if let Err(e) = fields.append(&format!("x-f{i}"), b"v") {
+            return (500, format!("refused after {i} fields: {e:?}").into());
+        }
+    }
+    (200, format!("created {n} fields in {} resources", held.len()).into())
 }
 
 fn outcome<T>(result: std::io::Result<T>) -> String {
