@@ -41,12 +41,15 @@ const BROKEN_EVERY: Duration = Duration::from_millis(500);
 const PREFIX: &[u8] = b"Received POST data: ";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One client's loop, run on its own thread.
+type ClientLoop<'scope> = Box<dyn FnOnce() + Send + 'scope>;
+
 /// Starts every client on its own thread.
 pub fn spawn_all<'scope>(
     scope: &'scope Scope<'scope, '_>,
     ctx: &'scope Ctx,
 ) -> Vec<ScopedJoinHandle<'scope, ()>> {
-    let mut clients: Vec<(&str, Box<dyn FnOnce() + Send + 'scope>)> = vec![
+    let mut clients: Vec<(&str, ClientLoop<'scope>)> = vec![
         (
             "get",
             Box::new(move || {
@@ -338,7 +341,7 @@ async fn h2c_request(
     addr: SocketAddr,
     n: u64,
 ) -> anyhow::Result<()> {
-    let (method, body, expected) = if n % 2 == 0 {
+    let (method, body, expected) = if n.is_multiple_of(2) {
         (http::Method::GET, Vec::new(), b"Received GET request.".to_vec())
     } else {
         let body = post_body();
@@ -392,7 +395,8 @@ fn cut_mid_body(addr: SocketAddr) -> anyhow::Result<()> {
 fn garbage(addr: SocketAddr, round: u64) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut bytes = if round % 2 == 0 { b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec() } else { Vec::new() };
+    let mut bytes =
+        if round.is_multiple_of(2) { b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec() } else { Vec::new() };
     let mut noise = vec![0u8; 1024];
     Noise(round | 1).fill(&mut noise);
     bytes.extend_from_slice(&noise);

@@ -47,7 +47,7 @@ pub fn swap_loop(ctx: &Ctx, file: &Path, components: &[Vec<u8>; 2]) {
     while ctx.pause_until(next) {
         next += SWAP_EVERY;
         round += 1;
-        if round % BAD_EVERY == 0 {
+        if round.is_multiple_of(BAD_EVERY) {
             ctx.tally.record(ctx, Kind::Reject, bad_candidate(ctx.addr, &current, round));
         }
         let bytes = &components[(round % 2) as usize];
@@ -90,7 +90,7 @@ fn swap_file(addr: SocketAddr, file: &Path, bytes: &[u8]) -> anyhow::Result<()> 
 /// Uploads invalid bytes (alternately random bytes and a component header followed by garbage):
 /// the host must answer 4xx, and `current` must still serve.
 fn bad_candidate(addr: SocketAddr, current: &str, round: u64) -> anyhow::Result<()> {
-    let mut bytes = if round % (2 * BAD_EVERY) == 0 {
+    let mut bytes = if round.is_multiple_of(2 * BAD_EVERY) {
         // The component-model preamble: magic, version 0x0d, layer 1; then nonsense.
         b"\0asm\x0d\0\x01\0".to_vec()
     } else {
