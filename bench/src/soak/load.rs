@@ -124,7 +124,13 @@ fn slow_reader(ctx: &Ctx) {
     let mut seed = 1 << 32;
     while ctx.running() {
         seed += 1;
-        ctx.tally.record(ctx, Kind::SlowReader, hashed_echo(ctx.addr, SLOW_BYTES, seed, Some(SLOW_PACE)));
+        let outcome = hashed_echo(ctx.addr, SLOW_BYTES, seed, Some(SLOW_PACE));
+        let failed = outcome.is_err();
+        ctx.tally.record(ctx, Kind::SlowReader, outcome);
+        if failed {
+            // A host that refuses at once (a 413) must not turn this into a tight loop.
+            ctx.pause_until(Instant::now() + Duration::from_secs(1));
+        }
     }
 }
 
@@ -255,8 +261,10 @@ fn trickler(ctx: &Ctx, index: usize) {
     // The two tricklers half a trickle apart.
     let mut next = Instant::now() + TRICKLE_GAP * (16 * index as u32);
     while ctx.pause_until(next) {
-        next = Instant::now();
-        ctx.tally.record(ctx, Kind::Trickle, trickle_once(ctx, &body));
+        let outcome = trickle_once(ctx, &body);
+        // After a failure, a second before the next one (no tight loop on a refusing host).
+        next = Instant::now() + if outcome.is_err() { Duration::from_secs(1) } else { Duration::ZERO };
+        ctx.tally.record(ctx, Kind::Trickle, outcome);
     }
 }
 
