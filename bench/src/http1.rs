@@ -171,6 +171,11 @@ impl Client {
         Ok(Client { stream, buf: Vec::with_capacity(4096) })
     }
 
+    /// Writes raw bytes (part of a request sent in pieces).
+    pub fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        Ok(self.stream.write_all(bytes)?)
+    }
+
     /// Sends `request` (raw bytes) and reads one response.
     pub fn send(&mut self, request: &[u8]) -> anyhow::Result<Parsed> {
         self.stream.write_all(request)?;

@@ -13,6 +13,8 @@
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.
 //! - [`http1`]: response parsing and a blocking client; [`procfs`]: `/proc` and affinity.
 //! - [`samples`], [`report`], [`chart`]: per-round values, the markdown, the PNG.
+//! - [`soak`]: `echo-bench soak` (`make soak`), one echo-host under mixed load for 30 minutes,
+//!   watching its memory and open files.
 
 mod chart;
 mod http1;
@@ -23,6 +25,7 @@ mod samples;
 mod sections;
 mod servers;
 mod setup;
+mod soak;
 mod wrk;
 
 use std::time::{Duration, Instant};
@@ -33,7 +36,8 @@ use crate::samples::Samples;
 use crate::sections::Opts;
 
 const USAGE: &str =
-    "usage: echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
+    "usage: echo-bench soak [--duration 30m] [--no-build]   (the soak: echo-bench soak --help)
+       echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
                   [--only throughput,p3,cold,memory,stream,swap,scaling,fleet,canary] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
@@ -82,7 +86,10 @@ fn run() -> anyhow::Result<()> {
     let mut only: Vec<String> = SECTIONS.iter().map(|s| s.to_string()).collect();
     let mut paths = setup::Paths::new();
     let mut out: Option<std::path::PathBuf> = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "soak") {
+        return soak::run(args.skip(1));
+    }
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value\n{USAGE}"));
         match arg.as_str() {

@@ -28,6 +28,11 @@ pub fn memory_of(pid: u32) -> Option<Memory> {
     })
 }
 
+/// How many files the process has open (`/proc/PID/fd`).
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// The process and all its descendants (gunicorn: the arbiter and its worker).
 pub fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
@@ -131,5 +136,6 @@ mod tests {
         let memory = memory_of(me).unwrap();
         assert!(memory.rss_kib > 0 && memory.hwm_kib >= memory.rss_kib);
         assert!(tree(me).contains(&me));
+        assert!(fd_count(me).unwrap() >= 3);
     }
 }

@@ -39,7 +39,7 @@ pub use memory::memory;
 pub use p3::{P3_IDLE_TIMEOUT, P3_MAX_CONCURRENT, P3_MAX_REQUESTS, p3};
 pub use scaling::scaling;
 pub use stream::streaming;
-pub use swap::swap;
+pub use swap::{ADMIN_TOKEN, swap, upload_request};
 pub use throughput::throughput;
 
 use std::time::Duration;

@@ -11,10 +11,10 @@ use super::*;
 use crate::http1::{self, Client};
 use crate::openloop;
 
-pub(super) const ADMIN_TOKEN: &str = "echo-bench-admin-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "echo-bench-admin-token-0123456789abcdef";
 
 /// An admin upload of `component` as raw HTTP/1.1 (the benchmark's own token).
-pub(super) fn upload_request(component: &[u8]) -> Vec<u8> {
+pub fn upload_request(component: &[u8]) -> Vec<u8> {
     admin_request("PUT", "component", component)
 }
 
