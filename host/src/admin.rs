@@ -135,7 +135,7 @@ async fn admin(
     }
 }
 
-fn authorized<B>(req: &Request<B>, token: &str) -> bool {
+pub fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     let Some(presented) = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -268,7 +268,7 @@ async fn fleet(app: &App) -> Response<ResponseBody> {
 }
 
 /// One query parameter's value, with `%3A` (`:`) decoded.
-pub(crate) fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
+pub fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     uri.query().and_then(|q| {
         q.split('&')
             .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))

@@ -21,8 +21,8 @@ pub use commands::{
     ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
 };
 pub use limits::{Limits, serialize_secs};
-pub use parse::{parse_duration, parse_size};
-use parse::{parse_env_pair, parse_outbound, parse_probe};
+pub use parse::{parse_duration, parse_outbound, parse_size};
+use parse::{parse_env_pair, parse_probe};
 pub use reuse::ReuseArgs;
 pub use rollout::RolloutArgs;
 pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};

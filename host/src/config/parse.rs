@@ -43,7 +43,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value.checked_mul(multiplier).ok_or_else(|| format!("`{text}` is too large"))
 }
 
-pub(super) fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
+pub fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
     let text = text.trim();
     if text.is_empty() || text.contains('/') || text.contains('@') {
         return Err(format!("`{text}` is not `HOST` or `HOST:PORT`"));
