@@ -3,7 +3,8 @@ WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test bench setup build guest guest-p3 lint chromium unit-and-integration test-container
+.PHONY: run test bench setup build guest guest-p3 lint chromium unit-and-integration test-container \
+	fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-pyrepr-check
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -22,6 +23,47 @@ bench: setup
 
 setup:
 	rustup target add $(WASM_TARGET)
+
+## Fuzzing (fuzz/README.md): each libFuzzer target for FUZZ_TIME seconds (default 600), one after
+## the other, adding what it finds to fuzz/corpus/ (then `make fuzz-cmin` before committing). The
+## guest targets build in seconds; the host ones build all of echo-host once (~15 min on two
+## cores). Needs no nightly (RUSTC_BOOTSTRAP=1); installs cargo-fuzz on first use.
+FUZZ_TIME       ?= 600
+FUZZ_GUEST      := query pyrepr json
+FUZZ_HOST       := host_config host_admin host_store
+FUZZ_TARGET_DIR ?= $(CURDIR)/target-fuzz
+# Guest targets with AddressSanitizer; host targets without (it slows wasmtime's build and each
+# run, for safe Rust parsers), in their own directory so the two flag sets never rebuild each other.
+fuzz_cmd = RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(if $(filter host_%,$(1)),$(FUZZ_TARGET_DIR)/host,$(FUZZ_TARGET_DIR)) \
+	cargo fuzz $(2) -O $(if $(filter host_%,$(1)),--sanitizer none --features host) $(1)
+
+fuzz: fuzz-setup
+	@for target in $(FUZZ_GUEST) $(FUZZ_HOST); do \
+	  $(MAKE) --no-print-directory fuzz-run TARGET=$$target \
+	    ARGS="-- -max_total_time=$(FUZZ_TIME) -print_final_stats=1" || exit 1; \
+	done
+
+## One target on its corpus: `make fuzz-run TARGET=query ARGS="-- -max_total_time=60"` (after
+## `--`, libFuzzer's flags).
+FUZZ_VERB ?= run
+fuzz-run: fuzz-setup
+	$(call fuzz_cmd,$(TARGET),$(FUZZ_VERB)) fuzz/corpus/$(TARGET) $(ARGS)
+
+## Shrinks every corpus to the inputs that keep its coverage (what gets committed).
+fuzz-cmin: fuzz-setup
+	@for target in $(FUZZ_GUEST) $(FUZZ_HOST); do \
+	  $(MAKE) --no-print-directory fuzz-run FUZZ_VERB=cmin TARGET=$$target || exit 1; \
+	done
+
+## The guest's Python reprs of the pyrepr corpus, read back by python3's `ast.literal_eval` and
+## compared with CPython's own `repr` (fuzz/pyrepr_check.py).
+fuzz-pyrepr-check:
+	CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR)/tools cargo run -q --manifest-path fuzz/pyrepr-check/Cargo.toml -- \
+	  fuzz/corpus/pyrepr/* fuzz/corpus/query/* \
+	  | python3 fuzz/pyrepr_check.py
+
+fuzz-setup:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 build: setup
 	cargo build --release -p echo-host
