@@ -33,7 +33,11 @@ pub fn query(data: &[u8]) {
 /// Every byte of each key and value as `%XX`, pairs joined with `&`.
 pub fn encode_query(pairs: &[Pair]) -> String {
     let encode = |text: &str| text.bytes().map(|b| format!("%{b:02x}")).collect::<String>();
-    pairs.iter().map(|(key, value)| format!("{}={}", encode(key), encode(value))).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `MultiDict.items(multi=True)` written differently: distinct keys in first-appearance order,
