@@ -38,3 +38,5 @@ mod container;
 mod p3;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.
 mod rollout;
+// The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
+mod fuzz_corpus;
