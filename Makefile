@@ -4,7 +4,7 @@ GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: run test bench setup build guest guest-p3 lint chromium unit-and-integration test-container \
-	fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-pyrepr-check
+	fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-cmin-one fuzz-pyrepr-check
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -45,21 +45,24 @@ fuzz: fuzz-setup
 
 ## One target on its corpus: `make fuzz-run TARGET=query ARGS="-- -max_total_time=60"` (after
 ## `--`, libFuzzer's flags).
-FUZZ_VERB ?= run
 fuzz-run: fuzz-setup
-	$(call fuzz_cmd,$(TARGET),$(FUZZ_VERB)) fuzz/corpus/$(TARGET) $(ARGS)
+	$(call fuzz_cmd,$(TARGET),run) fuzz/corpus/$(TARGET) $(wildcard fuzz/regressions/$(TARGET)) $(ARGS)
 
-## Shrinks every corpus to the inputs that keep its coverage (what gets committed).
+## Shrinks every corpus to a set cover of its features (what gets committed). Named inputs that
+## must stay (findings, hand-made seeds) go in fuzz/regressions/<target>/, which this leaves alone.
 fuzz-cmin: fuzz-setup
 	@for target in $(FUZZ_GUEST) $(FUZZ_HOST); do \
-	  $(MAKE) --no-print-directory fuzz-run FUZZ_VERB=cmin TARGET=$$target || exit 1; \
+	  $(MAKE) --no-print-directory fuzz-cmin-one TARGET=$$target || exit 1; \
 	done
+
+fuzz-cmin-one:
+	$(call fuzz_cmd,$(TARGET),cmin) fuzz/corpus/$(TARGET) -- -set_cover_merge=1
 
 ## The guest's Python reprs of the pyrepr corpus, read back by python3's `ast.literal_eval` and
 ## compared with CPython's own `repr` (fuzz/pyrepr_check.py).
 fuzz-pyrepr-check:
 	CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR)/tools cargo run -q --manifest-path fuzz/pyrepr-check/Cargo.toml -- \
-	  fuzz/corpus/pyrepr/* fuzz/corpus/query/* \
+	  fuzz/corpus/pyrepr/* fuzz/regressions/pyrepr/* fuzz/corpus/query/* \
 	  | python3 fuzz/pyrepr_check.py
 
 fuzz-setup:

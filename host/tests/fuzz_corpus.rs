@@ -1,21 +1,24 @@
-//! Every committed fuzz corpus input of the host targets (`fuzz/corpus/host_{config,admin,store}`)
-//! through the same check its libFuzzer target runs (`fuzz/checks/host.rs`), without libFuzzer:
-//! what fuzzing found once stays found.
+//! Every committed input of the host fuzz targets (host_config, host_admin, host_store: `fuzz/corpus/<target>` and
+//! `fuzz/regressions/<target>`) through the same check its libFuzzer target runs
+//! (`fuzz/checks/host.rs`), without libFuzzer: what fuzzing found once stays found.
 
 #[path = "../../fuzz/checks/host.rs"]
 mod checks;
 
 use std::path::PathBuf;
 
-/// Runs `check` on each file of `fuzz/corpus/<target>`, naming the file that fails.
+/// Runs `check` on each file of `fuzz/corpus/<target>` (libFuzzer's, minimized) and
+/// `fuzz/regressions/<target>` (named inputs: findings, hand-made seeds), naming the file that fails.
 fn replay(target: &str, check: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", dir.display()))
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let corpus = fuzz.join("corpus").join(target);
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", corpus.display()))
+        .chain(std::fs::read_dir(fuzz.join("regressions").join(target)).into_iter().flatten())
         .map(|entry| entry.expect("a corpus entry").path())
         .collect();
     inputs.sort();
-    assert!(!inputs.is_empty(), "`{}` has no corpus: run `make fuzz` and commit it", dir.display());
+    assert!(!inputs.is_empty(), "`{}` has no corpus: run `make fuzz` and commit it", corpus.display());
     for input in &inputs {
         let data = std::fs::read(input).unwrap_or_else(|e| panic!("cannot read `{}`: {e}", input.display()));
         if std::panic::catch_unwind(|| check(&data)).is_err() {
