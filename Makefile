@@ -7,7 +7,7 @@ CARGO_DENY_VERSION := 0.20.2
 TOOLS_BIN   := $(CURDIR)/target/tools/bin
 
 .PHONY: run test bench soak setup build guest guest-p3 lint deny audit cargo-deny chromium unit-and-integration \
-  test-container
+  test-container fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-cmin-one fuzz-pyrepr-check
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
@@ -33,6 +33,52 @@ soak: setup
 
 setup:
 	rustup target add $(WASM_TARGET)
+
+## Fuzzing (fuzz/README.md): each libFuzzer target for FUZZ_TIME seconds (default 600), one after
+## the other, adding what it finds to fuzz/corpus/ (then `make fuzz-cmin` before committing). The
+## guest targets build in seconds; the host ones build all of echo-host once (~15 min on two
+## cores). Needs no nightly (RUSTC_BOOTSTRAP=1); installs cargo-fuzz on first use.
+FUZZ_TIME       ?= 600
+FUZZ_GUEST      := query pyrepr json
+FUZZ_HOST       := host_config host_admin host_store
+FUZZ_TARGET_DIR ?= $(CURDIR)/target-fuzz
+# Guest targets with AddressSanitizer; host targets without (it slows wasmtime's build and each
+# run, for safe Rust parsers), in their own directory so the two flag sets never rebuild each other.
+fuzz_cmd = RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(if $(filter host_%,$(1)),$(FUZZ_TARGET_DIR)/host,$(FUZZ_TARGET_DIR)) \
+	cargo fuzz $(2) -O $(if $(filter host_%,$(1)),--sanitizer none --features host) $(1)
+
+fuzz: fuzz-setup
+	@for target in $(FUZZ_GUEST) $(FUZZ_HOST); do \
+	  $(MAKE) --no-print-directory fuzz-run TARGET=$$target \
+	    ARGS="-- -max_total_time=$(FUZZ_TIME) -print_final_stats=1" || exit 1; \
+	done
+
+## One target on its corpus: `make fuzz-run TARGET=query ARGS="-- -max_total_time=60"` (after
+## `--`, libFuzzer's flags).
+fuzz-run: fuzz-setup
+	$(call fuzz_cmd,$(TARGET),run) fuzz/corpus/$(TARGET) $(wildcard fuzz/regressions/$(TARGET)) $(ARGS)
+
+## Shrinks every corpus to a set cover of its features (what gets committed). Named inputs that
+## must stay (findings, hand-made seeds) go in fuzz/regressions/<target>/, which this leaves alone.
+fuzz-cmin: fuzz-setup
+	@for target in $(FUZZ_GUEST) $(FUZZ_HOST); do \
+	  $(MAKE) --no-print-directory fuzz-cmin-one TARGET=$$target || exit 1; \
+	done
+
+# host_store's full set cover is ~650 KB (JSON inputs are many and long): edges only there.
+fuzz-cmin-one:
+	$(call fuzz_cmd,$(TARGET),cmin) fuzz/corpus/$(TARGET) -- -set_cover_merge=1 \
+	  $(if $(filter host_store,$(TARGET)),-use_counters=0)
+
+## The guest's Python reprs of the pyrepr corpus, read back by python3's `ast.literal_eval` and
+## compared with CPython's own `repr` (fuzz/pyrepr_check.py).
+fuzz-pyrepr-check:
+	CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR)/tools cargo run -q --manifest-path fuzz/pyrepr-check/Cargo.toml -- \
+	  fuzz/corpus/pyrepr/* fuzz/regressions/pyrepr/* fuzz/corpus/query/* \
+	  | python3 fuzz/pyrepr_check.py
+
+fuzz-setup:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 build: setup
 	cargo build --release -p echo-host

@@ -177,7 +177,7 @@ async fn route_admin(
     }
 }
 
-fn authorized<B>(req: &Request<B>, token: &str) -> bool {
+pub fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     let Some((scheme, presented)) = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -317,7 +317,7 @@ async fn fleet(app: &App) -> Response<ResponseBody> {
 }
 
 /// One query parameter's value, with `%3A` (`:`) decoded.
-pub(crate) fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
+pub fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     uri.query().and_then(|q| {
         q.split('&')
             .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
@@ -459,15 +459,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod auth_tests {
-    use super::*;
-
-    #[test]
-    fn bearer_in_any_case() {
-        for value in ["Bearer abc", "bearer abc", "BEARER  abc"] {
-            let req = Request::get("/").header("authorization", value).body(()).unwrap();
-            assert!(authorized(&req, "abc"), "{value}");
-        }
-    }
-}

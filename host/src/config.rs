@@ -24,8 +24,8 @@ pub use commands::{
 };
 pub use guest::{GuestArgs, GuestLimits};
 pub use limits::{Limits, serialize_secs};
-pub use parse::{parse_duration, parse_size};
-use parse::{parse_env_pair, parse_outbound, parse_probe};
+pub use parse::{parse_duration, parse_outbound, parse_size};
+use parse::{parse_env_pair, parse_probe};
 pub use reuse::ReuseArgs;
 pub use rollout::RolloutArgs;
 pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};

@@ -85,13 +85,13 @@ async fn start(
     change::start(app, candidate, plan, who).await
 }
 
-fn weight(uri: &http::Uri, name: &str) -> Result<Option<Weight>, RolloutError> {
+pub fn weight(uri: &http::Uri, name: &str) -> Result<Option<Weight>, RolloutError> {
     query_value(uri, name)
         .map(|text| text.parse::<Weight>().map_err(|e| RolloutError::BadRequest(format!("`{name}`: {e}"))))
         .transpose()
 }
 
-fn steps(uri: &http::Uri) -> Result<Vec<Weight>, RolloutError> {
+pub fn steps(uri: &http::Uri) -> Result<Vec<Weight>, RolloutError> {
     let Some(text) = query_value(uri, "steps") else { return Ok(Vec::new()) };
     text.split(',')
         .filter(|s| !s.trim().is_empty())

@@ -44,3 +44,5 @@ mod p3;
 mod hardening;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.
 mod rollout;
+// The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
+mod fuzz_corpus;

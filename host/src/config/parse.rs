@@ -44,7 +44,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// `HOST`, `HOST:PORT`, `[IPV6]`, `[IPV6]:PORT` or a bare IPv6 address (any port).
-pub(super) fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
+pub fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
     let text = text.trim();
     if text.is_empty() || text.contains('/') || text.contains('@') {
         return Err(format!("`{text}` is not `HOST` or `HOST:PORT`"));
@@ -81,6 +81,9 @@ pub(super) fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
             return Err(format!("`{host}` in `{text}` is not an IPv6 address (write `[IPV6]:PORT`)"));
         }
         Err(_) if host.is_empty() => return Err(format!("`{text}` has no host")),
+        Err(_) if !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) => {
+            return Err(format!("`{host}` in `{text}` is not a host name or an IP address"));
+        }
         Err(_) => host.to_ascii_lowercase(),
     };
     Ok(OutboundRule { host, port })
@@ -143,5 +146,6 @@ mod tests {
         assert!(parse_outbound("[::1]9000").is_err());
         assert!(parse_outbound("[nothost]:1").is_err());
         assert!(parse_outbound(":80").is_err());
+        assert!(parse_outbound("a b").is_err() && parse_outbound("[ a ]").is_err());
     }
 }

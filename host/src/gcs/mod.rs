@@ -278,7 +278,7 @@ impl Gcs {
 }
 
 /// Checks downloaded bytes against the checksum Cloud Storage stored for them.
-fn verify(what: &str, meta: &ObjectMeta, bytes: &[u8]) -> Result<(), GcsError> {
+pub fn verify(what: &str, meta: &ObjectMeta, bytes: &[u8]) -> Result<(), GcsError> {
     let corrupt = |reason: String| GcsError::Corrupt { what: what.to_string(), reason };
     if u64::try_from(meta.size).ok() != Some(bytes.len() as u64) {
         return Err(corrupt(format!("got {} bytes, the object has {}", bytes.len(), meta.size)));
