@@ -8,9 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
@@ -202,22 +199,9 @@ impl AsyncWrite for GuestLog {
     }
 }
 
-/// `guest_log_dropped_total`, read at each scrape (the counter is per process, like
-/// [`crate::log_writer::DroppedLines`]).
-#[derive(Debug)]
-pub struct DroppedGuestLines;
-
-impl Collector for DroppedGuestLines {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counter = ConstCounter::new(DROPPED_LINES.load(Ordering::Relaxed));
-        let metric = encoder.encode_descriptor(
-            "guest_log_dropped",
-            "Guest stdout/stderr lines dropped past `--max-guest-log-lines` or `--max-guest-log-bytes`",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
-    }
+/// Guest lines dropped so far, by every request of this process (`guest_log_dropped_total`).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

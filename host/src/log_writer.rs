@@ -4,9 +4,6 @@
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 /// Longest [`flush`] waits for the queue to reach stdout: past it, exit goes on without the rest
@@ -56,24 +53,6 @@ pub fn flush() {
         let _ = done.send(());
     });
     let _ = flushed.recv_timeout(FLUSH_TIMEOUT);
-}
-
-/// `log_lines_dropped_total`, read from the writer at each scrape (the writer is per process,
-/// metrics are per [`App`](crate::app::App)).
-#[derive(Debug)]
-pub struct DroppedLines;
-
-impl Collector for DroppedLines {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counter = ConstCounter::new(dropped_lines());
-        let metric = encoder.encode_descriptor(
-            "log_lines_dropped",
-            "Log lines dropped because stdout did not take them fast enough (`--log-buffer-lines` full)",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::registry::{ActiveComponent, Artifact, RejectionRecord, load_component
 pub struct Candidate {
     pub bytes: Vec<u8>,
     /// Where it came from, for logs and `info`: `file:/path`, a URL (redacted with
-    /// [`crate::redact::url`]), `admin:<who>`.
+    /// [`crate::redact::url`]), `admin upload` (who uploaded it is only in the admin events).
     pub source: String,
     /// A detached signature (base64 text), when the source had one.
     pub signature: Option<Vec<u8>>,

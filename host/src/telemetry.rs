@@ -5,7 +5,9 @@ use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use http::HeaderMap;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -300,8 +302,16 @@ impl Metrics {
             "Release store calls that failed: polls, fetches, heartbeats",
             metrics.store_errors.clone(),
         );
-        registry.register_collector(Box::new(log_writer::DroppedLines));
-        registry.register_collector(Box::new(crate::guest_log::DroppedGuestLines));
+        registry.register_collector(Box::new(ProcessCounter {
+            name: "log_lines_dropped",
+            help: "Log lines dropped because stdout did not take them fast enough (`--log-buffer-lines` full)",
+            read: log_writer::dropped_lines,
+        }));
+        registry.register_collector(Box::new(ProcessCounter {
+            name: "guest_log_dropped",
+            help: "Guest stdout/stderr lines dropped past `--max-guest-log-lines` or `--max-guest-log-bytes`",
+            read: crate::guest_log::dropped_lines,
+        }));
         Self { registry, ..metrics }
     }
 
@@ -358,6 +368,23 @@ impl Metrics {
             let _ = writeln!(out, "# metrics encoding failed");
         }
         out
+    }
+}
+
+/// A counter kept per process (the log writer's, the guest output's), read at each scrape: those
+/// counts are made where no [`Metrics`] is at hand, and metrics are per [`App`](crate::app::App).
+#[derive(Debug)]
+struct ProcessCounter {
+    name: &'static str,
+    help: &'static str,
+    read: fn() -> u64,
+}
+
+impl Collector for ProcessCounter {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new((self.read)());
+        let metric = encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+        counter.encode(metric)
     }
 }
 

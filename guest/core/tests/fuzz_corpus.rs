@@ -5,42 +5,25 @@
 #[path = "../../../fuzz/checks/guest.rs"]
 mod checks;
 
-use std::path::PathBuf;
+#[path = "../../../fuzz/checks/replay.rs"]
+mod replay;
 
-/// Runs `check` on each file of `fuzz/corpus/<target>` (libFuzzer's, minimized) and
-/// `fuzz/regressions/<target>` (named inputs: findings, hand-made seeds), naming the file that fails.
-fn replay(target: &str, check: fn(&[u8])) {
-    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-    let corpus = fuzz.join("corpus").join(target);
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&corpus)
-        .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", corpus.display()))
-        .chain(std::fs::read_dir(fuzz.join("regressions").join(target)).into_iter().flatten())
-        .map(|entry| entry.expect("a corpus entry").path())
-        .collect();
-    inputs.sort();
-    assert!(!inputs.is_empty(), "`{}` has no corpus: run `make fuzz` and commit it", corpus.display());
-    for input in &inputs {
-        let data = std::fs::read(input).unwrap_or_else(|e| panic!("cannot read `{}`: {e}", input.display()));
-        if std::panic::catch_unwind(|| check(&data)).is_err() {
-            panic!(
-                "`{}` breaks the `{target}` property: reproduce with `cargo fuzz run {target} <file>` (fuzz/README.md)",
-                input.display()
-            );
-        }
-    }
+/// `fuzz/` in the repository.
+fn fuzz_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
 #[test]
 fn query_corpus() {
-    replay("query", checks::query);
+    replay::replay(&fuzz_dir(), "query", checks::query);
 }
 
 #[test]
 fn pyrepr_corpus() {
-    replay("pyrepr", checks::pyrepr);
+    replay::replay(&fuzz_dir(), "pyrepr", checks::pyrepr);
 }
 
 #[test]
 fn json_corpus() {
-    replay("json", checks::json);
+    replay::replay(&fuzz_dir(), "json", checks::json);
 }
