@@ -317,10 +317,11 @@ pub enum ComponentSource {
 impl ComponentSource {
     fn parse(text: &str) -> anyhow::Result<Self> {
         if text.starts_with("http://") || text.starts_with("https://") {
-            let uri: http::Uri =
-                text.parse().with_context(|| format!("`--component` `{text}` is not a valid URL"))?;
+            let uri: http::Uri = text.parse().with_context(|| {
+                format!("`--component` `{}` is not a valid URL", crate::redact::url(text))
+            })?;
             if uri.host().is_none() {
-                bail!("`--component` `{text}` has no host");
+                bail!("`--component` `{}` has no host", crate::redact::url(text));
             }
             return Ok(Self::Url(text.to_string()));
         }
