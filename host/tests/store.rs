@@ -155,6 +155,23 @@ fn gs_source_downloads_only_new_generations_and_checks_them() {
 // b. Credentials from the metadata server
 // ---------------------------------------------------------------------------------------------
 
+/// A metadata server that says its token lives `u64::MAX` seconds (a bug, or a hostile one on
+/// the path) does not overflow the host's clock: the token is used, the host serves on.
+#[test]
+fn a_token_lifetime_past_the_end_of_time_is_capped() {
+    let store = Store::new("forever");
+    let proxy = StorageProxy::start(&store.gcs.url());
+    let stub = MetadataStub::start("instance-forever", u64::MAX);
+    let (endpoint, metadata) = (proxy.url(), stub.host());
+    let hosts = store.start_hosts(1, &["--storage-endpoint", &endpoint, "--metadata-host", &metadata], &[]);
+    let http = http();
+    eventually("a storage request with the token", PATIENCE, || {
+        let used = proxy.seen().iter().any(|s| s.authorization.as_deref() == Some("Bearer tok-1"));
+        if used { Ok(()) } else { Err(format!("{:?}", proxy.seen().last())) }
+    });
+    assert_eq!(info(&http, &hosts[0])["store"]["instance"], "instance-forever");
+}
+
 /// `--storage-endpoint` + `--metadata-host`: every storage request carries a current token from
 /// the metadata server (asked with `Metadata-Flavor: Google`), refreshed before it expires and
 /// after a 401; the instance id comes from the metadata server too.
