@@ -177,6 +177,8 @@ pub struct Metrics {
     pub swap_rejections: Counter,
     /// Candidates submitted again by a watcher after a transient rejection (`source::Retries`).
     pub swap_retries: Counter,
+    /// Failed polls of a `--component` URL or `gs://` object (each retried with backoff).
+    pub source_errors: Counter,
     /// Polls of the release store's manifest, and store calls that failed (polls, heartbeats).
     pub store_polls: Counter,
     pub store_errors: Counter,
@@ -221,6 +223,7 @@ impl Metrics {
             swaps: Counter::default(),
             swap_rejections: Counter::default(),
             swap_retries: Counter::default(),
+            source_errors: Counter::default(),
             store_polls: Counter::default(),
             store_errors: Counter::default(),
             versions,
@@ -291,6 +294,11 @@ impl Metrics {
             "swap_retries",
             "Candidates submitted again after a transient rejection (probe overload, timeout)",
             metrics.swap_retries.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Failed polls of a `--component` URL or gs:// object (fetch error, timeout, bad answer), retried with backoff",
+            metrics.source_errors.clone(),
         );
         registry.register(
             "store_polls",

@@ -409,8 +409,9 @@ async fn url_source_swaps_with_conditional_requests_and_survives_a_misbehaving_s
         assert_eq!(components.serving(&client, &server).await, Which::Misbehave, "{mode:?}");
     }
     load.finish().await;
-    // Failed fetches never reached the gate (a truncated body included).
+    // Failed fetches never reached the gate (a truncated body included), and each was counted.
     assert_eq!(info(&server).await["swaps"]["rejections"], 0);
+    assert!(server.metric("echo_host_source_errors_total").await >= 8.0, "two failed polls per misbehaviour");
     assert_eq!(info(&server).await["swaps"]["count"], 1);
 
     origin.set(&components.echo, None, Mode::Normal);

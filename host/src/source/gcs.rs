@@ -97,6 +97,7 @@ pub async fn watch(app: Arc<App>, object: GsObject, config: WatchConfig) {
                 let _ = retries.submit(&app, candidate, Artifacts::WasmOnly, config.poll_interval).await;
             }
             Err(error) => {
+                app.metrics.source_errors.inc();
                 failures = failures.saturating_add(1);
                 tracing::warn!(
                     object = %object,

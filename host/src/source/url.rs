@@ -72,6 +72,7 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
                 state.failures = 0;
             }
             Err(error) => {
+                app.metrics.source_errors.inc();
                 state.failures = state.failures.saturating_add(1);
                 let next = super::backoff(config.poll_interval, state.failures);
                 tracing::warn!(
