@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod commands;
+mod component;
 mod guest;
 mod limits;
 mod parse;
@@ -22,9 +23,10 @@ pub use commands::{
     CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
     ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
 };
+pub use component::ComponentSource;
 pub use guest::{GuestArgs, GuestLimits};
 pub use limits::{Limits, serialize_secs};
-pub use parse::{parse_duration, parse_outbound, parse_size};
+pub use parse::{OutboundRule, parse_duration, parse_outbound, parse_size};
 use parse::{parse_env_pair, parse_probe};
 pub use reuse::ReuseArgs;
 pub use rollout::RolloutArgs;
@@ -284,74 +286,6 @@ pub struct ServeArgs {
     pub guest: GuestArgs,
 }
 
-/// One `--allow-outbound` entry: a host name, and a port or any port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundRule {
-    pub host: String,
-    pub port: Option<u16>,
-}
-
-impl OutboundRule {
-    /// Whether a request to `host` (a name, or an IP address without brackets) on `port` may go.
-    pub fn allows(&self, host: &str, port: u16) -> bool {
-        let same_host = match host.parse::<IpAddr>() {
-            // Addresses compare by value (`::1` is `0:0:0:0:0:0:0:1`); the rule holds the canonical form.
-            Ok(ip) => ip.to_string() == self.host,
-            Err(_) => self.host.eq_ignore_ascii_case(host),
-        };
-        same_host && self.port.is_none_or(|p| p == port)
-    }
-}
-
-/// Where the served component comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComponentSource {
-    /// The echo component built into the binary.
-    Builtin,
-    File(PathBuf),
-    Url(String),
-    /// A Cloud Storage object, through the JSON API.
-    Gcs(crate::gcs::GsObject),
-}
-
-impl ComponentSource {
-    fn parse(text: &str) -> anyhow::Result<Self> {
-        if text.starts_with("http://") || text.starts_with("https://") {
-            let uri: http::Uri = text.parse().with_context(|| {
-                format!("`--component` `{}` is not a valid URL", crate::redact::url(text))
-            })?;
-            if uri.host().is_none() {
-                bail!("`--component` `{}` has no host", crate::redact::url(text));
-            }
-            return Ok(Self::Url(text.to_string()));
-        }
-        if text.starts_with("gs://") {
-            return Ok(Self::Gcs(crate::gcs::GsObject::parse("--component", text)?));
-        }
-        if text.contains("://") {
-            bail!("`--component` `{text}`: only files, http(s) URLs and gs:// objects are supported");
-        }
-        let path = PathBuf::from(text);
-        let meta = std::fs::metadata(&path)
-            .with_context(|| format!("cannot read `--component` `{}`", path.display()))?;
-        if !meta.is_file() {
-            bail!("`--component` `{}` is not a file", path.display());
-        }
-        Ok(Self::File(path))
-    }
-}
-
-impl std::fmt::Display for ComponentSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Builtin => write!(f, "builtin:echo"),
-            Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Url(url) => f.write_str(&crate::redact::url(url)),
-            Self::Gcs(object) => write!(f, "{object}"),
-        }
-    }
-}
-
 /// How new versions are checked before they go live.
 #[derive(Debug, Clone, Default)]
 pub struct SwapPolicy {
@@ -496,31 +430,6 @@ impl ServeArgs {
     }
 }
 
-impl ServeArgs {
-    /// The ranges of the numeric flags [`Limits`] does not hold (those are [`Limits::validate`]'s).
-    fn check_ranges(&self) -> anyhow::Result<()> {
-        use range::{MAX_TIME, MIN_TIME, check, check_or_off};
-        check_or_off("--poll-interval", self.poll_interval)?;
-        check("--fetch-timeout", self.fetch_timeout, MIN_TIME, MAX_SETTLE_TIME)?;
-        check("--swap-probe-timeout", self.swap_probe_timeout, MIN_TIME, MAX_SETTLE_TIME)?;
-        check("--shutdown-grace", self.shutdown_grace, Duration::ZERO, MAX_SETTLE_TIME)?;
-        // Each kept version holds its compiled code (and, for p3, its idle instances).
-        check("--keep-versions", self.keep_versions, 1, MAX_KEEP_VERSIONS)?;
-        // A component is read into memory whole before it is checked.
-        check("--max-component-size", self.max_component_size, 1, MAX_COMPONENT_SIZE)?;
-        check("--log-buffer-lines", self.log_buffer_lines, 1, MAX_LOG_BUFFER_LINES)?;
-        debug_assert!(MAX_SETTLE_TIME <= MAX_TIME);
-        Ok(())
-    }
-}
-
-/// Fetches, probes and the shutdown wait: an hour is already far more than any needs.
-const MAX_SETTLE_TIME: Duration = Duration::from_secs(3600);
-const MAX_KEEP_VERSIONS: usize = 64;
-const MAX_COMPONENT_SIZE: u64 = 4 << 30;
-/// A million lines held while stdout is slow: up to ~0.5 GiB of access-log lines.
-const MAX_LOG_BUFFER_LINES: usize = 1_000_000;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,50 +471,6 @@ mod tests {
         assert!(err.to_string().contains("--log-buffer-lines"), "{err}");
         let err = args(&["--store", "gs://bucket/p/", "--poll-interval", "0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("--poll-interval"), "{err}");
-    }
-
-    /// Every numeric flag refuses a value past its range with an error naming it, before the port
-    /// is bound: nothing later can overflow a deadline (`now + 1e19 s`) or a semaphore.
-    #[test]
-    fn every_numeric_flag_is_range_checked() {
-        let huge = "10000000000000000000";
-        for (flag, value) in [
-            ("--max-connections", "18446744073709551615"),
-            ("--concurrency", huge),
-            ("--request-timeout", huge),
-            ("--header-read-timeout", huge),
-            ("--body-read-timeout", huge),
-            ("--write-timeout", huge),
-            ("--idle-timeout", huge),
-            ("--after-response-grace", huge),
-            ("--h2-keepalive-interval", huge),
-            ("--h2-keepalive-timeout", huge),
-            ("--h2-max-streams", "4294967295"),
-            ("--max-headers", huge),
-            ("--max-header-bytes", "1GiB"),
-            ("--max-body", "2048GiB"),
-            ("--max-memory", "8GiB"),
-            ("--poll-interval", huge),
-            ("--fetch-timeout", huge),
-            ("--swap-probe-timeout", huge),
-            ("--shutdown-grace", huge),
-            ("--keep-versions", huge),
-            ("--max-component-size", "8GiB"),
-            ("--log-buffer-lines", huge),
-            ("--heartbeat-interval", huge),
-            ("--canary-window", huge),
-            ("--instance-max-requests", huge),
-            ("--instance-idle-timeout", huge),
-        ] {
-            let err = args(&[flag, value]).validate().map(|_| ()).unwrap_err().to_string();
-            assert!(err.contains(&format!("`{flag}`")) && err.contains("between"), "{flag} {value}: {err}");
-        }
-        for (flag, value) in
-            [("--fetch-timeout", "0s"), ("--max-component-size", "0"), ("--keep-versions", "0")]
-        {
-            let err = args(&[flag, value]).validate().map(|_| ()).unwrap_err().to_string();
-            assert!(err.contains(&format!("`{flag}`")), "{flag} {value}: {err}");
-        }
     }
 
     #[test]

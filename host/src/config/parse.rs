@@ -1,10 +1,11 @@
 //! Parsers for flag values: durations, sizes, outbound rules, `KEY=VALUE`, the swap probe.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{OutboundRule, SwapProbe};
+use super::SwapProbe;
 
 /// Parses `300s`, `1.5s`, `250ms`, `5m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -43,6 +44,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value.checked_mul(multiplier).ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// One `--allow-outbound` entry: a host name, and a port or any port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRule {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl OutboundRule {
+    /// Whether a request to `host` (a name, or an IP address without brackets) on `port` may go.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let same_host = match host.parse::<IpAddr>() {
+            // Addresses compare by value (`::1` is `0:0:0:0:0:0:0:1`); the rule holds the canonical form.
+            Ok(ip) => ip.to_string() == self.host,
+            Err(_) => self.host.eq_ignore_ascii_case(host),
+        };
+        same_host && self.port.is_none_or(|p| p == port)
+    }
+}
+
 /// `HOST`, `HOST:PORT`, `[IPV6]`, `[IPV6]:PORT` or a bare IPv6 address (any port).
 pub fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
     let text = text.trim();
@@ -75,7 +95,7 @@ pub fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
             None => (text, None),
         }
     };
-    let host = match host.parse::<std::net::IpAddr>() {
+    let host = match host.parse::<IpAddr>() {
         Ok(ip) => ip.to_string(),
         Err(_) if host.contains(':') => {
             return Err(format!("`{host}` in `{text}` is not an IPv6 address (write `[IPV6]:PORT`)"));
