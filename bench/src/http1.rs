@@ -43,6 +43,22 @@ pub enum Framing {
     UntilClose,
 }
 
+/// Reads from `reader` into `buf` until a whole response head is in it; the head, and how much of
+/// `buf` was filled (the head, then the first bytes of the body).
+pub fn read_head(reader: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<(Head, usize)> {
+    let mut filled = 0;
+    loop {
+        let n = reader.read(&mut buf[filled..]).context("reading the response head")?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        filled += n;
+        if let Some(head) = parse_head(&buf[..filled])? {
+            return Ok((head, filled));
+        }
+    }
+}
+
 /// Parses a response head; `None` until the whole head is in `buf`.
 pub fn parse_head(buf: &[u8]) -> anyhow::Result<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];

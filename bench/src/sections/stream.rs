@@ -81,17 +81,7 @@ pub fn stream_echo(addr: SocketAddr, size: u64) -> anyhow::Result<Duration> {
     let mut reader = stream;
     reader.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0;
-    let head = loop {
-        let n = reader.read(&mut buf[filled..])?;
-        if n == 0 {
-            bail!("connection closed before the response head");
-        }
-        filled += n;
-        if let Some(head) = http1::parse_head(&buf[..filled])? {
-            break head;
-        }
-    };
+    let (head, filled) = http1::read_head(&mut reader, &mut buf)?;
     if head.status != 200 {
         bail!("the streamed echo answered {}", head.status);
     }

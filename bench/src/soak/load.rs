@@ -218,17 +218,7 @@ fn send_noise(mut writer: TcpStream, size: u64, seed: u64) -> anyhow::Result<[u8
 /// Reads the echo of a `size`-byte POST; the hash of the body after the prefix.
 fn read_echo(mut reader: &TcpStream, size: u64, pace: Option<Pace>) -> anyhow::Result<[u8; 32]> {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut filled = 0;
-    let head = loop {
-        let n = reader.read(&mut buf[filled..]).context("reading the response head")?;
-        if n == 0 {
-            bail!("connection closed before the response head");
-        }
-        filled += n;
-        if let Some(head) = http1::parse_head(&buf[..filled])? {
-            break head;
-        }
-    };
+    let (head, filled) = http1::read_head(&mut reader, &mut buf)?;
     if head.status != 200 {
         bail!("the echo answered {}", head.status);
     }
