@@ -1,10 +1,10 @@
 //! The guest resource flags ([`GuestLimits`]): what one request's guest may make the host hold
 //! (resource-table entries, header bytes) and log (lines, bytes), with their ranges.
 
-use anyhow::bail;
 use clap::Args;
 
 use super::parse_size;
+use super::range::check;
 
 /// `wasmtime serve` allows 1M entries (`-Smax-resources`); a request of our components holds a
 /// few dozen at most (request, headers, bodies, streams, pollables, outbound calls), and a p3
@@ -84,18 +84,14 @@ impl GuestArgs {
 impl GuestLimits {
     /// Checks each limit against its range, naming the flag (before the port is bound).
     pub fn validate(&self) -> anyhow::Result<()> {
-        let (low, high) = RESOURCES_RANGE;
-        if !(low..=high).contains(&self.max_resources) {
-            bail!("`--max-guest-resources` must be between {low} and {high}, not {}", self.max_resources);
-        }
+        let ((low, high), value) = (RESOURCES_RANGE, self.max_resources);
+        check("--max-guest-resources", value, low, high)?;
         for (flag, value, (low, high)) in [
             ("--max-guest-header-bytes", self.max_header_bytes, HEADER_BYTES_RANGE),
             ("--max-guest-log-lines", self.max_log_lines, LOG_LINES_RANGE),
             ("--max-guest-log-bytes", self.max_log_bytes, LOG_BYTES_RANGE),
         ] {
-            if !(low..=high).contains(&value) {
-                bail!("`{flag}` must be between {low} and {high}, not {value}");
-            }
+            check(flag, value, low, high)?;
         }
         Ok(())
     }

@@ -85,7 +85,7 @@ pub async fn watch(app: Arc<App>, url: String, config: WatchConfig) {
         }
         // Logged and counted by `submit`; a transient rejection stays pending.
         if let Some(result) = state.retries.run_due(&app, config.poll_interval).await {
-            state.awaiting_signature = awaits_signature(&result, &state.awaiting_signature);
+            state.awaiting_signature = awaits_signature(&result, state.awaiting_signature.take());
         }
         delay = super::backoff(config.poll_interval, state.failures);
     }
@@ -196,13 +196,13 @@ async fn submit(app: &Arc<App>, candidate: Candidate, state: &mut PollState, con
     let kept = candidate.clone();
     // Logged and counted by `submit`; the old version keeps serving if it is rejected.
     let result = state.retries.submit(app, candidate, Artifacts::WasmOnly, config.poll_interval).await;
-    state.awaiting_signature = awaits_signature(&result, &Some(kept));
+    state.awaiting_signature = awaits_signature(&result, Some(kept));
 }
 
 /// The candidate to keep while it stands rejected for its signature (`kept`), or `None`.
-fn awaits_signature<T>(result: &Result<T, Rejection>, kept: &Option<Candidate>) -> Option<Candidate> {
+fn awaits_signature<T>(result: &Result<T, Rejection>, kept: Option<Candidate>) -> Option<Candidate> {
     match result {
-        Err(Rejection::MissingSignature | Rejection::BadSignature(_)) => kept.clone(),
+        Err(Rejection::MissingSignature | Rejection::BadSignature(_)) => kept,
         _ => None,
     }
 }
