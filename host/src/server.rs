@@ -25,6 +25,14 @@ use crate::proxy;
 /// what one connection's unread responses can pin.
 pub const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
+/// Largest HTTP/1.1 read buffer (hyper's default, which `wasmtime serve` keeps). hyper grows the
+/// buffer only while reads fill it, so it reaches this size for a streamed body, where it sets
+/// the bytes per `recv` and per response write: capped at the 64 KiB header limit, a 1 GiB echo
+/// took 16k `recv` calls instead of 2.6k. A request head is still held to `--max-header-bytes`
+/// (431): by [`header_problem`] once parsed, by hyper past this size. What a client can make a
+/// connection buffer before its head is complete is bounded by this and `--header-read-timeout`.
+pub const H1_MAX_READ_BUF: usize = 400 * 1024;
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets requests in
 /// flight finish for up to `grace`, and returns.
 pub async fn run(
@@ -112,7 +120,7 @@ fn connection_builder(app: &App) -> auto::Builder<StreamExecutor> {
         .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(limits.max_headers)
-        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(8192));
+        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(H1_MAX_READ_BUF));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -133,8 +141,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
     // The client may leave while the guest runs: hyper then drops this future.
     let pending = Pending::new(exchange.clone());
     let response = if header_problem(&req, app.limits()) {
-        // hyper enforces these for HTTP/1 while parsing; this covers h2c and sizes below
-        // hyper's smallest read buffer (8 KiB).
+        // hyper counts header fields while parsing, and refuses a head past its read buffer
+        // ([`H1_MAX_READ_BUF`]); the byte limit itself, and h2c, are checked here.
         exchange.answer(Outcome::HeadTooLarge, &app.registry.active().version_header)
     } else if let Some(problem) = host_problem(&req) {
         // The guest cannot be given a request without an authority; say why, where operators look.
