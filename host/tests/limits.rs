@@ -493,7 +493,7 @@ async fn max_header_bytes_answers_431_over_http1() {
 
 /// The HTTP/1.1 read buffer is larger than the header limit (so a streamed body is read in large
 /// pieces): a head between the two is refused after parsing, one past the buffer by hyper, and
-/// the connection limit or the next request are not affected.
+/// the host serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_past_max_header_bytes_gets_431_below_and_above_the_read_buffer() {
     let server = TestServer::start(&["--component", echo()]).await;
