@@ -2,7 +2,7 @@
 //! lines (counted) instead of blocking the threads that serve requests. The thread writes in
 //! batches ([`Batched`]): stdout alone is line-buffered, a system call per access-log line.
 
-use std::io::{self, BufWriter, Stdout, Write};
+use std::io::{self, BufWriter, Write};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
@@ -46,9 +46,9 @@ pub fn stdout(buffer_lines: usize) -> NonBlocking {
 
 /// Stdout as the writer thread sees it: lines gather in the buffer; each flush (the thread
 /// flushes when the queue runs empty) writes them and then rests for [`LINGER`].
-struct Batched(BufWriter<Stdout>);
+struct Batched<W: Write>(BufWriter<W>);
 
-impl Write for Batched {
+impl<W: Write> Write for Batched<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf)
     }
@@ -86,7 +86,37 @@ pub fn flush() {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{self, BufWriter, Write};
+
+    use super::Batched;
     use crate::telemetry::Metrics;
+
+    /// Records each `write` it gets, as the system calls stdout would make.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<u8>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn queued_lines_go_out_in_one_write_at_the_flush() {
+        let mut out = Batched(BufWriter::with_capacity(super::WRITE_BUFFER, Calls::default()));
+        for line in ["{\"a\":1}\n", "{\"b\":2}\n", "{\"c\":3}\n"] {
+            out.write_all(line.as_bytes()).unwrap();
+        }
+        assert!(out.0.get_ref().0.is_empty(), "nothing written before the flush");
+        out.flush().unwrap();
+        assert_eq!(out.0.get_ref().0, vec![b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n".to_vec()]);
+        out.flush().unwrap();
+        assert_eq!(out.0.get_ref().0.len(), 1, "an empty flush writes nothing");
+    }
 
     #[test]
     fn dropped_lines_are_a_counter_in_the_metrics() {
