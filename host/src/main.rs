@@ -63,7 +63,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// chunks are up to 1 MiB) sit at the top, so every chunk shrank and regrew the heap and faulted
 /// fresh zeroed pages in: 1,365 `brk` per GiB echoed. Buffers under 4 MiB now come from the heap,
 /// which keeps up to 8 MiB free at its top (glibc's own ratio: twice the mmap threshold). Measured
-/// on a 1 GiB echo: 570-650 ms of server CPU per GiB against 720-950. Set `GLIBC_TUNABLES` with
+/// on a 1 GiB echo: 500-550 ms of server CPU per GiB against 690-730. Set `GLIBC_TUNABLES` with
 /// `glibc.malloc.*` to choose otherwise: then this does nothing.
 fn keep_body_buffers_in_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
