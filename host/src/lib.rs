@@ -180,7 +180,7 @@ async fn load_initial(
     }
     Ok(tokio::task::spawn_blocking(move || {
         let component =
-            load_component(&runtime, &candidate.bytes, candidate.source.clone(), allow_precompiled)
+            load_component(&runtime, &candidate.bytes, sha256, candidate.source.clone(), allow_precompiled)
                 .with_context(|| format!("cannot serve the component from `{}`", candidate.source));
         (runtime, component)
     })

@@ -91,10 +91,12 @@ impl Artifact {
     }
 }
 
-/// Hashes, compiles (or deserializes) and links `bytes`. CPU-heavy: run it on a blocking thread.
+/// Compiles (or deserializes) and links `bytes`, whose hex SHA-256 the caller has already taken
+/// (for the policy check). CPU-heavy: run it on a blocking thread.
 pub fn load_component(
     runtime: &Runtime,
     bytes: &[u8],
+    sha256: String,
     source: String,
     allow_precompiled: bool,
 ) -> anyhow::Result<ActiveComponent> {
@@ -102,7 +104,7 @@ pub fn load_component(
     if bytes.is_empty() {
         bail!("the component is empty (0 bytes)");
     }
-    let sha256 = hex::encode(Sha256::digest(bytes));
+    debug_assert_eq!(sha256, hex::encode(Sha256::digest(bytes)), "the caller's hash is of these bytes");
     let component = match Artifact::detect(bytes) {
         Artifact::Wasm => runtime.compile(bytes)?,
         Artifact::Precompiled if allow_precompiled => {

@@ -239,8 +239,9 @@ async fn gate(
         Some(kept) => (kept.reactivated(candidate.source), true),
         None => {
             let app = app.clone();
+            let sha256 = sha256.to_string();
             let loaded = tokio::task::spawn_blocking(move || {
-                load_component(&app.runtime, &candidate.bytes, candidate.source, precompiled)
+                load_component(&app.runtime, &candidate.bytes, sha256, candidate.source, precompiled)
             })
             .await
             .map_err(|e| Rejection::Unavailable(anyhow::anyhow!("the compile task failed: {e}")))?
