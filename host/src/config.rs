@@ -30,7 +30,7 @@ pub use parse::{OutboundRule, parse_duration, parse_outbound, parse_size};
 use parse::{parse_env_pair, parse_probe};
 pub use reuse::ReuseArgs;
 pub use rollout::RolloutArgs;
-pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};
+pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, FollowSettings, StorageArgs};
 
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "300s";
@@ -328,6 +328,9 @@ pub struct ServeConfig {
     /// The release store (`--store`), when there is one.
     pub store: Option<crate::gcs::GsPrefix>,
     pub heartbeat_interval: Duration,
+    /// The staleness bound on the store's view and the fleet view's memory (`--max-staleness`,
+    /// `--staleness-*`, `--fleet-forget-after`).
+    pub follow: FollowSettings,
     /// Where Cloud Storage is and how to authenticate (for `--store` and `gs://` components).
     pub storage: crate::gcs::StorageConfig,
     /// When a canary is rolled back (`--canary-*`).
@@ -362,6 +365,7 @@ impl ServeArgs {
                 "`--poll-interval` must be at least {MIN_STORE_POLL_INTERVAL:?} with `--store`: it is how often every instance reads the manifest"
             );
         }
+        let follow = self.storage.follow_settings(self.poll_interval)?;
         let admin_token = match &self.admin_token_file {
             Some(path) => {
                 let token = std::fs::read_to_string(path)
@@ -423,6 +427,7 @@ impl ServeArgs {
             log_buffer_lines: self.log_buffer_lines,
             store,
             heartbeat_interval: self.storage.heartbeat_interval,
+            follow,
             storage,
             thresholds,
             reuse,

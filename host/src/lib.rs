@@ -33,6 +33,7 @@ pub mod app;
 pub mod config;
 pub mod connection;
 pub mod exchange;
+pub mod freshness;
 pub mod gcs;
 pub mod guest_log;
 pub mod header_budget;
@@ -88,28 +89,16 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
                 heartbeat_interval: config.heartbeat_interval,
                 fetch_timeout: config.fetch_timeout,
                 max_component_size: config.swap.max_component_size,
+                follow: config.follow,
             })
             .await?,
         )),
         None => None,
     };
-    let mut component = None;
-    let mut runtime = runtime;
-    if let Some(store) = &store
-        && let Some(candidate) = release_at_start(store, config).await
-    {
-        // Never precompiled from the store, as from any swap source (see DESIGN.md).
-        let (back, loaded) = load_initial(runtime, candidate, config, false).await?;
-        runtime = back;
-        match loaded {
-            Ok(loaded) => component = Some(loaded),
-            Err(error) => tracing::warn!(
-                store = %store.location,
-                "cannot serve the store's release at start, serving `--component` `{}` until the store names one that loads: {error:#}",
-                config.component
-            ),
-        }
-    }
+    let (runtime, component) = match &store {
+        Some(store) => load_release_at_start(runtime, store, config).await?,
+        None => (runtime, None),
+    };
     let (runtime, component) = match component {
         Some(component) => (runtime, component),
         None => {
@@ -138,29 +127,65 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         .with_thresholds(config.thresholds))
 }
 
-/// The store's release as a candidate, or `None` (no release yet, or the store does not answer
-/// within `--fetch-timeout`: a new instance must start even while the store is down).
-async fn release_at_start(store: &Store, config: &ServeConfig) -> Option<swap::Candidate> {
-    let read = async {
-        let (release, _) = store.current().await?;
-        let Some(release) = release else { return Ok(None) };
-        let sha256 = release.manifest.stable_sha256().to_string();
-        store.fetch_component(&sha256, release.generation).await.map(Some)
-    };
-    match tokio::time::timeout(config.fetch_timeout, read).await {
-        Ok(Ok(Some(candidate))) => Some(candidate),
-        Ok(Ok(None)) => {
-            tracing::info!(store = %store.location, "the release store has no release yet; serving `{}` until the first push", config.component);
-            None
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(store = %store.location, "cannot read the release store at start, serving `{}` and following the store once it answers: {error}", config.component);
-            None
-        }
-        Err(_) => {
-            tracing::warn!(store = %store.location, "the release store did not answer within `--fetch-timeout` at start, serving `{}` and following it once it answers", config.component);
-            None
-        }
+/// The store's release, compiled, for a new instance; `None` when the store has no release yet
+/// or does not answer at the first attempt (then `--component` serves, with a warning: a store
+/// outage must not stop a fleet from scaling out, and every request re-checks the store before
+/// it is routed once `--max-staleness` has passed). A release the store names but this instance
+/// cannot serve (an unreadable manifest, a component missing, refused or not what its name says)
+/// is never replaced by another application: the instance does not become ready (the port stays
+/// unbound) and tries again every poll, saying why. A bucket that does not exist is an error.
+async fn load_release_at_start(
+    mut runtime: Runtime,
+    store: &Store,
+    config: &ServeConfig,
+) -> anyhow::Result<(Runtime, Option<registry::ActiveComponent>)> {
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let read = tokio::time::timeout(config.fetch_timeout, store::start::read_release(store)).await;
+        let problem = match read {
+            Ok(Ok(store::start::AtStart::Release { candidate, generation })) => {
+                // Never precompiled from the store, as from any swap source (see DESIGN.md).
+                let (back, loaded) = load_initial(runtime, candidate, config, false).await?;
+                runtime = back;
+                match loaded {
+                    Ok(loaded) => {
+                        store.started_on(generation);
+                        return Ok((runtime, Some(loaded)));
+                    }
+                    Err(error) => format!("{error:#}"),
+                }
+            }
+            Ok(Ok(store::start::AtStart::NoRelease)) => {
+                tracing::info!(store = %store.location, "the release store has no release yet; serving `{}` until the first push", config.component);
+                return Ok((runtime, None));
+            }
+            Ok(Err(store::start::StartError::NoBucket(bucket))) => anyhow::bail!(
+                "the release store's bucket `gs://{bucket}` does not exist: create it (`gcloud storage buckets create gs://{bucket}`) or correct `--store`"
+            ),
+            Ok(Err(store::start::StartError::Unusable(error))) => format!("{error:#}"),
+            Ok(Err(store::start::StartError::Unreachable(error))) if attempts == 1 => {
+                tracing::warn!(store = %store.location, "cannot read the release store at start, serving `{}` and following the store once it answers (requests re-check it first): {error}", config.component);
+                return Ok((runtime, None));
+            }
+            Ok(Err(store::start::StartError::Unreachable(error))) => error.to_string(),
+            Err(_) if attempts == 1 => {
+                tracing::warn!(store = %store.location, "the release store did not answer within `--fetch-timeout` at start, serving `{}` and following it once it answers (requests re-check it first)", config.component);
+                return Ok((runtime, None));
+            }
+            Err(_) => "the release store did not answer within `--fetch-timeout`".to_string(),
+        };
+        let retry = source::backoff(config.poll_interval, attempts);
+        tracing::error!(
+            store = %store.location,
+            attempts,
+            retry_in_ms = retry.as_millis() as u64,
+            "not ready: the release store names a release this instance cannot serve, and it will not serve another (retrying in {retry:?}): {problem}"
+        );
+        store.update_status(|status| {
+            status.release_problem = Some(store::ErrorRecord { at: store::now_rfc3339(), message: problem });
+        });
+        tokio::time::sleep(retry).await;
     }
 }
 

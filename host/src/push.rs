@@ -53,8 +53,9 @@ pub async fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows the fleet view until every live instance serves `sha256`, every one that does not has
-/// rejected it, or `timeout` passes.
+/// Follows the fleet view until every awake instance serves `sha256` and every asleep one is
+/// bound to re-check the store before it serves again, every awake one that does not serve it
+/// has rejected it, or `timeout` passes.
 async fn wait(
     client: &reqwest::Client,
     url: &str,
@@ -64,19 +65,25 @@ async fn wait(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let version = short(sha256);
-    eprintln!("waiting up to {timeout:?} for every live instance to serve {version}");
+    eprintln!("waiting up to {timeout:?} for every awake instance to serve {version}");
     loop {
         // A failed read (the store briefly unavailable) is retried until the timeout.
         let view = read_fleet(client, url, token).await;
         if let Ok(view) = &view {
             let instances = view["instances"].as_array().cloned().unwrap_or_default();
-            let behind: Vec<&Value> = instances.iter().filter(|i| i["sha256"] != sha256).collect();
-            if !instances.is_empty() && behind.is_empty() {
+            let asleep = |i: &&Value| i["state"] == "asleep";
+            let awake: Vec<&Value> = instances.iter().filter(|i| !asleep(i)).collect();
+            let sleeping: Vec<&Value> = instances.iter().filter(asleep).collect();
+            let behind: Vec<&Value> = awake.iter().copied().filter(|i| i["sha256"] != sha256).collect();
+            let unbound: Vec<&Value> =
+                sleeping.iter().copied().filter(|i| i["rechecks_before_serving"] != true).collect();
+            if !awake.is_empty() && behind.is_empty() && unbound.is_empty() {
                 print!("{}", table(view));
                 eprintln!(
-                    "all {} live instances serve {version} after {:.1} s",
-                    instances.len(),
-                    started.elapsed().as_secs_f64()
+                    "every awake instance ({}) serves {version} after {:.1} s{}",
+                    awake.len(),
+                    started.elapsed().as_secs_f64(),
+                    asleep_note(sleeping.len())
                 );
                 return Ok(());
             }
@@ -84,25 +91,37 @@ async fn wait(
             if !behind.is_empty() && behind.iter().all(rejected) {
                 print!("{}", table(view));
                 bail!(
-                    "{} of {} instances rejected {version}:\n{}",
+                    "{} of {} awake instances rejected {version}:\n{}",
                     behind.len(),
-                    instances.len(),
+                    awake.len(),
                     describe(&behind)
                 );
             }
             if started.elapsed() >= timeout {
                 print!("{}", table(view));
+                let late: Vec<&Value> = behind.iter().chain(&unbound).copied().collect();
                 bail!(
-                    "after {timeout:?}, {} of {} live instances do not serve {version}:\n{}",
+                    "after {timeout:?}, {} of {} awake instances do not serve {version} and {} asleep ones have not been silent long enough to re-check first:\n{}",
                     behind.len(),
-                    instances.len(),
-                    describe(&behind)
+                    awake.len(),
+                    unbound.len(),
+                    describe(&late)
                 );
             }
         } else if started.elapsed() >= timeout {
             view?;
         }
         tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// What `--wait` says of the asleep instances when it succeeds.
+fn asleep_note(asleep: usize) -> String {
+    match asleep {
+        0 => String::new(),
+        n => format!(
+            "; {n} asleep (frozen between requests or late) will re-check the store before they serve a request, so none of them serves the old release past the change (see `echo-host fleet`)"
+        ),
     }
 }
 
@@ -150,8 +169,17 @@ pub fn table(view: &Value) -> String {
         text(&view["manifest_generation"]),
         if view["converged"] == true { "converged" } else { "not converged" }
     );
-    let header =
-        ["INSTANCE", "REVISION", "VERSION", "AGE", "MANIFEST", "REQUESTS", "ERRORS", "LAST-REJECTION"];
+    let header = [
+        "INSTANCE",
+        "REVISION",
+        "VERSION",
+        "STATE",
+        "AGE",
+        "MANIFEST",
+        "REQUESTS",
+        "ERRORS",
+        "LAST-REJECTION",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for i in view["instances"].as_array().into_iter().flatten() {
         let rejection = match &i["last_rejection"] {
@@ -162,6 +190,7 @@ pub fn table(view: &Value) -> String {
             text(&i["instance"]),
             text(&i["revision"]),
             text(&i["version"]),
+            state(i),
             format!("{}s", text(&i["age_s"])),
             text(&i["manifest_generation"]),
             text(&i["requests"]),
@@ -170,7 +199,31 @@ pub fn table(view: &Value) -> String {
         ]);
     }
     out.push_str(&columns(&rows));
+    let counts = &view["counts"];
+    if counts.is_object() {
+        out.push_str(&format!(
+            "{} serving, {} behind, {} rejected, {} asleep ({} bound to re-check before serving){}\n",
+            text(&counts["serving"]),
+            text(&counts["behind"]),
+            text(&counts["rejected"]),
+            text(&counts["asleep"]),
+            text(&counts["asleep_rechecking"]),
+            match view["omitted"].as_u64() {
+                Some(n) if n > 0 => format!("; {n} more heartbeats not read"),
+                _ => String::new(),
+            }
+        ));
+    }
     out
+}
+
+/// An instance's state as the table shows it: `asleep+recheck` when it will re-check the store
+/// before it serves again.
+fn state(instance: &Value) -> String {
+    match (text(&instance["state"]).as_str(), instance["rechecks_before_serving"] == true) {
+        ("asleep", true) => "asleep+recheck".to_string(),
+        (state, _) => state.to_string(),
+    }
 }
 
 /// Rows of cells as left-aligned columns two spaces apart, one line each (the first row is

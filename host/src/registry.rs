@@ -182,6 +182,9 @@ pub struct AdminEvent {
     pub by: String,
 }
 
+/// Versions kept prepared: a release's stable and its canary.
+const PREPARED_KEPT: usize = 2;
+
 /// Admin events kept, newest first.
 const ADMIN_EVENTS_KEPT: usize = 32;
 
@@ -203,9 +206,11 @@ pub struct Registry {
     last_rejection: Mutex<Option<RejectionRecord>>,
     /// The last [`ADMIN_EVENTS_KEPT`] admin calls, newest first.
     admin_events: Mutex<VecDeque<AdminEvent>>,
-    /// A version that passed the gate but is not live yet: a push to the release store, which
-    /// goes live when the store says so. [`Registry::find`] sees it, so it is not compiled twice.
-    prepared: Mutex<Option<Arc<ActiveComponent>>>,
+    /// Versions that passed the gate but are not live yet (a push to the release store, which
+    /// goes live when the store says so; a release's stable and canary compiled before either
+    /// is routed to), newest first, at most [`PREPARED_KEPT`]. [`Registry::find`] sees them, so
+    /// none is compiled twice.
+    prepared: Mutex<VecDeque<Arc<ActiveComponent>>>,
     /// Candidates are validated and published one at a time, so two sources cannot interleave
     /// a check and a publish.
     pub swap_lock: tokio::sync::Mutex<()>,
@@ -224,7 +229,7 @@ impl Registry {
             rejections: AtomicU64::new(0),
             last_rejection: Mutex::new(None),
             admin_events: Mutex::new(VecDeque::new()),
-            prepared: Mutex::new(None),
+            prepared: Mutex::new(VecDeque::new()),
             swap_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -282,14 +287,16 @@ impl Registry {
     pub fn find(&self, sha256: &str) -> Option<Arc<ActiveComponent>> {
         let matches = |v: &&Arc<ActiveComponent>| sha256.len() >= 12 && v.sha256.starts_with(sha256);
         let kept = self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().find(matches).cloned();
-        kept.or_else(|| self.canary().map(|slot| slot.component.clone()).filter(|c| matches(&c))).or_else(
-            || self.prepared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(matches).cloned(),
-        )
+        kept.or_else(|| self.canary().map(|slot| slot.component.clone()).filter(|c| matches(&c)))
+            .or_else(|| self.prepared.lock().unwrap_or_else(|p| p.into_inner()).iter().find(matches).cloned())
     }
 
-    /// Keeps a validated version compiled until it goes live (or another one is prepared).
+    /// Keeps a validated version compiled until it goes live (or two more are prepared).
     pub fn prepare(&self, component: Arc<ActiveComponent>) {
-        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(component);
+        let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        prepared.retain(|v| v.sha256 != component.sha256);
+        prepared.push_front(component);
+        prepared.truncate(PREPARED_KEPT);
     }
 
     /// The version before the active one, if still kept.

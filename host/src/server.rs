@@ -19,6 +19,7 @@ use crate::admin;
 use crate::app::App;
 use crate::connection::{self, StreamExecutor, Timeouts};
 use crate::exchange::{Exchange, HostProblem, Outcome, Pending, RequestBody, ResponseBody, declared_length};
+use crate::freshness::Verdict;
 use crate::proxy;
 
 /// Send buffer per h2 stream (hyper's default is 400 KiB): with `--h2-max-streams` it bounds
@@ -155,6 +156,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
         exchange.respond(response, None, &app.registry.active().version_header)
     } else if declared_length(&req).is_some_and(|length| length > app.limits().max_body_bytes) {
         exchange.answer(Outcome::BodyTooLarge, &app.registry.active().version_header)
+    } else if !release_confirmed(&app).await {
+        exchange.answer(Outcome::ReleaseUnconfirmed, &app.registry.active().version_header)
     } else {
         let routed = app.rollout.route(&app, req.headers());
         if exchange.admit() {
@@ -166,6 +169,22 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
     };
     pending.disarm();
     response
+}
+
+/// With a release store: makes sure this instance's view of the release is fresh enough to
+/// route on (`--max-staleness`), waiting on a re-check when it is not. `false`: answer 503
+/// (`--staleness-strict` and the store did not confirm the view in time).
+async fn release_confirmed(app: &Arc<App>) -> bool {
+    let Some(store) = &app.store else { return true };
+    let verdict = store.freshness.ensure(|| crate::store::follow::recheck(app.clone(), store.clone())).await;
+    match verdict {
+        Verdict::Fresh | Verdict::Rechecked => true,
+        Verdict::Unconfirmed => {
+            app.metrics.release.unconfirmed.inc();
+            true
+        }
+        Verdict::Refused => false,
+    }
 }
 
 /// Whether the parsed request is over `--max-headers` or `--max-header-bytes`.

@@ -324,6 +324,12 @@ pub async fn rollback(app: &Arc<App>, to: Option<&str>, who: &str) -> Result<Swa
 /// Publishes a compiled version again under new provenance; `None` if it is the active one.
 pub async fn reactivate(app: &Arc<App>, target: &ActiveComponent, source: String) -> Option<SwapOutcome> {
     let _one_at_a_time = app.registry.swap_lock.lock().await;
+    reactivate_now(app, target, source)
+}
+
+/// [`reactivate`] without waiting for the swap lock: for the release store's routing, which
+/// must not wait behind a compile and orders its changes by manifest generation itself.
+pub fn reactivate_now(app: &App, target: &ActiveComponent, source: String) -> Option<SwapOutcome> {
     let started = Instant::now();
     let active = app.registry.active();
     if target.sha256 == active.sha256 {

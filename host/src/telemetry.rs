@@ -184,6 +184,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// Per component version, and the canary's own (`rollout::metrics`).
     pub versions: VersionMetrics,
+    /// The release store's view: re-checks, unconfirmed requests, problems (`store::metrics`).
+    pub release: crate::store::metrics::ReleaseMetrics,
 }
 
 impl Default for Metrics {
@@ -208,6 +210,7 @@ impl Metrics {
         let request_duration = Histogram::new(exponential_buckets(0.0001, 2.5, 16));
         let instantiation = Histogram::new(exponential_buckets(0.00001, 2.5, 14));
         let versions = VersionMetrics::new(&mut registry);
+        let release = crate::store::metrics::ReleaseMetrics::new(&mut registry);
         let metrics = Self {
             responses,
             request_duration,
@@ -227,6 +230,7 @@ impl Metrics {
             store_polls: Counter::default(),
             store_errors: Counter::default(),
             versions,
+            release,
             registry: Registry::default(),
         };
         registry.register(
@@ -333,6 +337,7 @@ impl Metrics {
             Outcome::WriteStalled => &self.write_timeouts,
             Outcome::Overloaded => &self.overloaded,
             // Traps are counted where the guest ends (a trap after a complete response too).
+            Outcome::ReleaseUnconfirmed => &self.release.refused,
             Outcome::Responded
             | Outcome::HeadTooLarge
             | Outcome::BadHost(_)

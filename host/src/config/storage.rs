@@ -11,6 +11,11 @@ use crate::gcs::{Credentials, DEFAULT_ENDPOINT, GsPrefix, StorageConfig};
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "10s";
 const HEARTBEAT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+pub const DEFAULT_STALENESS_WAIT: &str = "1s";
+pub const DEFAULT_FLEET_FORGET_AFTER: &str = "30m";
+const STALENESS_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+const STALENESS_WAIT_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
+const FORGET_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
 
 #[derive(Debug, Args, Clone)]
 pub struct StorageArgs {
@@ -40,6 +45,37 @@ pub struct StorageArgs {
     /// instance id.
     #[arg(long, env = "GCE_METADATA_HOST")]
     pub metadata_host: Option<String>,
+
+    /// With `--store`: how old this instance's view of the release may be when a request
+    /// arrives (default: twice `--poll-interval`). An older view (Cloud Run froze the instance
+    /// between requests) is re-checked first: one metadata request, which the requests arriving
+    /// meanwhile share; a canary abort, a rollback, a weight change or a promotion applies
+    /// before they are routed.
+    #[arg(long, env = "ECHO_HOST_MAX_STALENESS", value_parser = parse_duration)]
+    pub max_staleness: Option<Duration>,
+
+    /// How long a request waits for that re-check; past it, the request is served on the
+    /// instance's last view (counted and logged), or answered 503 with `--staleness-strict`.
+    #[arg(long, env = "ECHO_HOST_STALENESS_WAIT", default_value = DEFAULT_STALENESS_WAIT, value_parser = parse_duration)]
+    pub staleness_wait: Duration,
+
+    /// Answer 503 (with `Retry-After`) rather than serve on a view of the release the store
+    /// did not confirm within `--staleness-wait`.
+    #[arg(long, env = "ECHO_HOST_STALENESS_STRICT")]
+    pub staleness_strict: bool,
+
+    /// How long the fleet view keeps an instance that stopped writing heartbeats, shown as
+    /// asleep (Cloud Run freezes idle instances), before it counts as gone. An instance that
+    /// stops gracefully leaves the view at once.
+    #[arg(long, env = "ECHO_HOST_FLEET_FORGET_AFTER", default_value = DEFAULT_FLEET_FORGET_AFTER, value_parser = parse_duration)]
+    pub fleet_forget_after: Duration,
+}
+
+/// How the store's view is kept fresh and how long a silent instance stays in the fleet view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowSettings {
+    pub staleness: crate::freshness::StalenessPolicy,
+    pub forget_after: Duration,
 }
 
 impl StorageArgs {
@@ -77,6 +113,41 @@ impl StorageArgs {
         };
         Ok((store, storage))
     }
+
+    /// The staleness bound and the fleet view's memory, checked. `poll_interval` gives the
+    /// default bound (twice it); the bound must not be shorter than one poll.
+    pub fn follow_settings(&self, poll_interval: Duration) -> anyhow::Result<FollowSettings> {
+        let (low, high) = STALENESS_RANGE;
+        // Without a store nothing is followed: the default only has to be valid.
+        let max_age = self.max_staleness.unwrap_or((poll_interval * 2).clamp(low, high));
+        if !(low..=high).contains(&max_age) {
+            bail!("`--max-staleness` must be between {low:?} and {high:?}, not {max_age:?}");
+        }
+        if self.store.is_some() && max_age < poll_interval {
+            bail!(
+                "`--max-staleness` ({max_age:?}) must be at least `--poll-interval` ({poll_interval:?}): a busy instance confirms its view once a poll"
+            );
+        }
+        let (low, high) = STALENESS_WAIT_RANGE;
+        if !(low..=high).contains(&self.staleness_wait) {
+            bail!("`--staleness-wait` must be between {low:?} and {high:?}, not {:?}", self.staleness_wait);
+        }
+        let (low, high) = FORGET_RANGE;
+        if !(low..=high).contains(&self.fleet_forget_after) {
+            bail!(
+                "`--fleet-forget-after` must be between {low:?} and {high:?}, not {:?}",
+                self.fleet_forget_after
+            );
+        }
+        Ok(FollowSettings {
+            staleness: crate::freshness::StalenessPolicy {
+                max_age,
+                wait: self.staleness_wait,
+                strict: self.staleness_strict,
+            },
+            forget_after: self.fleet_forget_after,
+        })
+    }
 }
 
 /// `text` as a base URL: a scheme (`default_scheme` when none), a host, no path or query.
@@ -105,7 +176,32 @@ mod tests {
             storage_emulator_host: emulator.map(str::to_string),
             storage_endpoint: DEFAULT_ENDPOINT.to_string(),
             metadata_host: None,
+            max_staleness: None,
+            staleness_wait: Duration::from_secs(1),
+            staleness_strict: false,
+            fleet_forget_after: Duration::from_secs(1800),
         }
+    }
+
+    #[test]
+    fn the_staleness_bound_defaults_to_two_polls_and_is_checked() {
+        let store = args(Some("gs://bkt/fleet"), None);
+        let settings = store.follow_settings(Duration::from_secs(2)).unwrap();
+        assert_eq!(settings.staleness.max_age, Duration::from_secs(4));
+        assert!(!settings.staleness.strict);
+        let mut short = store.clone();
+        short.max_staleness = Some(Duration::from_secs(1));
+        let error = short.follow_settings(Duration::from_secs(2)).unwrap_err().to_string();
+        assert!(error.contains("--max-staleness") && error.contains("--poll-interval"), "{error}");
+        let mut long_wait = store;
+        long_wait.staleness_wait = Duration::from_secs(61);
+        assert!(
+            long_wait
+                .follow_settings(Duration::from_secs(2))
+                .unwrap_err()
+                .to_string()
+                .contains("--staleness-wait")
+        );
     }
 
     #[test]

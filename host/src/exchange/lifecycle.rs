@@ -12,6 +12,9 @@ pub enum Outcome {
     Responded,
     /// Refused at `--concurrency` (503).
     Overloaded,
+    /// Refused because the store did not confirm this instance's stale view of the release
+    /// within `--staleness-wait` (503, only with `--staleness-strict`).
+    ReleaseUnconfirmed,
     /// The request head crossed `--max-headers` or `--max-header-bytes` (431).
     HeadTooLarge,
     /// The request names no host the component could be given (400).
@@ -40,7 +43,7 @@ impl Outcome {
     pub fn status(self) -> StatusCode {
         match self {
             Self::Responded => StatusCode::OK,
-            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::ReleaseUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadHost(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,6 +62,7 @@ impl Outcome {
         match self {
             Self::Responded => "responded",
             Self::Overloaded => "overloaded",
+            Self::ReleaseUnconfirmed => "release_unconfirmed",
             Self::HeadTooLarge => "head_too_large",
             Self::BadHost(_) => "bad_host",
             Self::BodyTooLarge => "body_too_large",

@@ -256,7 +256,7 @@ impl Exchange {
         let message = self.message(outcome);
         let mut response =
             error_response(outcome.status(), &format!("{message} (request id {})", self.ctx.id));
-        if outcome == Outcome::Overloaded {
+        if matches!(outcome, Outcome::Overloaded | Outcome::ReleaseUnconfirmed) {
             response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -270,6 +270,7 @@ impl Exchange {
                 "the server is at its limit of {} concurrent requests; retry shortly",
                 limits.concurrency
             ),
+            Outcome::ReleaseUnconfirmed => "this instance could not confirm the current release with its store within `--staleness-wait` (`--staleness-strict`); retry shortly".into(),
             Outcome::HeadTooLarge => format!(
                 "the request head exceeds the limits of {} header fields and {} bytes",
                 limits.max_headers, limits.max_header_bytes

@@ -101,6 +101,9 @@ fn number_in_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Er
     }
 }
 
+/// Idle connections kept per storage endpoint.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+
 /// A Cloud Storage client: one connection pool, one token cache.
 pub struct Gcs {
     http: reqwest::Client,
@@ -115,6 +118,8 @@ impl Gcs {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
+            // The fleet view reads heartbeats a few at a time: no more sockets than that idle.
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .build()
             .context("cannot build the Cloud Storage HTTP client")?;
         let auth = auth::TokenSource::new(config.credentials.clone(), timeout)?;
@@ -160,6 +165,18 @@ impl Gcs {
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             status if status.is_success() => Ok(Some(json(&what, response).await?)),
+            _ => Err(failure(&what, response).await),
+        }
+    }
+
+    /// Whether `bucket` exists (`false` on a 404 for the bucket itself).
+    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, GcsError> {
+        let what = format!("gs://{bucket}");
+        let url = format!("{}/storage/v1/b/{}", self.endpoint, encode(bucket));
+        let response = self.send(&what, || self.http.get(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            status if status.is_success() => Ok(true),
             _ => Err(failure(&what, response).await),
         }
     }

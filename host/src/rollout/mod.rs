@@ -26,7 +26,7 @@ pub use route::{Role, Routed};
 pub use weight::Weight;
 
 use crate::app::App;
-use crate::registry::ActiveComponent;
+use crate::registry::{ActiveComponent, CanarySlot};
 use crate::store::manifest::{Action, CanaryPlan, Counts, Decision, Manifest};
 use metrics::Ending;
 
@@ -50,8 +50,22 @@ pub struct Rollout {
 
 #[derive(Default)]
 struct Followed {
+    /// The release applied whole, and its generation.
     manifest: Option<Manifest>,
     generation: i64,
+    /// The newest generation routed on, whole or partly ([`Rollout::switch`]).
+    routed: i64,
+}
+
+/// How much of a release [`Rollout::switch`] routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switched {
+    /// Every version it names is compiled: requests are routed as it says.
+    Whole,
+    /// Not every version it names is compiled (yet): no canary, the active version serves.
+    Partly,
+    /// A newer release was routed on already: nothing changed.
+    Outdated,
 }
 
 struct Trip {
@@ -85,6 +99,11 @@ impl Rollout {
     pub fn release(&self) -> (Option<Manifest>, i64) {
         let followed = self.followed();
         (followed.manifest.clone(), followed.generation)
+    }
+
+    /// The newest release generation requests are routed on (whole or partly).
+    pub fn routed(&self) -> i64 {
+        self.followed().routed
     }
 
     /// The version that serves a request with `headers`.
@@ -178,7 +197,7 @@ impl Rollout {
 
     /// Makes the release's canary (or its absence) the one requests are split to. `component` is
     /// the canary's compiled version, already through the gate. A canary this instance rolled
-    /// back is not routed to again.
+    /// back is not routed to again. Without a store: the release is this instance's own.
     pub fn apply(
         &self,
         app: &App,
@@ -186,13 +205,54 @@ impl Rollout {
         generation: i64,
         component: Option<Arc<ActiveComponent>>,
     ) {
-        {
-            let mut followed = self.followed();
-            followed.manifest = Some(manifest.clone());
-            followed.generation = generation;
+        let mut followed = self.followed();
+        followed.manifest = Some(manifest.clone());
+        followed.generation = generation;
+        followed.routed = followed.routed.max(generation);
+        let plan = manifest.canary.as_ref().filter(|plan| !self.is_tripped(plan));
+        self.route_canary(app, plan.zip(component));
+    }
+
+    /// Routes requests as the store's release `manifest` (generation `generation`) says, as far
+    /// as the versions it names are held compiled: all of them, the whole release ([`Switched::Whole`],
+    /// its stable made active under `source`); else no canary at all, and the active version
+    /// serves until the release's stable is ready ([`Switched::Partly`]): a version the release
+    /// no longer names never gets another request. A release older than one routed already
+    /// changes nothing. Takes no lock a compile holds: a request may wait on it.
+    pub fn switch(&self, app: &App, manifest: &Manifest, generation: i64, source: String) -> Switched {
+        let mut followed = self.followed();
+        if generation < followed.routed {
+            return Switched::Outdated;
         }
-        let routed = match (&manifest.canary, component) {
-            (Some(plan), Some(component)) if !self.is_tripped(plan) => {
+        followed.routed = generation;
+        let stable = app.registry.find(manifest.stable_sha256());
+        let plan = manifest.canary.as_ref().filter(|plan| !self.is_tripped(plan));
+        let canary = plan.map(|plan| app.registry.find(plan.sha256()));
+        // A canary other than the release's stops first: it never outlives its release.
+        let keeps = |slot: &CanarySlot| plan.is_some_and(|p| p.sha256() == slot.component.sha256);
+        if app.registry.canary().is_some_and(|slot| !keeps(&slot)) {
+            self.route_canary(app, None);
+        }
+        let stable = match stable {
+            Some(stable) if !matches!(canary, Some(None)) => stable,
+            _ => {
+                self.route_canary(app, None);
+                return Switched::Partly;
+            }
+        };
+        if let Some(outcome) = crate::swap::reactivate_now(app, &stable, source.clone()) {
+            tracing::info!(sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "swapped to component {} from {source} (kept compiled)", outcome.version);
+        }
+        followed.manifest = Some(manifest.clone());
+        followed.generation = generation;
+        self.route_canary(app, plan.zip(canary.flatten()));
+        Switched::Whole
+    }
+
+    /// Splits requests to `canary` at its plan's weight, or stops routing to any canary.
+    fn route_canary(&self, app: &App, canary: Option<(&CanaryPlan, Arc<ActiveComponent>)>) {
+        let routed = match canary {
+            Some((plan, component)) => {
                 let current = app.registry.canary();
                 let same = current.as_ref().is_some_and(|c| {
                     c.component.sha256 == component.sha256
@@ -206,7 +266,7 @@ impl Rollout {
                 }
                 plan.weight.permille()
             }
-            _ => {
+            None => {
                 if let Some(current) = app.registry.canary()
                     && app.registry.clear_canary(&current.component.sha256)
                 {

@@ -131,10 +131,12 @@ async fn fleet(app: &Arc<App>) -> Fleet {
         return (vec![this], sums, None);
     };
     match heartbeat::live(store).await {
-        Ok((_, _, beats)) => {
-            let rows = beats
+        Ok(fleet) => {
+            let rows = fleet
+                .instances
                 .iter()
-                .map(|(_, beat)| {
+                .map(|seen| {
+                    let beat = &seen.heartbeat;
                     for (version, totals) in &beat.versions {
                         sums.entry(version.clone()).or_default().add(totals);
                     }
@@ -144,6 +146,7 @@ async fn fleet(app: &Arc<App>) -> Fleet {
                         "canary": beat.canary.as_ref().map(|c| &c.sha256),
                         "canary_weight": beat.canary.as_ref().map(|c| c.weight),
                         "updated_at": beat.at,
+                        "asleep": seen.asleep,
                         "self": beat.instance == store.instance,
                     })
                 })

@@ -1,37 +1,74 @@
 //! Following the store: every `--poll-interval`, one metadata request for the manifest; when its
-//! generation changes, read it and make its stable version live through the gate (fetched once
-//! per sha256, reused when still kept compiled). Failures back off and leave the active version
-//! serving.
+//! generation changes, read it and make it live here whole or not at all: first what it revokes
+//! (a canary it no longer names stops at once), then every version it names fetched, checked
+//! against its name and through the gate, then both routed at once. A request that finds the
+//! view older than `--max-staleness` re-checks the store first ([`recheck`]). Failures back off
+//! and leave the active version serving; a release that cannot be applied stays reported
+//! (`release_problem`) until one is.
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
-use super::{ErrorRecord, Release, Store, StoreError, now_rfc3339};
+use super::{ErrorRecord, FetchError, Release, Store, StoreError, now_rfc3339};
 use crate::app::App;
 use crate::gcs::GcsError;
-use crate::registry::ActiveComponent;
-use crate::swap::{self, Candidate, Rejection};
+use crate::rollout::Switched;
+use crate::swap::{self, Rejection, Retry};
 
 /// What the follower remembers between polls.
 #[derive(Default)]
 struct FollowState {
     /// The manifest generation whose release was dealt with (applied, or refused for good).
     settled: Option<i64>,
+    /// A manifest was seen since this instance started: its absence now is a deletion.
+    seen_manifest: Option<i64>,
 }
 
-/// A poll that could not settle the manifest.
+/// A poll that could not make the store's release live here whole.
 #[derive(Debug, thiserror::Error)]
 enum PollError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the manifest names `sha256:{sha256}`, which is not in the store (`{object}`)")]
-    MissingComponent { sha256: String, object: String },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("`sha256:{sha256}` is refused on this instance: {reason}")]
+    Refused { sha256: String, reason: String, retry: Retry },
+    #[error("the bucket `gs://{0}` does not exist (deleted, or `--store` names the wrong one)")]
+    NoBucket(String),
+    #[error(
+        "the manifest `{object}` was deleted (last seen at generation {generation}); serving what it named until one is written"
+    )]
+    Deleted { object: String, generation: i64 },
 }
 
 impl From<GcsError> for PollError {
     fn from(error: GcsError) -> Self {
         Self::Store(StoreError::Gcs(error))
+    }
+}
+
+impl PollError {
+    /// The store did not answer (as opposed to answering with a release that cannot be applied).
+    fn is_unreachable(&self) -> bool {
+        match self {
+            // An object over its limit is the store's answer, not its absence.
+            Self::Store(StoreError::Gcs(GcsError::TooLarge { .. })) => false,
+            Self::Store(StoreError::Gcs(_)) | Self::Fetch(FetchError::Store(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// Retrying this generation cannot help: it is not read again until it changes.
+    fn settles(&self) -> bool {
+        match self {
+            Self::Store(StoreError::InvalidManifest { .. } | StoreError::Gcs(GcsError::TooLarge { .. })) => {
+                true
+            }
+            Self::Fetch(FetchError::TooLarge { .. } | FetchError::NotItsName { .. }) => true,
+            Self::Refused { retry, .. } => *retry == Retry::Never,
+            _ => false,
+        }
     }
 }
 
@@ -42,7 +79,13 @@ pub async fn run(app: Arc<App>, store: Arc<Store>) {
     let mut failures = 0u32;
     loop {
         app.metrics.store_polls.inc();
-        match poll(&app, &store, &mut state).await {
+        let started = Instant::now();
+        let polled = poll(&app, &store, &mut state).await;
+        if !polled.as_ref().is_err_and(PollError::is_unreachable) {
+            // The store answered and what it revokes is applied: the view is confirmed.
+            store.freshness.confirm(started);
+        }
+        match polled {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(store = %store.location, failures, "the release store answers again after {failures} failed polls");
@@ -63,10 +106,18 @@ pub async fn run(app: Arc<App>, store: Arc<Store>) {
                     retry_in_ms = retry.as_millis() as u64,
                     "cannot follow the release store (the active version keeps serving; retrying in {retry:?}): {error}"
                 );
+                let record = ErrorRecord { at: now_rfc3339(), message: error.to_string() };
                 store.update_status(|status| {
-                    status.last_error = Some(ErrorRecord { at: now_rfc3339(), message: error.to_string() });
+                    if !error.is_unreachable() {
+                        status.release_problem = Some(record.clone());
+                    }
+                    status.last_error = Some(record);
                     status.consecutive_failures = failures;
                 });
+                if !error.is_unreachable() {
+                    app.metrics.release.problem.set(1);
+                    app.tell_fleet();
+                }
             }
         }
         let delay = crate::source::backoff(store.poll_interval, failures);
@@ -79,98 +130,162 @@ pub async fn run(app: Arc<App>, store: Arc<Store>) {
 
 async fn poll(app: &Arc<App>, store: &Store, state: &mut FollowState) -> Result<(), PollError> {
     let Some(meta) = store.manifest_meta().await? else {
-        // No release yet: the start-up component serves until the first push.
-        return Ok(());
+        return no_manifest(store, state).await;
     };
+    state.seen_manifest = Some(meta.generation);
     if state.settled == Some(meta.generation) {
         return Ok(());
     }
-    let release = match store.read_manifest(&meta).await {
-        Ok(release) => release,
-        Err(error @ StoreError::InvalidManifest { .. }) => {
-            // Not read again until it changes; the error stays in `info` until then.
-            state.settled = Some(meta.generation);
-            store.update_status(|status| status.manifest_generation = Some(meta.generation));
-            return Err(error.into());
+    let applied = match store.read_manifest(&meta).await {
+        Ok(release) => {
+            store.update_status(|status| {
+                status.manifest_generation = Some(release.generation);
+                status.stable = Some(release.manifest.stable.clone());
+            });
+            apply(app, store, &release).await
         }
-        Err(error) => return Err(error.into()),
+        Err(error) => {
+            store.update_status(|status| status.manifest_generation = Some(meta.generation));
+            Err(error.into())
+        }
     };
-    store.update_status(|status| {
-        status.manifest_generation = Some(release.generation);
-        status.stable = Some(release.manifest.stable.clone());
-    });
-    apply(app, store, &release).await?;
-    state.settled = Some(release.generation);
+    match applied {
+        Ok(()) => {
+            state.settled = Some(meta.generation);
+            Ok(())
+        }
+        Err(error) => {
+            if error.settles() {
+                // Not read again until it changes; the problem stays reported until then.
+                state.settled = Some(meta.generation);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// No manifest: before the first push, the start-up component serves. A manifest that was there
+/// and is gone, or a bucket that does not exist, is an error, not "no release".
+async fn no_manifest(store: &Store, state: &mut FollowState) -> Result<(), PollError> {
+    if !store.bucket_exists().await? {
+        return Err(PollError::NoBucket(store.location.bucket.clone()));
+    }
+    match state.seen_manifest.or(store.status().manifest_generation) {
+        Some(generation) => Err(PollError::Deleted { object: store.manifest_url(), generation }),
+        None => Ok(()),
+    }
+}
+
+/// Makes `release` live here whole, or routes no canary it does not name meanwhile. `Ok` once
+/// the whole release is routed (or a newer one was).
+async fn apply(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), PollError> {
+    let generation = release.generation;
+    let stable = release.manifest.stable_sha256();
+    match app.rollout.switch(app, &release.manifest, generation, source_of(store, stable, generation)) {
+        Switched::Whole => {
+            applied_whole(app, store);
+            return Ok(());
+        }
+        Switched::Outdated => return Ok(()),
+        Switched::Partly => {}
+    }
+    prepare(app, store, stable, generation).await?;
+    if let Some(canary) = release.manifest.canary_sha256() {
+        prepare(app, store, canary, generation).await?;
+    }
+    // Fetching and compiling took a while: route only on a release the store still names.
+    if store.manifest_meta().await?.is_none_or(|meta| meta.generation != generation) {
+        store.poll_now.notify_one();
+        return Ok(());
+    }
+    match app.rollout.switch(app, &release.manifest, generation, source_of(store, stable, generation)) {
+        Switched::Whole => applied_whole(app, store),
+        Switched::Outdated => {}
+        Switched::Partly => {
+            // A prepared version was pushed out by another compiled meanwhile: once more.
+            store.poll_now.notify_one();
+        }
+    }
     Ok(())
 }
 
-/// Makes `release` live here (its stable version, then its canary) and logs what it could not
-/// do: for a change this instance wrote itself, which the follower would otherwise apply at its
-/// next poll.
+/// Makes `release` live here (this instance wrote it: it need not wait for its next poll) and
+/// logs what it could not do yet, which the follower retries.
 pub async fn apply_release(app: &Arc<App>, store: &Store, release: &Release) {
     if let Err(error) = apply(app, store, release).await {
         tracing::warn!(store = %store.location, "cannot apply the release yet (the follower retries): {error}");
     }
 }
 
-/// Makes the release's stable version live here, then routes to its canary. A version the gate
-/// refuses is refused for this generation (every instance refuses it the same way); a fetch
-/// failure is retried. A release older than the one applied (a poll racing a write) is ignored.
-async fn apply(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), PollError> {
-    if release.generation < app.rollout.release().1 {
+fn applied_whole(app: &App, store: &Store) {
+    store.update_status(|status| status.release_problem = None);
+    app.metrics.release.problem.set(0);
+}
+
+/// Makes sure the version `sha256` is held compiled: fetched, checked against its name and
+/// through the gate, unless it already is.
+async fn prepare(app: &Arc<App>, store: &Store, sha256: &str, generation: i64) -> Result<(), PollError> {
+    if app.registry.find(sha256).is_some() {
         return Ok(());
     }
-    apply_stable(app, store, release).await?;
-    let mut canary = None;
-    if let Some(sha256) = release.manifest.canary_sha256() {
-        canary = app.registry.find(sha256);
-        if canary.is_none() {
-            canary = compiled(app, store, sha256, release.generation).await?;
-            // Fetching and compiling took a while: the canary may have been rolled back (or the
-            // release changed) meanwhile. Do not route to it on an old release's word.
-            let moved = store.manifest_meta().await?.is_none_or(|meta| meta.generation != release.generation);
-            if moved {
-                canary = None;
-                store.poll_now.notify_one();
-            }
+    let source = source_of(store, sha256, generation);
+    let refused = |rejection: Rejection| PollError::Refused {
+        sha256: sha256.to_string(),
+        reason: rejection.to_string(),
+        retry: rejection.retry(),
+    };
+    let candidate = match store.fetch_verified(sha256, generation).await {
+        Ok(candidate) => candidate,
+        Err(FetchError::TooLarge { size, limit }) => {
+            let rejection = Rejection::TooLarge { size, limit };
+            swap::record_rejection(app, &source, Some(sha256), &rejection);
+            return Err(refused(rejection));
         }
-    }
-    app.rollout.apply(app, &release.manifest, release.generation, canary);
+        Err(error @ FetchError::NotItsName { .. }) => {
+            let rejection = Rejection::Invalid(anyhow::anyhow!("{error}"));
+            swap::record_rejection(app, &source, Some(sha256), &rejection);
+            return Err(refused(rejection));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    // Logged, counted and remembered by `prepare`.
+    swap::prepare(app, candidate).await.map_err(refused)?;
     Ok(())
 }
 
-async fn apply_stable(app: &Arc<App>, store: &Store, release: &Release) -> Result<(), PollError> {
-    let sha256 = release.manifest.stable_sha256().to_string();
-    if app.registry.active().sha256 == sha256 {
-        return Ok(());
-    }
-    let source = source_of(store, &sha256, release.generation);
-    if let Some(kept) = app.registry.find(&sha256) {
-        if let Some(outcome) = swap::reactivate(app, &kept, source.clone()).await {
-            tracing::info!(sha256 = %outcome.sha256, previous_sha256 = %outcome.previous_sha256, "swapped to component {} from {source} (kept compiled)", outcome.version);
+/// A request found the view older than `--max-staleness`: one metadata request; on a new
+/// generation, the manifest read and routed on at once as far as the versions it names are held
+/// compiled (the follower fetches the rest). `true` once the view is confirmed.
+pub async fn recheck(app: Arc<App>, store: Arc<Store>) -> bool {
+    app.metrics.release.rechecks.inc();
+    match route_latest(&app, &store).await {
+        Ok(()) => true,
+        Err(error) => {
+            app.metrics.release.recheck_failures.inc();
+            tracing::warn!(store = %store.location, "cannot confirm the release with the store before routing: {error}");
+            false
         }
-        return Ok(());
     }
-    if let Some(candidate) = fetch_checked(app, store, &sha256, release.generation).await? {
-        // Logged, counted and remembered by `submit`; the active version keeps serving on a rejection.
-        let _ = swap::submit(app, candidate).await;
-    }
-    Ok(())
 }
 
-/// The canary `sha256` fetched, checked and through the gate. `None` when the gate refused it
-/// (recorded; stable keeps every request).
-async fn compiled(
-    app: &Arc<App>,
-    store: &Store,
-    sha256: &str,
-    generation: i64,
-) -> Result<Option<Arc<ActiveComponent>>, PollError> {
-    let Some(candidate) = fetch_checked(app, store, sha256, generation).await? else { return Ok(None) };
-    match swap::prepare(app, candidate).await {
-        Ok(_) => Ok(app.registry.find(sha256)),
-        Err(_) => Ok(None),
+async fn route_latest(app: &Arc<App>, store: &Store) -> Result<(), StoreError> {
+    let Some(meta) = store.manifest_meta().await? else { return Ok(()) };
+    if app.rollout.routed() >= meta.generation {
+        return Ok(());
     }
+    let release = match store.read_manifest(&meta).await {
+        Ok(release) => release,
+        // Changes nothing (the follower reports it).
+        Err(StoreError::InvalidManifest { .. } | StoreError::Gcs(GcsError::TooLarge { .. })) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let stable = release.manifest.stable_sha256();
+    let source = source_of(store, stable, release.generation);
+    if app.rollout.switch(app, &release.manifest, release.generation, source) == Switched::Partly {
+        tracing::info!(store = %store.location, generation = release.generation, "the release changed while this instance was idle: routing on it as far as its versions are compiled, fetching the rest");
+    }
+    store.poll_now.notify_one();
+    Ok(())
 }
 
 fn source_of(store: &Store, sha256: &str, generation: i64) -> String {
@@ -179,35 +294,4 @@ fn source_of(store: &Store, sha256: &str, generation: i64) -> String {
         store.location.bucket,
         store.component_object(sha256)
     )
-}
-
-/// Downloads the component `sha256` and checks that its bytes are what it is named; `None` (and
-/// a rejection recorded) when they are not, or it is over the size limit.
-async fn fetch_checked(
-    app: &Arc<App>,
-    store: &Store,
-    sha256: &str,
-    generation: i64,
-) -> Result<Option<Candidate>, PollError> {
-    let source = source_of(store, sha256, generation);
-    let candidate = match store.fetch_component(sha256, generation).await {
-        Ok(candidate) => candidate,
-        Err(GcsError::NotFound(object)) => {
-            return Err(PollError::MissingComponent { sha256: sha256.to_string(), object });
-        }
-        Err(GcsError::TooLarge { size, limit, .. }) => {
-            swap::record_rejection(app, &source, Some(sha256), &Rejection::TooLarge { size, limit });
-            return Ok(None);
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let actual = hex::encode(Sha256::digest(&candidate.bytes));
-    if actual != sha256 {
-        let rejection = Rejection::Invalid(anyhow::anyhow!(
-            "its bytes hash to `{actual}`, not to the sha256 it is stored under"
-        ));
-        swap::record_rejection(app, &source, Some(sha256), &rejection);
-        return Ok(None);
-    }
-    Ok(Some(candidate))
 }

@@ -1,6 +1,7 @@
 //! The fleet view: every instance writes `instances/<id>.json` every `--heartbeat-interval` (and
-//! at once after a swap or a rejection); [`fleet`] reads them back, keeping the instances heard
-//! from within three intervals.
+//! at once after a swap or a rejection); [`fleet`] reads them back: an instance heard from within
+//! three intervals is awake, one silent longer is asleep (frozen between requests, or late) until
+//! `--fleet-forget-after`; one that stops gracefully deletes its heartbeat.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,12 +12,21 @@ use serde_json::Value;
 
 use super::{Release, Store, now_rfc3339};
 use crate::app::App;
-use crate::gcs::GcsError;
+use crate::gcs::{GcsError, ObjectMeta};
 use crate::rollout::Weight;
 use crate::rollout::metrics::Totals;
 
-/// An instance not heard from in this many intervals is not live.
+/// An instance not heard from in this many intervals is asleep (or gone, after
+/// `--fleet-forget-after`).
 const LIVE_INTERVALS: u32 = 3;
+
+/// Most heartbeats the fleet view reads (the newest), and how many at once.
+pub const MAX_FLEET_READ: usize = 500;
+const READ_CONCURRENCY: usize = 16;
+
+/// Longest text kept from a heartbeat's fields in the fleet view, and most versions.
+const MAX_FIELD_CHARS: usize = 500;
+const MAX_VERSIONS: usize = 8;
 
 /// Heartbeats written at most this often, however many swaps happen.
 const MIN_GAP: Duration = Duration::from_millis(200);
@@ -43,6 +53,46 @@ pub struct Heartbeat {
     /// Per version (`sha256:<12 hex>`): its counts since this instance started.
     #[serde(default)]
     pub versions: BTreeMap<String, Totals>,
+    /// Its `--max-staleness`: past it, the instance re-checks the store before it routes.
+    #[serde(default)]
+    pub max_staleness_s: Option<f64>,
+    /// How old its view of the release was when it wrote this (`None`: never confirmed).
+    #[serde(default)]
+    pub confirmed_age_s: Option<f64>,
+}
+
+impl Heartbeat {
+    /// The heartbeat with its free-form fields cut to a bounded size (another instance wrote
+    /// it: a view of many must stay small).
+    fn bounded(mut self) -> Heartbeat {
+        let cut = |text: &mut String| {
+            if text.chars().count() > MAX_FIELD_CHARS {
+                *text = text.chars().take(MAX_FIELD_CHARS).chain(['…']).collect();
+            }
+        };
+        for text in [&mut self.instance, &mut self.active.sha256, &mut self.active.version, &mut self.at] {
+            cut(text);
+        }
+        for text in
+            [&mut self.revision, &mut self.service, &mut self.manifest_generation, &mut self.store_error]
+                .into_iter()
+                .flatten()
+        {
+            cut(text);
+        }
+        for value in [&mut self.last_swap, &mut self.last_rejection].into_iter().flatten() {
+            if value.to_string().len() > MAX_FIELD_CHARS * 2 {
+                *value = Value::String("(too large to show)".into());
+            }
+        }
+        if self.versions.len() > MAX_VERSIONS {
+            self.versions = std::mem::take(&mut self.versions).into_iter().take(MAX_VERSIONS).collect();
+        }
+        if let Some(canary) = &mut self.canary {
+            cut(&mut canary.sha256);
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,8 +138,8 @@ fn current(app: &App, store: &Store) -> Heartbeat {
         .registry
         .last_rejection()
         .map(|r| serde_json::json!({ "at": r.at, "sha256": r.sha256, "reason": r.reason }));
-    // An error is current only while polls fail.
-    let store_error = status.last_error.filter(|_| status.consecutive_failures > 0).map(|e| e.message);
+    // A poll's error while polls fail, else why the store's release is not applied here.
+    let store_error = status.current_error().map(|e| e.message.clone());
     Heartbeat {
         schema: 1,
         instance: store.instance.clone(),
@@ -109,62 +159,130 @@ fn current(app: &App, store: &Store) -> Heartbeat {
         interval_s: store.heartbeat_interval.as_secs_f64(),
         canary: canary.as_ref().map(|c| CanaryBeat { sha256: c.component.sha256.clone(), weight: c.weight }),
         versions,
+        max_staleness_s: Some(store.freshness.policy().max_age.as_secs_f64()),
+        confirmed_age_s: store.freshness.age().map(|age| age.as_secs_f64()),
     }
 }
 
-/// The fleet as the store sees it: the release and every live instance.
+/// The fleet as the store sees it: the release and every instance heard from within
+/// `--fleet-forget-after`, awake or asleep.
 pub async fn fleet(store: &Arc<Store>) -> Result<Value, GcsError> {
-    let (release, generation, instances) = live(store).await?;
-    Ok(view(store, release.as_ref(), generation, &instances))
+    Ok(view(store, &live(store).await?))
 }
 
-/// The release, its generation and every live instance's heartbeat with its age.
-pub async fn live(
-    store: &Arc<Store>,
-) -> Result<(Option<Release>, i64, Vec<(Duration, Heartbeat)>), GcsError> {
-    let (release, generation) = store.current().await?;
-    let listed = store.heartbeats().await?;
-    let now = SystemTime::now();
-    let live_for = store.heartbeat_interval * LIVE_INTERVALS;
-    let mut reads = tokio::task::JoinSet::new();
-    for meta in listed {
-        let age = meta.updated.as_deref().and_then(parse_rfc3339).and_then(|at| now.duration_since(at).ok());
-        // A clock a little ahead of ours reads as age 0.
-        let age = age.unwrap_or(Duration::ZERO);
-        if age > live_for {
-            continue;
+/// What the fleet view reads from the store.
+pub struct Fleet {
+    /// The release (`None`: no manifest, or one that cannot be read: see `manifest_error`).
+    pub release: Option<Release>,
+    pub generation: i64,
+    pub manifest_error: Option<String>,
+    /// Every instance heard from within `--fleet-forget-after`, by instance name.
+    pub instances: Vec<Seen>,
+    /// Heartbeats not read: past [`MAX_FLEET_READ`], newest kept.
+    pub omitted: usize,
+    /// Heartbeats that could not be read or parsed.
+    pub unreadable: usize,
+}
+
+/// One instance's last heartbeat.
+pub struct Seen {
+    /// How long ago it was written.
+    pub age: Duration,
+    /// Silent for more than three of its heartbeat intervals: frozen between requests (Cloud
+    /// Run's request-based billing), starved of CPU, or gone without leaving.
+    pub asleep: bool,
+    pub heartbeat: Heartbeat,
+}
+
+impl Seen {
+    /// Asleep and bound to re-check the store before it serves again: silent for longer than
+    /// its `--max-staleness`, so its view is stale by the time it wakes.
+    pub fn rechecks_first(&self) -> bool {
+        self.asleep && self.heartbeat.max_staleness_s.is_some_and(|bound| self.age.as_secs_f64() > bound)
+    }
+}
+
+/// The release, its generation and every instance's heartbeat heard from within
+/// `--fleet-forget-after`: at most [`MAX_FLEET_READ`] of them (the newest), read
+/// [`READ_CONCURRENCY`] at a time.
+pub async fn live(store: &Arc<Store>) -> Result<Fleet, GcsError> {
+    let (release, generation, manifest_error) = match store.current().await {
+        Ok((release, generation)) => (release, generation, None),
+        // The fleet stays visible when the manifest is over the limit.
+        Err(GcsError::TooLarge { what, size, limit }) => {
+            (None, 0, Some(format!("the manifest `{what}` is {size} bytes, over the {limit}-byte limit")))
         }
-        let store = store.clone();
-        reads.spawn(async move { (age, store.read_heartbeat(&meta).await) });
+        Err(error) => return Err(error),
+    };
+    let now = SystemTime::now();
+    let mut listed: Vec<(Duration, ObjectMeta)> = store
+        .heartbeats()
+        .await?
+        .into_iter()
+        .map(|meta| {
+            let age =
+                meta.updated.as_deref().and_then(parse_rfc3339).and_then(|at| now.duration_since(at).ok());
+            // A clock a little ahead of ours reads as age 0.
+            (age.unwrap_or(Duration::ZERO), meta)
+        })
+        .filter(|(age, _)| *age <= store.forget_after)
+        .collect();
+    listed.sort_by_key(|(age, _)| *age);
+    let omitted = listed.len().saturating_sub(MAX_FLEET_READ);
+    listed.truncate(MAX_FLEET_READ);
+    let permits = Arc::new(tokio::sync::Semaphore::new(READ_CONCURRENCY));
+    let mut reads = tokio::task::JoinSet::new();
+    for (age, meta) in listed {
+        let (store, permits) = (store.clone(), permits.clone());
+        reads.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (age, store.read_heartbeat(&meta).await)
+        });
     }
     let mut instances = Vec::new();
+    let mut unreadable = 0;
     while let Some(read) = reads.join_next().await {
-        let Ok((age, read)) = read else { continue };
+        let Ok((age, bytes)) = read else { continue };
         // A heartbeat deleted between the list and the read is an instance that just left.
-        let Ok(bytes) = read else { continue };
-        let Ok(heartbeat) = serde_json::from_slice::<Heartbeat>(&bytes) else { continue };
-        instances.push((age, heartbeat));
+        let Ok(bytes) = bytes else { continue };
+        let Ok(heartbeat) = serde_json::from_slice::<Heartbeat>(&bytes) else {
+            unreadable += 1;
+            continue;
+        };
+        let interval = Duration::try_from_secs_f64(heartbeat.interval_s).unwrap_or(Duration::ZERO);
+        let asleep = age > interval.max(store.heartbeat_interval) * LIVE_INTERVALS;
+        instances.push(Seen { age, asleep, heartbeat: heartbeat.bounded() });
     }
-    instances.sort_by(|a, b| a.1.instance.cmp(&b.1.instance));
-    Ok((release, generation, instances))
+    instances.sort_by(|a, b| a.heartbeat.instance.cmp(&b.heartbeat.instance));
+    Ok(Fleet { release, generation, manifest_error, instances, omitted, unreadable })
 }
 
-fn view(
-    store: &Store,
-    release: Option<&Release>,
-    generation: i64,
-    instances: &[(Duration, Heartbeat)],
-) -> Value {
-    let stable = release.map(|r| r.manifest.stable_sha256().to_string());
-    let rows: Vec<Value> = instances
+fn view(store: &Store, fleet: &Fleet) -> Value {
+    let stable = fleet.release.as_ref().map(|r| r.manifest.stable_sha256().to_string());
+    let serves = |seen: &Seen| stable.as_deref() == Some(seen.heartbeat.active.sha256.as_str());
+    let rejected = |seen: &Seen| {
+        !serves(seen)
+            && seen.heartbeat.last_rejection.as_ref().and_then(|r| r["sha256"].as_str()) == stable.as_deref()
+    };
+    let rows: Vec<Value> = fleet
+        .instances
         .iter()
-        .map(|(age, h)| {
+        .map(|seen| {
+            let h = &seen.heartbeat;
+            let state = match () {
+                () if seen.asleep => "asleep",
+                () if serves(seen) => "serving",
+                () if rejected(seen) => "rejected",
+                () => "behind",
+            };
             serde_json::json!({
                 "instance": h.instance,
                 "revision": h.revision,
                 "sha256": h.active.sha256,
                 "version": h.active.version,
-                "age_s": (age.as_secs_f64() * 10.0).round() / 10.0,
+                "state": state,
+                "age_s": (seen.age.as_secs_f64() * 10.0).round() / 10.0,
+                "rechecks_before_serving": seen.rechecks_first(),
                 "manifest_generation": h.manifest_generation,
                 "last_swap": h.last_swap,
                 "last_rejection": h.last_rejection,
@@ -173,17 +291,31 @@ fn view(
                 "errors": h.errors,
                 "canary": h.canary,
                 "versions": h.versions,
-                "serves_release": stable.as_deref() == Some(h.active.sha256.as_str()),
+                "serves_release": serves(seen),
             })
         })
         .collect();
-    let converged = stable.is_some() && !rows.is_empty() && rows.iter().all(|r| r["serves_release"] == true);
+    let count = |state: &str| rows.iter().filter(|r| r["state"] == state).count();
+    let awake_serve = fleet.instances.iter().filter(|s| !s.asleep).all(serves);
+    let asleep_recheck = fleet.instances.iter().filter(|s| s.asleep).all(Seen::rechecks_first);
+    let converged = stable.is_some() && !rows.is_empty() && awake_serve && asleep_recheck;
     serde_json::json!({
         "store": store.location.to_string(),
-        "manifest": release.map(|r| &r.manifest),
-        "manifest_generation": (generation > 0).then(|| generation.to_string()),
+        "manifest": fleet.release.as_ref().map(|r| &r.manifest),
+        "manifest_generation": (fleet.generation > 0).then(|| fleet.generation.to_string()),
+        "manifest_error": fleet.manifest_error,
         "heartbeat_interval_s": store.heartbeat_interval.as_secs_f64(),
+        "forget_after_s": store.forget_after.as_secs_f64(),
         "converged": converged,
+        "counts": {
+            "serving": count("serving"),
+            "behind": count("behind"),
+            "rejected": count("rejected"),
+            "asleep": count("asleep"),
+            "asleep_rechecking": fleet.instances.iter().filter(|s| s.rechecks_first()).count(),
+        },
+        "omitted": fleet.omitted,
+        "unreadable": fleet.unreadable,
         "instances": rows,
     })
 }

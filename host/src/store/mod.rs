@@ -12,11 +12,17 @@
 pub mod follow;
 pub mod heartbeat;
 pub mod manifest;
+pub mod metrics;
 pub mod release;
+pub mod start;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use sha2::{Digest, Sha256};
+
+use crate::config::FollowSettings;
+use crate::freshness::Freshness;
 use crate::gcs::{Gcs, GcsError, GsPrefix, ObjectMeta, StorageConfig};
 use crate::swap::Candidate;
 pub use manifest::Manifest;
@@ -32,8 +38,12 @@ pub struct Store {
     pub instance: String,
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// How long the fleet view keeps an instance that stopped heart-beating (`--fleet-forget-after`).
+    pub forget_after: Duration,
     max_component_size: u64,
     status: Mutex<SyncStatus>,
+    /// When the store last confirmed this instance's view of the release (`--max-staleness`).
+    pub freshness: Arc<Freshness>,
     /// Wakes the follower at once (after this instance wrote the manifest).
     pub(crate) poll_now: tokio::sync::Notify,
     /// Wakes the heartbeat at once (after a swap or a rejection).
@@ -48,6 +58,7 @@ pub struct StoreSettings {
     pub heartbeat_interval: Duration,
     pub fetch_timeout: Duration,
     pub max_component_size: u64,
+    pub follow: FollowSettings,
 }
 
 /// What the follower last saw, for `info`, the heartbeat and the fleet view.
@@ -62,6 +73,17 @@ pub struct SyncStatus {
     pub last_error: Option<ErrorRecord>,
     /// Failed polls in a row (0 once one succeeds).
     pub consecutive_failures: u32,
+    /// Why the store's release is not (wholly) what this instance serves: an invalid manifest,
+    /// a component missing, refused or not what its name says, a manifest deleted. Kept until a
+    /// release is applied whole, however many polls succeed meanwhile.
+    pub release_problem: Option<ErrorRecord>,
+}
+
+impl SyncStatus {
+    /// The store error to show now: a failing poll's, else the release's problem.
+    pub fn current_error(&self) -> Option<&ErrorRecord> {
+        self.last_error.as_ref().filter(|_| self.consecutive_failures > 0).or(self.release_problem.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,6 +108,19 @@ pub enum StoreError {
     InvalidManifest { object: String, generation: i64, error: anyhow::Error },
 }
 
+/// Why a version named by the manifest could not be taken from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the manifest names `sha256:{sha256}`, which is not in the store (`{object}`)")]
+    Missing { sha256: String, object: String },
+    #[error("the component is {size} bytes, over the {limit}-byte `--max-component-size`")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("`{object}`'s bytes hash to `{actual}`, not to the sha256 it is stored under")]
+    NotItsName { actual: String, object: String },
+    #[error(transparent)]
+    Store(#[from] GcsError),
+}
+
 /// The manifest with the generation it was read at.
 #[derive(Debug, Clone)]
 pub struct Release {
@@ -108,8 +143,10 @@ impl Store {
             instance,
             poll_interval: settings.poll_interval,
             heartbeat_interval: settings.heartbeat_interval,
+            forget_after: settings.follow.forget_after,
             max_component_size: settings.max_component_size,
             status: Mutex::new(SyncStatus::default()),
+            freshness: Arc::new(Freshness::new(settings.follow.staleness)),
             poll_now: tokio::sync::Notify::new(),
             heartbeat_now: tokio::sync::Notify::new(),
         })
@@ -123,12 +160,22 @@ impl Store {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    /// This instance started on the release of `generation` (read at start-up).
+    pub fn started_on(&self, generation: i64) {
+        self.update_status(|status| status.manifest_generation = Some(generation));
+    }
+
     pub fn gcs(&self) -> &Gcs {
         &self.gcs
     }
 
     fn bucket(&self) -> &str {
         &self.location.bucket
+    }
+
+    /// `gs://BUCKET/PREFIX/manifest.json`.
+    pub fn manifest_url(&self) -> String {
+        format!("gs://{}/{}", self.bucket(), self.location.object(MANIFEST))
     }
 
     pub fn component_object(&self, sha256: &str) -> String {
@@ -198,6 +245,28 @@ impl Store {
     /// Whether the store holds the component `sha256`.
     pub async fn has_component(&self, sha256: &str) -> Result<bool, GcsError> {
         Ok(self.gcs.metadata(self.bucket(), &self.component_object(sha256)).await?.is_some())
+    }
+
+    /// Downloads the component `sha256` and its signature, and checks that the bytes are what
+    /// the name says: the one way every reader (start-up, the follower) takes a version from
+    /// the store. The signature policy and the compile are the gate's (`swap`).
+    pub async fn fetch_verified(&self, sha256: &str, generation: i64) -> Result<Candidate, FetchError> {
+        let candidate = self.fetch_component(sha256, generation).await.map_err(|error| match error {
+            GcsError::NotFound(object) => FetchError::Missing { sha256: sha256.to_string(), object },
+            GcsError::TooLarge { size, limit, .. } => FetchError::TooLarge { size, limit },
+            error => FetchError::Store(error),
+        })?;
+        let actual = hex::encode(Sha256::digest(&candidate.bytes));
+        if actual != sha256 {
+            return Err(FetchError::NotItsName { actual, object: self.component_object(sha256) });
+        }
+        Ok(candidate)
+    }
+
+    /// Whether the store's bucket exists (a missing manifest in a missing bucket is no "no
+    /// release yet" but a misconfiguration, or a deleted bucket).
+    pub async fn bucket_exists(&self) -> Result<bool, GcsError> {
+        self.gcs.bucket_exists(self.bucket()).await
     }
 
     /// Downloads the component `sha256` and its signature as a candidate.

@@ -537,6 +537,8 @@ pub enum Mode {
     /// Forwards, but flips one byte of every `alt=media` (download) response body (of the
     /// objects named by [`StorageProxy::corrupt_only`], if it was called).
     CorruptMedia,
+    /// Forwards after this many milliseconds, as a bucket some distance away answers.
+    Delay(u32),
 }
 
 /// One request the proxy saw.
@@ -748,6 +750,7 @@ async fn proxy_answer(
             record(status);
             return Ok(google_error(status));
         }
+        Mode::Delay(millis) => tokio::time::sleep(Duration::from_millis(millis.into())).await,
         Mode::Pass | Mode::CorruptMedia => {}
     }
     let (parts, body) = request.into_parts();

@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod gcs;
 pub mod peers;
 pub mod static_server;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -213,7 +214,31 @@ impl HostProcess {
         Self::start_command(command, args, env)
     }
 
-    fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> HostProcess {
+    fn start_command(command: Command, args: &[&str], env: &[(&str, &str)]) -> HostProcess {
+        let mut host = Self::spawn_command(command, args, env);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !host.listening() {
+            if let Ok(Some(status)) = host.child.try_wait() {
+                panic!("echo-host exited during start-up with {status}");
+            }
+            assert!(Instant::now() < deadline, "echo-host did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    /// Starts `echo-host` like [`HostProcess::start`] without waiting for it to listen (a host
+    /// that is not to become ready).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> HostProcess {
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_echo-host")), args, env)
+    }
+
+    /// Whether its port accepts connections.
+    pub fn listening(&self) -> bool {
+        TcpStream::connect(self.addr).is_ok()
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> HostProcess {
         let port = peers::free_port();
         command
             .args(args)
@@ -235,14 +260,6 @@ impl HostProcess {
             }
         });
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("echo-host exited during start-up with {status}");
-            }
-            assert!(Instant::now() < deadline, "echo-host did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         HostProcess { child, addr, lines }
     }
 
