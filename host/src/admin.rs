@@ -399,7 +399,11 @@ fn info(app: &App) -> serde_json::Value {
                 "last_ok_at": status.last_ok_at,
                 "last_error": status.last_error,
                 "consecutive_failures": status.consecutive_failures,
+                "release_problem": status.release_problem,
                 "heartbeat_interval_s": store.heartbeat_interval.as_secs_f64(),
+                "max_staleness_s": store.freshness.policy().max_age.as_secs_f64(),
+                "confirmed_age_s": store.freshness.age().map(|age| (age.as_secs_f64() * 1000.0).round() / 1000.0),
+                "staleness_strict": store.freshness.policy().strict,
             })
         }),
         "limits": app.limits(),

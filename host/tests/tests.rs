@@ -32,6 +32,8 @@ mod source_hardening;
 mod log_pipe;
 // The fleet release store on Cloud Storage (fake-gcs-server): gs:// source, push, rollback, fleet view, faults.
 mod store;
+// What instances do with what the store holds: whole releases, names checked at start, problems reported, a bounded fleet view.
+mod store_follow;
 // Frozen instances (Cloud Run's default CPU allocation): SIGSTOP through release changes, the store down at wake-up, asleep in the fleet view.
 mod wake;
 // The status page in headless Chromium: nothing without the token, the release, a rollback.

@@ -320,7 +320,7 @@ fn view(store: &Store, fleet: &Fleet) -> Value {
     })
 }
 
-fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub(super) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(at))
 }

@@ -305,6 +305,19 @@ impl FakeGcs {
             _ => panic!("deleting gs://{bucket}/{object}: {}", describe(response)),
         }
     }
+
+    /// Deletes every object of `bucket`, then the bucket.
+    pub fn delete_bucket(&self, bucket: &str) {
+        for object in self.list(bucket, "") {
+            self.delete(bucket, &object);
+        }
+        let response = self
+            .http
+            .delete(format!("{}/storage/v1/b/{bucket}", self.url()))
+            .send()
+            .unwrap_or_else(|e| panic!("deleting bucket `{bucket}`: {e}"));
+        assert!(response.status().is_success(), "deleting bucket `{bucket}`: {}", describe(response));
+    }
 }
 
 /// An object name as one path segment of the JSON API: everything but RFC 3986's unreserved
