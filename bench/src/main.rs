@@ -9,7 +9,8 @@
 //! - [`sections`]: the measurements, one module per section (throughput, the p3 echo, cold start
 //!   with the container image, memory, streaming, swap, scaling), each alternating between servers
 //!   for `--rounds` rounds; the fleet (three echo-hosts on one release store, pushes); and canary
-//!   releases (a 50/50 split's cost, a failing canary's automatic rollback across the fleet).
+//!   releases (a 50/50 split's cost, a failing canary's automatic rollback across the fleet);
+//!   the wake-up of a frozen instance on a store (bounded staleness's added latency and cost).
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.
 //! - [`http1`]: response parsing and a blocking client; [`procfs`]: `/proc` and affinity.
 //! - [`samples`], [`report`], [`chart`]: per-round values, the markdown, the PNG.
@@ -38,7 +39,7 @@ use crate::sections::Opts;
 const USAGE: &str =
     "usage: echo-bench soak [--duration 30m] [--no-build]   (the soak: echo-bench soak --help)
        echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,p3,cold,memory,stream,swap,scaling,fleet,canary] [--out DIR]
+                  [--only throughput,p3,cold,memory,stream,swap,scaling,fleet,canary,wake] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
@@ -55,8 +56,8 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 9] =
-    ["throughput", "p3", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary"];
+const SECTIONS: [&str; 10] =
+    ["throughput", "p3", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary", "wake"];
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -155,6 +156,7 @@ fn run() -> anyhow::Result<()> {
             "scaling" => sections::scaling(&paths, &opts, &mut samples)?,
             "fleet" => sections::fleet(&paths, &opts, &mut samples)?,
             "canary" => sections::canary(&paths, &opts, &mut samples)?,
+            "wake" => sections::wake(&paths, &opts, &mut samples)?,
             _ => unreachable!("sections are checked"),
         }
         eprintln!("[bench] {section} took {:.0} s", section_started.elapsed().as_secs_f64());
@@ -185,7 +187,7 @@ fn run() -> anyhow::Result<()> {
         fleet_pushes: opts.fleet_pushes,
         container,
     };
-    let markdown = report::render(&samples, &meta);
+    let markdown = sections::with_wake_table(report::render(&samples, &meta), &samples);
     println!("{markdown}");
     std::fs::create_dir_all(&paths.results)?;
     let png = paths.results.join("bench.png");

@@ -111,24 +111,24 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
 /// What the chosen sections run besides echo-host.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet and canary.
+    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet, canary and wake.
     pub peers: bool,
     /// The Flask venv: the throughput and cold-start sections (the others leave Flask out).
     pub flask: bool,
-    /// `wrk`: the peers' sections and canary.
+    /// `wrk`: the peers' sections, canary and wake.
     pub wrk: bool,
-    /// fake-gcs-server: the fleet and canary sections.
+    /// fake-gcs-server: the fleet, canary and wake sections.
     pub fake_gcs: bool,
 }
 
 impl Needs {
     pub fn of(sections: &[String]) -> Needs {
-        let peers = sections.iter().any(|s| !["swap", "fleet", "canary"].contains(&s.as_str()));
+        let peers = sections.iter().any(|s| !["swap", "fleet", "canary", "wake"].contains(&s.as_str()));
         Needs {
             peers,
             flask: sections.iter().any(|s| s == "throughput" || s == "cold"),
-            wrk: peers || sections.iter().any(|s| s == "canary"),
-            fake_gcs: sections.iter().any(|s| s == "fleet" || s == "canary"),
+            wrk: peers || sections.iter().any(|s| s == "canary" || s == "wake"),
+            fake_gcs: sections.iter().any(|s| ["fleet", "canary", "wake"].contains(&s.as_str())),
         }
     }
 }

@@ -14,6 +14,8 @@
 //!   to one, until every one serves it.
 //! - [`canary`]: requests/s with a 50/50 canary split, and a failing canary's first failure to
 //!   every instance of a fleet back on stable.
+//! - [`wake`]: the first request's added latency after a frozen instance on a store wakes up
+//!   (bounded staleness), and the staleness check's cost on a busy instance.
 
 mod canary;
 mod cold;
@@ -25,6 +27,7 @@ mod scaling;
 mod stream;
 mod swap;
 mod throughput;
+mod wake;
 
 pub use canary::{
     CANARY_ONE, CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_SPLIT, CANARY_WINDOW, FAIL_PATH,
@@ -41,6 +44,7 @@ pub use scaling::scaling;
 pub use stream::streaming;
 pub use swap::{ADMIN_TOKEN, swap, upload_request};
 pub use throughput::throughput;
+pub use wake::{wake, with_wake_table};
 
 use std::time::Duration;
 
