@@ -33,6 +33,7 @@ use sha2::Digest;
 
 use crate::util::fleet::{self, assert_rolled_back_once, eventually, summed};
 use crate::util::gcs::fake_gcs_server;
+use crate::util::wire::Wire;
 use crate::util::peers::free_port;
 use crate::util::{echo_wasm, misbehave_wasm};
 
@@ -1578,4 +1579,55 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
     assert_eq!(live.len(), 2, "the stopped instance's heartbeat should be gone: {fleet:#}");
     assert!(!live.contains(&stopped_id.as_str()), "{stopped_id} still listed: {fleet:#}");
     assert_eq!(fleet["converged"], true, "{fleet:#}");
+
+    // 7. Cloud Run's default CPU allocation, as close as Docker gets (the cgroup freezer): a
+    //    canary routed on instance 1, which is paused while instance 0 aborts the canary; with
+    //    requests already on the wire at `docker unpause`, none reaches the aborted canary.
+    let started = client
+        .post(instances[0].url(&format!("{release}?weight=50")))
+        .bearer_auth(TOKEN)
+        .body(misbehave.clone())
+        .send()
+        .unwrap();
+    assert_eq!(started.status(), 200, "starting the canary: {}", started.text().unwrap());
+    eventually("instance 1 to route to the canary", Duration::from_secs(60), || {
+        let status = status_of(&instances[1]);
+        if status["canary"]["routing"] == true { Ok(()) } else { Err(status.to_string()) }
+    });
+    let paused = &instances[1];
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", paused.port).parse().unwrap();
+    let mut wires: Vec<Wire> = (0..10).map(|_| Wire::connect(addr)).collect();
+    for wire in &mut wires {
+        assert_eq!(wire.get("/", &[]).status, 200);
+    }
+    docker_ok(&["pause", &paused.name]);
+    let paused_at = Instant::now();
+    let aborted = client.post(instances[0].url(&format!("{release}/abort"))).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(aborted.status(), 200, "aborting the canary: {}", aborted.text().unwrap());
+    // Past the paused instance's --max-staleness (2 s: twice its 1 s poll), and long enough
+    // (3 heartbeat intervals) for the fleet view to list it as asleep.
+    let fleet_of_0 = instances[0].url("/.well-known/echo-host/admin/fleet");
+    eventually("the fleet view to list the paused instance as asleep", Duration::from_secs(60), || {
+        let view: serde_json::Value = client.get(&fleet_of_0).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+        let asleep = view["instances"].as_array().into_iter().flatten().any(|i| i["state"] == "asleep");
+        if asleep && paused_at.elapsed() > Duration::from_secs(3) { Ok(()) } else { Err(view.to_string()) }
+    });
+    for (i, wire) in wires.iter_mut().enumerate() {
+        let headers = if i % 2 == 0 { vec![] } else { vec![format!("echo-host-version: {canary}")] };
+        wire.send("/", &headers);
+    }
+    docker_ok(&["unpause", &paused.name]);
+    let unpaused = Instant::now();
+    let mut answers: Vec<String> = wires.iter_mut().map(|w| w.receive().version).collect();
+    let first_ms = unpaused.elapsed().as_millis();
+    for i in 0..90 {
+        answers.push(wires[i % 10].get("/", &[]).version);
+    }
+    let on_canary = answers.iter().filter(|v| **v == canary).count();
+    say(&format!(
+        "docker pause through a canary abort: {on_canary} of {} requests to the aborted canary after unpause; \
+         the 10 on the wire answered within {first_ms} ms",
+        answers.len()
+    ));
+    assert_eq!(on_canary, 0, "the unpaused instance routed to the aborted canary: {answers:?}");
 }
