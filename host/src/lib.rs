@@ -20,8 +20,10 @@
 //! - [`header_budget`]: the header bytes a guest may build per request, over all its `fields`.
 //! - [`swap`]: the validation gate a candidate passes before it goes live, and rollback.
 //! - [`source`]: where candidates come from: a watched file, a polled URL or `gs://` object.
-//! - [`store`]: the fleet's release store on Cloud Storage: manifest, follower, pushes and
-//!   rollbacks, heartbeats and the fleet view; [`gcs`]: the Cloud Storage JSON API client.
+//! - [`store`]: the fleet's release store on Cloud Storage: manifest, follower, what a new
+//!   instance starts on, pushes and rollbacks, heartbeats and the fleet view; [`gcs`]: the Cloud
+//!   Storage JSON API client; [`freshness`]: how old the store's view may be when a request is
+//!   routed on it (`--max-staleness`), and the one re-check stale requests share.
 //! - [`signing`]: ed25519 keys and detached signatures (`keygen`, `sign`, `--trusted-key`).
 //! - [`push`]: `echo-host push` (the admin upload from a shell, `--wait` for the fleet) and
 //!   `echo-host fleet`.

@@ -33,8 +33,8 @@ use sha2::Digest;
 
 use crate::util::fleet::{self, assert_rolled_back_once, eventually, summed};
 use crate::util::gcs::fake_gcs_server;
-use crate::util::wire::Wire;
 use crate::util::peers::free_port;
+use crate::util::wire::Wire;
 use crate::util::{echo_wasm, misbehave_wasm};
 
 /// The tag the tests build the image under.
@@ -1602,13 +1602,15 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
     }
     docker_ok(&["pause", &paused.name]);
     let paused_at = Instant::now();
-    let aborted = client.post(instances[0].url(&format!("{release}/abort"))).bearer_auth(TOKEN).send().unwrap();
+    let aborted =
+        client.post(instances[0].url(&format!("{release}/abort"))).bearer_auth(TOKEN).send().unwrap();
     assert_eq!(aborted.status(), 200, "aborting the canary: {}", aborted.text().unwrap());
     // Past the paused instance's --max-staleness (2 s: twice its 1 s poll), and long enough
     // (3 heartbeat intervals) for the fleet view to list it as asleep.
     let fleet_of_0 = instances[0].url("/.well-known/echo-host/admin/fleet");
     eventually("the fleet view to list the paused instance as asleep", Duration::from_secs(60), || {
-        let view: serde_json::Value = client.get(&fleet_of_0).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+        let view: serde_json::Value =
+            client.get(&fleet_of_0).bearer_auth(TOKEN).send().unwrap().json().unwrap();
         let asleep = view["instances"].as_array().into_iter().flatten().any(|i| i["state"] == "asleep");
         if asleep && paused_at.elapsed() > Duration::from_secs(3) { Ok(()) } else { Err(view.to_string()) }
     });

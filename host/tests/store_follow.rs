@@ -37,7 +37,11 @@ fn put_component(store: &Store, bytes: &[u8]) -> String {
 }
 
 /// The versions that answered `n` requests to `host`'s `/`.
-fn served(http: &reqwest::blocking::Client, host: &HostProcess, n: usize) -> std::collections::BTreeMap<String, usize> {
+fn served(
+    http: &reqwest::blocking::Client,
+    host: &HostProcess,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..n {
         let response = http.get(host.url("/")).send().unwrap();
@@ -88,7 +92,8 @@ fn a_canary_the_manifest_no_longer_names_gets_no_request() {
     eventually("the heartbeats to carry the problem", PATIENCE, || {
         let (_, fleet) = get_json(&http, &hosts[0].url(&format!("{ADMIN}/fleet")));
         let rows = fleet["instances"].as_array().cloned().unwrap_or_default();
-        let all = rows.len() == 2 && rows.iter().all(|r| r["store_error"].as_str().is_some_and(|s| s.contains(&d)));
+        let all =
+            rows.len() == 2 && rows.iter().all(|r| r["store_error"].as_str().is_some_and(|s| s.contains(&d)));
         if all { Ok(()) } else { Err(fleet.to_string()) }
     });
     assert!(fleet["converged"] != true, "{fleet}");
@@ -98,7 +103,8 @@ fn a_canary_the_manifest_no_longer_names_gets_no_request() {
     for host in &hosts {
         eventually("the whole release: E stable, D canary", PATIENCE, || {
             let seen = served(&http, host, 20);
-            let whole = seen.len() == 2 && seen.contains_key(&version(&variant(&echo(), 4)))
+            let whole = seen.len() == 2
+                && seen.contains_key(&version(&variant(&echo(), 4)))
                 && seen.contains_key(&version(&d_bytes));
             if whole { Ok(()) } else { Err(format!("{seen:?}")) }
         });
@@ -169,7 +175,11 @@ fn a_new_host_does_not_serve_another_application_when_the_release_is_unreadable(
     eventually("the running host's heartbeat to name a manifest generation", PATIENCE, || {
         let (_, fleet) = get_json(&http, &running[0].url(&format!("{ADMIN}/fleet")));
         let generation = &fleet["instances"][0]["manifest_generation"];
-        if generation.is_string() && fleet["instances"][0]["store_error"].is_null() { Ok(()) } else { Err(fleet.to_string()) }
+        if generation.is_string() && fleet["instances"][0]["store_error"].is_null() {
+            Ok(())
+        } else {
+            Err(fleet.to_string())
+        }
     });
     assert!(store.gcs.delete(&store.bucket, &Store::object("manifest.json")));
     wait_problem(&http, &running[0], "deleted");
@@ -208,7 +218,10 @@ fn store_problems_stay_reported_until_resolved() {
         if now >= polls + 3.0 { Ok(()) } else { Err(format!("{now}")) }
     });
     let state = info(&http, &hosts[0])["store"].clone();
-    assert!(state["release_problem"]["message"].as_str().is_some_and(|m| m.contains("not valid JSON")), "{state}");
+    assert!(
+        state["release_problem"]["message"].as_str().is_some_and(|m| m.contains("not valid JSON")),
+        "{state}"
+    );
     assert_eq!(metric(&http, &hosts[0], "echo_host_release_problem"), 1.0);
     eventually("the fleet view to show the problem", PATIENCE, || {
         let (_, fleet) = get_json(&http, &hosts[0].url(&format!("{ADMIN}/fleet")));
@@ -255,7 +268,14 @@ fn the_fleet_view_is_bounded() {
     });
     let rss = |host: &HostProcess| {
         let status = std::fs::read_to_string(format!("/proc/{}/status", host.child.id())).unwrap();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse::<u64>().unwrap()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse::<u64>()
+            .unwrap()
     };
     let before = rss(&hosts[0]);
     let started = std::time::Instant::now();

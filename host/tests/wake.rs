@@ -150,15 +150,17 @@ fn post(
     (status, response.json().unwrap_or(Value::Null))
 }
 
-/// Waits until `host` routes to a canary of `bytes` at `weight` percent.
-fn wait_routing(http: &reqwest::blocking::Client, host: &HostProcess, bytes: &[u8], weight: f64) {
+/// Starts a canary of `bytes` at 50 % through `hosts[0]` and waits until `hosts[1]` routes to it.
+fn start_canary(http: &reqwest::blocking::Client, hosts: &[HostProcess], bytes: &[u8]) {
+    let (status, body) = post(http, &hosts[0], "?weight=50", Some(bytes.to_vec()));
+    assert_eq!(status, 200, "{body}");
     let want = sha256(bytes);
-    eventually(&format!("{} routing {weight}% to {}", host.addr, &want[..12]), PATIENCE, || {
-        let (_, status) = get_json(http, &host.url(RELEASE));
+    eventually(&format!("{} routing 50% to {}", hosts[1].addr, &want[..12]), PATIENCE, || {
+        let (_, status) = get_json(http, &hosts[1].url(RELEASE));
         let canary = &status["canary"];
         let routing = canary["sha256"] == want.as_str()
             && canary["routing"] == true
-            && canary["weight"].as_f64() == Some(weight);
+            && canary["weight"].as_f64() == Some(50.0);
         if routing { Ok(()) } else { Err(status.to_string()) }
     });
 }
@@ -183,9 +185,7 @@ fn a_host_frozen_through_release_changes_routes_nothing_revoked_when_it_wakes() 
     let mut first_ms = Vec::new();
 
     // 1. A canary aborted while the host slept.
-    let (status, body) = post(&http, &hosts[0], "?weight=50", Some(misbehave()));
-    assert_eq!(status, 200, "{body}");
-    wait_routing(&http, &hosts[1], &misbehave(), 50.0);
+    start_canary(&http, &hosts, &misbehave());
     let woken = through_a_freeze(
         &store,
         &hosts[1],
@@ -197,9 +197,7 @@ fn a_host_frozen_through_release_changes_routes_nothing_revoked_when_it_wakes() 
     first_ms.extend(woken.first_ms);
 
     // 2. A canary rolled back by the first host for failing, while the second slept.
-    let (status, body) = post(&http, &hosts[0], "?weight=50", Some(misbehave()));
-    assert_eq!(status, 200, "{body}");
-    wait_routing(&http, &hosts[1], &misbehave(), 50.0);
+    start_canary(&http, &hosts, &misbehave());
     let woken = through_a_freeze(
         &store,
         &hosts[1],
@@ -217,9 +215,7 @@ fn a_host_frozen_through_release_changes_routes_nothing_revoked_when_it_wakes() 
 
     // 3. A canary's weight moved from 50 % to 10 % while the host slept.
     let canary = variant(&echo(), 1);
-    let (status, body) = post(&http, &hosts[0], "?weight=50", Some(canary.clone()));
-    assert_eq!(status, 200, "{body}");
-    wait_routing(&http, &hosts[1], &canary, 50.0);
+    start_canary(&http, &hosts, &canary);
     let woken = through_a_freeze(
         &store,
         &hosts[1],

@@ -6,7 +6,8 @@
 //! components/<sha256>.wasm     immutable; `.sig` beside it when signed
 //! instances/<id>.json          one heartbeat per live instance (see [`heartbeat`])
 //! ```
-//! Every instance follows the manifest ([`follow`]); a push or rollback on any instance writes it
+//! Every instance follows the manifest ([`follow`]), starts on its release ([`start`]) and
+//! re-checks it before routing on a stale view; a push or rollback on any instance writes it
 //! with a generation precondition ([`release`]), so concurrent writers never lose an update.
 
 pub mod follow;
