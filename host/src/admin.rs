@@ -121,11 +121,7 @@ const MAX_USER_AGENT_CHARS: usize = 100;
 fn actor(ctx: &RequestContext) -> String {
     match &ctx.user_agent {
         Some(agent) => {
-            let agent: String = agent
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .take(MAX_USER_AGENT_CHARS)
-                .collect();
+            let agent = crate::redact::printable(&agent.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
             format!("admin:{} ({agent})", ctx.remote_ip)
         }
         None => format!("admin:{}", ctx.remote_ip),

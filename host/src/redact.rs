@@ -1,6 +1,7 @@
 //! URLs as the host prints them: no userinfo, no query values (signed URLs carry their
 //! credentials there). Every URL that goes into a log line, `info`, the history, a rejection
-//! record or an error message goes through [`url`] first.
+//! record or an error message goes through [`url`] first. Text from elsewhere (a heartbeat, a user
+//! agent) that reaches a terminal or a log goes through [`printable`].
 
 /// What replaces each query value.
 pub const REDACTED: &str = "REDACTED";
@@ -44,6 +45,12 @@ fn query_keys(query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// `text` with every control character (C0, DEL, C1: escape sequences, bells, newlines) replaced
+/// by `?`, so that text read from the store or a client cannot drive the terminal it is shown on.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 #[cfg(test)]

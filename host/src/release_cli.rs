@@ -266,7 +266,7 @@ fn row(cells: &[&str]) -> Vec<String> {
 /// `{"sha256": …, "version": …}` as the short version.
 fn version(value: &Value) -> String {
     match (&value["version"], value["sha256"].as_str()) {
-        (Value::String(version), _) => version.clone(),
+        (Value::String(version), _) => crate::redact::printable(version),
         (_, Some(sha256)) => short(sha256),
         _ => "-".to_string(),
     }
