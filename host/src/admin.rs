@@ -98,6 +98,9 @@ async fn admin(
         return response;
     }
     let who = actor(ctx);
+    let mut req = req;
+    let timeout = app.limits().request_timeout;
+    req.extensions_mut().insert(BodyDeadline { at: ctx.started + timeout, timeout });
     let call = format!("{} {}", req.method(), route.trim_start_matches('/'));
     let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
     let response = route_admin(app, req, route, &who).await;
@@ -111,6 +114,14 @@ async fn admin(
         });
     }
     response
+}
+
+/// When an admin request's body must have arrived: its `--request-timeout` after it started (an
+/// upload trickled a byte at a time would otherwise hold the call open for as long as it lasts).
+#[derive(Clone, Copy)]
+struct BodyDeadline {
+    at: tokio::time::Instant,
+    timeout: std::time::Duration,
 }
 
 /// Longest user agent kept in an admin event: enough to tell one tool from another.
@@ -241,8 +252,25 @@ pub(crate) async fn read_component(
     }
     let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
     let uri = req.uri().clone();
+    let deadline = req.extensions().get::<BodyDeadline>().copied();
     let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    let bytes: Bytes = match limited.collect().await {
+    let collected = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline.at, limited.collect()).await {
+            Ok(collected) => collected,
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    &format!(
+                        "the upload did not arrive within the {}s `--request-timeout`",
+                        deadline.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        },
+        None => limited.collect().await,
+    };
+    let bytes: Bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(error) => {
