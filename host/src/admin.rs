@@ -149,25 +149,7 @@ async fn route_admin(
         // The body is the component; a signature may ride along in a header.
         (Method::PUT, "/component") => upload(app, req, who).await,
         (_, "/component") => method_not_allowed("PUT"),
-        (Method::POST, "/rollback") => {
-            let to = query_value(req.uri(), "to");
-            if let Some(store) = &app.store {
-                return match release::rollback(store, to.as_deref(), who).await {
-                    Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
-                    Err(error) => json(error.status(), &error.to_json()),
-                };
-            }
-            match swap::rollback(app, to.as_deref(), who).await {
-                Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
-                Err(error) => {
-                    let status = match error {
-                        RollbackError::NotKept(_) => StatusCode::NOT_FOUND,
-                        RollbackError::NoPrevious | RollbackError::AlreadyActive(_) => StatusCode::CONFLICT,
-                    };
-                    json_error(status, "rollback_refused", &error.to_string())
-                }
-            }
-        }
+        (Method::POST, "/rollback") => rollback(app, req.uri(), who).await,
         (_, "/rollback") => method_not_allowed("POST"),
         (Method::GET | Method::HEAD, "/history") => json(StatusCode::OK, &history(app)),
         (_, "/history") => method_not_allowed("GET, HEAD"),
@@ -181,6 +163,45 @@ async fn route_admin(
             "not_found",
             "admin endpoints: PUT component, POST rollback, GET history, GET fleet, GET|POST release, POST release/promote, POST release/abort",
         ),
+    }
+}
+
+/// `POST rollback[?to=V][&if_generation=G]`: with a store, the fleet's; else this instance's.
+async fn rollback(app: &Arc<App>, uri: &http::Uri, who: &str) -> Response<ResponseBody> {
+    let to = query_value(uri, "to");
+    if let Some(store) = &app.store {
+        let if_generation = match if_generation(uri) {
+            Ok(generation) => generation,
+            Err(answer) => return answer,
+        };
+        return match release::rollback(store, to.as_deref(), if_generation, who).await {
+            Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
+            Err(error) => json(error.status(), &error.to_json()),
+        };
+    }
+    match swap::rollback(app, to.as_deref(), who).await {
+        Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
+        Err(error) => {
+            let status = match error {
+                RollbackError::NotKept(_) => StatusCode::NOT_FOUND,
+                RollbackError::NoPrevious | RollbackError::AlreadyActive(_) => StatusCode::CONFLICT,
+            };
+            json_error(status, "rollback_refused", &error.to_string())
+        }
+    }
+}
+
+/// `?if_generation=G`: the manifest generation a change is for (0: no manifest yet); `Err` is
+/// the 400 to answer.
+pub(crate) fn if_generation(uri: &http::Uri) -> Result<Option<i64>, Response<ResponseBody>> {
+    match query_value(uri, "if_generation").map(|g| g.parse::<i64>()) {
+        None => Ok(None),
+        Some(Ok(generation)) if generation >= 0 => Ok(Some(generation)),
+        Some(_) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`if_generation` must be a manifest generation (0: no manifest yet)",
+        )),
     }
 }
 
@@ -208,16 +229,9 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: &str) -> Resp
         Ok(read) => read,
         Err(answer) => return answer,
     };
-    let if_generation = match query_value(&uri, "if_generation").map(|g| g.parse::<i64>()) {
-        None => None,
-        Some(Ok(generation)) if generation >= 0 => Some(generation),
-        Some(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`if_generation` must be a manifest generation (0: no manifest yet)",
-            );
-        }
+    let if_generation = match if_generation(&uri) {
+        Ok(generation) => generation,
+        Err(answer) => return answer,
     };
     if let Some(store) = &app.store {
         return match release::push(app, store, candidate, if_generation, who).await {
