@@ -132,7 +132,8 @@ const MAX_USER_AGENT_CHARS: usize = 100;
 fn actor(ctx: &RequestContext) -> String {
     match &ctx.user_agent {
         Some(agent) => {
-            let agent = crate::redact::printable(&agent.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
+            let agent =
+                crate::redact::printable(&agent.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
             format!("admin:{} ({agent})", ctx.remote_ip)
         }
         None => format!("admin:{}", ctx.remote_ip),
@@ -172,7 +173,7 @@ async fn rollback(app: &Arc<App>, uri: &http::Uri, who: &str) -> Response<Respon
     if let Some(store) = &app.store {
         let if_generation = match if_generation(uri) {
             Ok(generation) => generation,
-            Err(answer) => return answer,
+            Err(answer) => return *answer,
         };
         return match release::rollback(store, to.as_deref(), if_generation, who).await {
             Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
@@ -193,15 +194,15 @@ async fn rollback(app: &Arc<App>, uri: &http::Uri, who: &str) -> Response<Respon
 
 /// `?if_generation=G`: the manifest generation a change is for (0: no manifest yet); `Err` is
 /// the 400 to answer.
-pub(crate) fn if_generation(uri: &http::Uri) -> Result<Option<i64>, Response<ResponseBody>> {
+fn if_generation(uri: &http::Uri) -> Result<Option<i64>, Box<Response<ResponseBody>>> {
     match query_value(uri, "if_generation").map(|g| g.parse::<i64>()) {
         None => Ok(None),
         Some(Ok(generation)) if generation >= 0 => Ok(Some(generation)),
-        Some(_) => Err(json_error(
+        Some(_) => Err(Box::new(json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "`if_generation` must be a manifest generation (0: no manifest yet)",
-        )),
+        ))),
     }
 }
 
@@ -231,7 +232,7 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: &str) -> Resp
     };
     let if_generation = match if_generation(&uri) {
         Ok(generation) => generation,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if let Some(store) = &app.store {
         return match release::push(app, store, candidate, if_generation, who).await {

@@ -45,7 +45,8 @@ async fn start(args: &ReleaseStartArgs) -> anyhow::Result<()> {
 async fn promote(args: &ReleasePromoteArgs) -> anyhow::Result<()> {
     let token = read_token(&args.host.token_file)?;
     let client = client(Duration::from_secs(60))?;
-    let mut query: Vec<String> = args.weight.map(|w| format!("weight={}", query_weight(w))).into_iter().collect();
+    let mut query: Vec<String> =
+        args.weight.map(|w| format!("weight={}", query_weight(w))).into_iter().collect();
     query.extend(if_generation(&client, &args.host.url, &token).await?);
     let endpoint = with_query(endpoint(&args.host.url, "/promote"), &query);
     answer(client.post(&endpoint).bearer_auth(token), &endpoint).await

@@ -41,7 +41,9 @@ pub enum RolloutError {
     Unavailable(#[from] GcsError),
     #[error("not known whether the release changed (read `GET admin/release` to see): {0}")]
     Unknown(GcsError),
-    #[error("the manifest would be {size} bytes, over the {limit}-byte limit every instance reads; nothing changed")]
+    #[error(
+        "the manifest would be {size} bytes, over the {limit}-byte limit every instance reads; nothing changed"
+    )]
     TooLarge { size: u64, limit: u64 },
     #[error("{0}")]
     BadRequest(String),

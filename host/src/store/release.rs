@@ -305,7 +305,8 @@ mod tests {
         let recent = manifest(&[(A, Action::Rollback, now.clone()), (B, Action::Push, now)]);
         let error = refuse_undoing(Some(&recent), 7).unwrap_err();
         assert!(error.to_string().contains("if_generation=7"), "{error}");
-        let old = manifest(&[(A, Action::Rollback, "2020-01-01T00:00:00Z".into()), (B, Action::Push, "t".into())]);
+        let old =
+            manifest(&[(A, Action::Rollback, "2020-01-01T00:00:00Z".into()), (B, Action::Push, "t".into())]);
         assert!(refuse_undoing(Some(&old), 7).is_ok());
         let pushed = manifest(&[(A, Action::Push, now_rfc3339()), (B, Action::Rollback, now_rfc3339())]);
         assert!(refuse_undoing(Some(&pushed), 7).is_ok());

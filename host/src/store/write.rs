@@ -45,11 +45,15 @@ impl Store {
         // The error of the first attempt, once its reply was lost and the manifest had not moved.
         let mut lost: Option<GcsError> = None;
         loop {
-            let sent =
-                self.gcs.upload(self.bucket(), &object, &bytes, "application/json", Some(if_generation)).await;
+            let sent = self
+                .gcs
+                .upload(self.bucket(), &object, &bytes, "application/json", Some(if_generation))
+                .await;
             let error = match (sent, lost.take()) {
                 (Ok(meta), _) => return Ok(meta.generation),
-                (Err(GcsError::PreconditionFailed(_)), None) => return Err(WriteError::Conflict(if_generation)),
+                (Err(GcsError::PreconditionFailed(_)), None) => {
+                    return Err(WriteError::Conflict(if_generation));
+                }
                 (Err(error), None) if !maybe_made(&error) => return Err(WriteError::Failed(error)),
                 (Err(error), None) => error,
                 // The second attempt: whatever it met, the first may have been made since.
@@ -63,7 +67,10 @@ impl Store {
             };
             match self.resolve(&write_id, if_generation).await {
                 Ok(Some(generation)) => {
-                    tracing::info!(generation, "the manifest write's reply was lost ({error}); read back, it was made");
+                    tracing::info!(
+                        generation,
+                        "the manifest write's reply was lost ({error}); read back, it was made"
+                    );
                     return Ok(generation);
                 }
                 Ok(None) => lost = Some(error),
