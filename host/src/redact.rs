@@ -74,4 +74,9 @@ mod tests {
         let shown = url("http://us er:secret@h/ x");
         assert!(!shown.contains("secret"), "{shown}");
     }
+
+    #[test]
+    fn printable_text_has_no_control_characters() {
+        assert_eq!(printable("ok \u{1b}]0;t\u{7}\u{1b}[2J\u{9b}1m\n\té"), "ok ?]0;t??[2J?1m??é");
+    }
 }
