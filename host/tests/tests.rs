@@ -32,6 +32,9 @@ mod source_hardening;
 mod log_pipe;
 // The fleet release store on Cloud Storage (fake-gcs-server): gs:// source, push, rollback, fleet view, faults.
 mod store;
+// The release store under races and bad contents (#33): rollbacks at once, oversized and lost writes,
+// reads racing writes, escapes in heartbeats, ambiguous prefixes, trickled uploads, long histories.
+mod store_integrity;
 // The status page in headless Chromium: nothing without the token, the release, a rollback.
 mod status_page;
 // `echo-host release start|status|promote|abort`: the real binary against a running host.
