@@ -224,6 +224,31 @@ fn a_write_whose_reply_is_lost_is_resolved_by_reading_back() {
     wait_all_serve(&http, &hosts, &a, "A");
 }
 
+/// The store takes the manifest write, drops the reply and then answers nothing but 503: the push
+/// cannot tell, and says so (503 `outcome_unknown`, `"released": null`) instead of "nothing was
+/// released"; once the store is back the fleet follows the write that was made.
+#[test]
+fn a_write_that_cannot_be_read_back_is_reported_unknown() {
+    let store = Store::new("unknown");
+    let proxy = StorageProxy::start(&store.gcs.url());
+    let endpoint = proxy.url();
+    let hosts = store.start_hosts(1, &["--storage-emulator-host", &endpoint], &[]);
+    let (host, http) = (&hosts[0], http());
+    let (status, body) = push(&http, host, &misbehave(), "");
+    assert_eq!(status, 200, "{body}");
+
+    let b = variant(&echo(), 1);
+    proxy.set_mode(Mode::DropReplyThenStatus("manifest.json", 503));
+    let (status, body) = push(&http, host, &b, "");
+    assert_eq!((status, body["kind"].as_str()), (503, Some("outcome_unknown")), "{body}");
+    assert_eq!(body["released"], Value::Null, "{body}");
+    assert!(!body["error"].as_str().unwrap().contains("nothing was released"), "{body}");
+    assert_eq!(proxy.mode(), Mode::Status(503), "the write's reply was dropped");
+    assert_eq!(store.manifest().unwrap()["stable"], format!("sha256:{}", sha256(&b)), "it was made");
+    proxy.set_mode(Mode::Pass);
+    wait_all_serve(&http, &hosts, &b, "B");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. A manifest replaced while it is read
 // ---------------------------------------------------------------------------------------------

@@ -540,6 +540,9 @@ pub enum Mode {
     /// Forwards a write whose target or body contains this text (e.g. `manifest.json`), then
     /// closes the connection without answering: the write is made, its reply lost.
     DropReplyToWrites(&'static str),
+    /// As `DropReplyToWrites`, then answers every later request with this status (a store that
+    /// goes away right after taking a write).
+    DropReplyThenStatus(&'static str, u16),
     /// At the next download of an object whose name contains this text, first rewrites the
     /// object upstream (same bytes, a new generation), then forwards the download of the old
     /// generation (which then does not exist) and switches to `Pass`.
@@ -755,8 +758,11 @@ async fn proxy_answer(
             record(status);
             return Ok(google_error(status));
         }
-        Mode::Pass | Mode::CorruptMedia | Mode::DropReplyToWrites(_) | Mode::ReplaceOnceBeforeDownload(_) => {
-        }
+        Mode::Pass
+        | Mode::CorruptMedia
+        | Mode::DropReplyToWrites(_)
+        | Mode::DropReplyThenStatus(..)
+        | Mode::ReplaceOnceBeforeDownload(_) => {}
     }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|e| format!("reading the request body: {e}"))?.to_bytes();
@@ -801,10 +807,11 @@ async fn proxy_answer(
     Ok(response.body(Full::new(Bytes::from(bytes)).boxed()).unwrap())
 }
 
-// The faults of `DropReplyToWrites` and `ReplaceOnceBeforeDownload`.
+// The faults of `DropReplyToWrites`, `DropReplyThenStatus` and `ReplaceOnceBeforeDownload`.
 
 /// Acts on `seen` before it is forwarded: in `ReplaceOnceBeforeDownload`, replaces the object it
-/// downloads; returns whether, in `DropReplyToWrites`, its reply is to be dropped.
+/// downloads; returns whether, in `DropReplyToWrites` or `DropReplyThenStatus`, its reply is to
+/// be dropped.
 async fn write_fault(
     state: &Mutex<ProxyState>,
     client: &reqwest::Client,
@@ -815,6 +822,14 @@ async fn write_fault(
     match seen.mode {
         Mode::DropReplyToWrites(part) => {
             seen.is_write() && (seen.target.contains(part) || String::from_utf8_lossy(body).contains(part))
+        }
+        Mode::DropReplyThenStatus(part, status) => {
+            let chosen = seen.is_write()
+                && (seen.target.contains(part) || String::from_utf8_lossy(body).contains(part));
+            if chosen {
+                state.lock().unwrap().mode = Mode::Status(status);
+            }
+            chosen
         }
         Mode::ReplaceOnceBeforeDownload(part) if seen.is_media() => {
             let Some(name) = seen.object().filter(|name| name.contains(part)) else { return false };
