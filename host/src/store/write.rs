@@ -80,14 +80,14 @@ impl Store {
         }
     }
 
-    /// After a lost reply: `Some(generation)` when the write `write_id` is in the manifest,
-    /// [`WriteError::Conflict`] when another write moved it, `None` when it has not moved (the
-    /// write not made, or not yet).
+    /// After a lost reply: `Some(generation)` when the manifest moved and the write `write_id` is
+    /// in it, [`WriteError::Conflict`] when another write moved it, `None` when it has not moved
+    /// (the write not made, or not yet).
     async fn resolve(&self, write_id: &str, if_generation: i64) -> Result<Option<i64>, WriteError> {
         match self.current().await {
+            Ok((_, generation)) if generation == if_generation => Ok(None),
             Ok((Some(release), generation)) if release.manifest.written_by(write_id) => Ok(Some(generation)),
-            Ok((_, generation)) if generation != if_generation => Err(WriteError::Conflict(if_generation)),
-            Ok(_) => Ok(None),
+            Ok(_) => Err(WriteError::Conflict(if_generation)),
             Err(error) => Err(WriteError::Failed(error)),
         }
     }
