@@ -14,11 +14,11 @@ use super::manifest::{Action, Manifest, parse_version};
 use super::{Release, Store, WriteError, now_rfc3339};
 use crate::app::App;
 use crate::gcs::GcsError;
+use crate::swap::{self, Candidate, Rejection};
 
 /// How recent a rollback is for a rollback without a target (or `if_generation`) to be refused
 /// as undoing it.
-pub const ROLLBACK_GUARD: Duration = Duration::from_secs(10);
-use crate::swap::{self, Candidate, Rejection};
+const ROLLBACK_GUARD: Duration = Duration::from_secs(10);
 
 /// A manifest this instance wrote.
 #[derive(Debug, Clone, serde::Serialize)]
