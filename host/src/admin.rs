@@ -98,6 +98,9 @@ async fn admin(
         return response;
     }
     let who = actor(ctx);
+    let mut req = req;
+    let timeout = app.limits().request_timeout;
+    req.extensions_mut().insert(BodyDeadline { at: ctx.started + timeout, timeout });
     let call = format!("{} {}", req.method(), route.trim_start_matches('/'));
     let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
     let response = route_admin(app, req, route, &who).await;
@@ -113,6 +116,14 @@ async fn admin(
     response
 }
 
+/// When an admin request's body must have arrived: its `--request-timeout` after it started (an
+/// upload trickled a byte at a time would otherwise hold the call open for as long as it lasts).
+#[derive(Clone, Copy)]
+struct BodyDeadline {
+    at: tokio::time::Instant,
+    timeout: std::time::Duration,
+}
+
 /// Longest user agent kept in an admin event: enough to tell one tool from another.
 const MAX_USER_AGENT_CHARS: usize = 100;
 
@@ -121,11 +132,8 @@ const MAX_USER_AGENT_CHARS: usize = 100;
 fn actor(ctx: &RequestContext) -> String {
     match &ctx.user_agent {
         Some(agent) => {
-            let agent: String = agent
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .take(MAX_USER_AGENT_CHARS)
-                .collect();
+            let agent =
+                crate::redact::printable(&agent.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
             format!("admin:{} ({agent})", ctx.remote_ip)
         }
         None => format!("admin:{}", ctx.remote_ip),
@@ -142,25 +150,7 @@ async fn route_admin(
         // The body is the component; a signature may ride along in a header.
         (Method::PUT, "/component") => upload(app, req, who).await,
         (_, "/component") => method_not_allowed("PUT"),
-        (Method::POST, "/rollback") => {
-            let to = query_value(req.uri(), "to");
-            if let Some(store) = &app.store {
-                return match release::rollback(store, to.as_deref(), who).await {
-                    Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
-                    Err(error) => json(error.status(), &error.to_json()),
-                };
-            }
-            match swap::rollback(app, to.as_deref(), who).await {
-                Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
-                Err(error) => {
-                    let status = match error {
-                        RollbackError::NotKept(_) => StatusCode::NOT_FOUND,
-                        RollbackError::NoPrevious | RollbackError::AlreadyActive(_) => StatusCode::CONFLICT,
-                    };
-                    json_error(status, "rollback_refused", &error.to_string())
-                }
-            }
-        }
+        (Method::POST, "/rollback") => rollback(app, req.uri(), who).await,
         (_, "/rollback") => method_not_allowed("POST"),
         (Method::GET | Method::HEAD, "/history") => json(StatusCode::OK, &history(app)),
         (_, "/history") => method_not_allowed("GET, HEAD"),
@@ -174,6 +164,45 @@ async fn route_admin(
             "not_found",
             "admin endpoints: PUT component, POST rollback, GET history, GET fleet, GET|POST release, POST release/promote, POST release/abort",
         ),
+    }
+}
+
+/// `POST rollback[?to=V][&if_generation=G]`: with a store, the fleet's; else this instance's.
+async fn rollback(app: &Arc<App>, uri: &http::Uri, who: &str) -> Response<ResponseBody> {
+    let to = query_value(uri, "to");
+    if let Some(store) = &app.store {
+        let if_generation = match if_generation(uri) {
+            Ok(generation) => generation,
+            Err(answer) => return *answer,
+        };
+        return match release::rollback(store, to.as_deref(), if_generation, who).await {
+            Ok(released) => json(StatusCode::OK, &serde_json::json!(released)),
+            Err(error) => json(error.status(), &error.to_json()),
+        };
+    }
+    match swap::rollback(app, to.as_deref(), who).await {
+        Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
+        Err(error) => {
+            let status = match error {
+                RollbackError::NotKept(_) => StatusCode::NOT_FOUND,
+                RollbackError::NoPrevious | RollbackError::AlreadyActive(_) => StatusCode::CONFLICT,
+            };
+            json_error(status, "rollback_refused", &error.to_string())
+        }
+    }
+}
+
+/// `?if_generation=G`: the manifest generation a change is for (0: no manifest yet); `Err` is
+/// the 400 to answer.
+fn if_generation(uri: &http::Uri) -> Result<Option<i64>, Box<Response<ResponseBody>>> {
+    match query_value(uri, "if_generation").map(|g| g.parse::<i64>()) {
+        None => Ok(None),
+        Some(Ok(generation)) if generation >= 0 => Ok(Some(generation)),
+        Some(_) => Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`if_generation` must be a manifest generation (0: no manifest yet)",
+        ))),
     }
 }
 
@@ -201,16 +230,9 @@ async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: &str) -> Resp
         Ok(read) => read,
         Err(answer) => return answer,
     };
-    let if_generation = match query_value(&uri, "if_generation").map(|g| g.parse::<i64>()) {
-        None => None,
-        Some(Ok(generation)) if generation >= 0 => Some(generation),
-        Some(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`if_generation` must be a manifest generation (0: no manifest yet)",
-            );
-        }
+    let if_generation = match if_generation(&uri) {
+        Ok(generation) => generation,
+        Err(answer) => return *answer,
     };
     if let Some(store) = &app.store {
         return match release::push(app, store, candidate, if_generation, who).await {
@@ -245,8 +267,25 @@ pub(crate) async fn read_component(
     }
     let signature = req.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
     let uri = req.uri().clone();
+    let deadline = req.extensions().get::<BodyDeadline>().copied();
     let limited = http_body_util::Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    let bytes: Bytes = match limited.collect().await {
+    let collected = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline.at, limited.collect()).await {
+            Ok(collected) => collected,
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    &format!(
+                        "the upload did not arrive within the {}s `--request-timeout`",
+                        deadline.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        },
+        None => limited.collect().await,
+    };
+    let bytes: Bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(error) => {

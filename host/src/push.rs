@@ -129,7 +129,10 @@ fn describe(instances: &[&Value]) -> String {
     instances
         .iter()
         .map(|i| {
-            let rejection = i["last_rejection"]["reason"].as_str().unwrap_or("no rejection recorded");
+            let rejection = match &i["last_rejection"]["reason"] {
+                Value::Null => "no rejection recorded".to_string(),
+                reason => text(reason),
+            };
             format!("  {} serves {} (last rejection: {rejection})", text(&i["instance"]), text(&i["version"]))
         })
         .collect::<Vec<_>>()
@@ -227,14 +230,16 @@ fn state(instance: &Value) -> String {
 }
 
 /// Rows of cells as left-aligned columns two spaces apart, one line each (the first row is
-/// usually the header).
+/// usually the header); control characters in a cell are shown as `?`.
 pub(crate) fn columns(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|row| row.iter().map(|cell| crate::redact::printable(cell)).collect()).collect();
     let count = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..count)
         .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -244,13 +249,14 @@ pub(crate) fn columns(rows: &[Vec<String>]) -> String {
 
 pub(crate) fn short(version: &str) -> String {
     let hex: String = version.trim_start_matches("sha256:").chars().take(12).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::redact::printable(&hex))
 }
 
+/// A JSON value as terminal text: a string unquoted, `-` for null; control characters as `?`.
 pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::redact::printable(s),
         other => other.to_string(),
     }
 }

@@ -1,6 +1,7 @@
 //! URLs as the host prints them: no userinfo, no query values (signed URLs carry their
 //! credentials there). Every URL that goes into a log line, `info`, the history, a rejection
-//! record or an error message goes through [`url`] first.
+//! record or an error message goes through [`url`] first. Text from elsewhere (a heartbeat, a user
+//! agent) that reaches a terminal or a log goes through [`printable`].
 
 /// What replaces each query value.
 pub const REDACTED: &str = "REDACTED";
@@ -46,6 +47,12 @@ fn query_keys(query: &str) -> String {
         .join("&")
 }
 
+/// `text` with every control character (C0, DEL, C1: escape sequences, bells, newlines) replaced
+/// by `?`, so that text read from the store or a client cannot drive the terminal it is shown on.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +73,10 @@ mod tests {
     fn nothing_of_an_unparsable_url_is_printed() {
         let shown = url("http://us er:secret@h/ x");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn printable_text_has_no_control_characters() {
+        assert_eq!(printable("ok \u{1b}]0;t\u{7}\u{1b}[2J\u{9b}1m\n\té"), "ok ?]0;t??[2J?1m??é");
     }
 }

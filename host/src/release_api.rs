@@ -1,5 +1,6 @@
 //! The admin API's release endpoints: `GET release` (the status), `POST release` (start a
-//! canary from the uploaded component), `POST release/promote[?weight=W]`, `POST release/abort`.
+//! canary from the uploaded component), `POST release/promote[?weight=W]`, `POST release/abort`;
+//! each change only on release generation `G` with `?if_generation=G`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,14 @@ pub async fn handle(
             Err(answer) => return answer,
         },
         (_, "/release") => return method_not_allowed("GET, HEAD, POST"),
-        (Method::POST, "/release/promote") => match weight(req.uri(), "weight") {
-            Ok(weight) => change::promote(app, weight, who).await,
+        (Method::POST, "/release/promote") => match (weight(req.uri(), "weight"), if_generation(req.uri())) {
+            (Ok(weight), Ok(generation)) => change::promote(app, weight, generation, who).await,
+            (Err(error), _) | (_, Err(error)) => Err(error),
+        },
+        (Method::POST, "/release/abort") => match if_generation(req.uri()) {
+            Ok(generation) => change::abort(app, generation, who).await,
             Err(error) => Err(error),
         },
-        (Method::POST, "/release/abort") => change::abort(app, who).await,
         (_, "/release/promote" | "/release/abort") => return method_not_allowed("POST"),
         _ => {
             return json_error(
@@ -66,12 +70,7 @@ async fn start(
                 .map_err(|e| RolloutError::BadRequest(format!("`step_interval`: {e}")))?,
             None => Duration::from_secs(60),
         },
-        if_generation: match query_value(uri, "if_generation") {
-            Some(text) => Some(text.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
-                RolloutError::BadRequest("`if_generation` must be a release generation".into())
-            })?),
-            None => None,
-        },
+        if_generation: if_generation(uri)?,
     };
     if !(STEP_INTERVAL_RANGE.0..=STEP_INTERVAL_RANGE.1).contains(&plan.step_interval)
         && !plan.steps.is_empty()
@@ -83,6 +82,16 @@ async fn start(
         )));
     }
     change::start(app, candidate, plan, who).await
+}
+
+/// `?if_generation=G`: the release generation a change is only to be made on.
+fn if_generation(uri: &http::Uri) -> Result<Option<i64>, RolloutError> {
+    match query_value(uri, "if_generation") {
+        Some(text) => Ok(Some(text.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
+            RolloutError::BadRequest("`if_generation` must be a release generation".into())
+        })?)),
+        None => Ok(None),
+    }
 }
 
 pub fn weight(uri: &http::Uri, name: &str) -> Result<Option<Weight>, RolloutError> {

@@ -41,19 +41,35 @@ async fn start(args: &ReleaseStartArgs) -> anyhow::Result<()> {
     answer(request, &endpoint).await
 }
 
-/// `POST release/promote[?weight=W]`.
+/// `POST release/promote[?weight=W]`, on the release generation read first.
 async fn promote(args: &ReleasePromoteArgs) -> anyhow::Result<()> {
     let token = read_token(&args.host.token_file)?;
-    let query = args.weight.map(|w| format!("?weight={}", query_weight(w))).unwrap_or_default();
-    let endpoint = format!("{}{query}", endpoint(&args.host.url, "/promote"));
-    answer(client(Duration::from_secs(60))?.post(&endpoint).bearer_auth(token), &endpoint).await
+    let client = client(Duration::from_secs(60))?;
+    let mut query: Vec<String> =
+        args.weight.map(|w| format!("weight={}", query_weight(w))).into_iter().collect();
+    query.extend(if_generation(&client, &args.host.url, &token).await?);
+    let endpoint = with_query(endpoint(&args.host.url, "/promote"), &query);
+    answer(client.post(&endpoint).bearer_auth(token), &endpoint).await
 }
 
-/// `POST release/abort`.
+/// `POST release/abort`, on the release generation read first.
 async fn abort(args: &ReleaseHostArgs) -> anyhow::Result<()> {
     let token = read_token(&args.token_file)?;
-    let endpoint = endpoint(&args.url, "/abort");
-    answer(client(Duration::from_secs(60))?.post(&endpoint).bearer_auth(token), &endpoint).await
+    let client = client(Duration::from_secs(60))?;
+    let query: Vec<String> = if_generation(&client, &args.url, &token).await?.into_iter().collect();
+    let endpoint = with_query(endpoint(&args.url, "/abort"), &query);
+    answer(client.post(&endpoint).bearer_auth(token), &endpoint).await
+}
+
+/// `if_generation=G` for the release generation the host reports now (none without a store), so
+/// that a change made by someone else meanwhile is a conflict, not undone.
+async fn if_generation(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Option<String>> {
+    let view = get_json(client, &endpoint(url, ""), token).await?;
+    Ok(view["manifest_generation"].as_str().map(|g| format!("if_generation={g}")))
+}
+
+fn with_query(endpoint: String, query: &[String]) -> String {
+    if query.is_empty() { endpoint } else { format!("{endpoint}?{}", query.join("&")) }
 }
 
 /// `GET release`, printed as tables.
@@ -266,7 +282,7 @@ fn row(cells: &[&str]) -> Vec<String> {
 /// `{"sha256": …, "version": …}` as the short version.
 fn version(value: &Value) -> String {
     match (&value["version"], value["sha256"].as_str()) {
-        (Value::String(version), _) => version.clone(),
+        (Value::String(version), _) => crate::redact::printable(version),
         (_, Some(sha256)) => short(sha256),
         _ => "-".to_string(),
     }

@@ -36,6 +36,9 @@ mod store;
 mod store_follow;
 // Frozen instances (Cloud Run's default CPU allocation): SIGSTOP through release changes, the store down at wake-up, asleep in the fleet view.
 mod wake;
+// The release store under races and bad contents (#33): rollbacks at once, oversized and lost writes,
+// reads racing writes, escapes in heartbeats, ambiguous prefixes, trickled uploads, long histories.
+mod store_integrity;
 // The status page in headless Chromium: nothing without the token, the release, a rollback.
 mod status_page;
 // `echo-host release start|status|promote|abort`: the real binary against a running host.

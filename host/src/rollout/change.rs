@@ -13,7 +13,7 @@ use super::Weight;
 use crate::app::App;
 use crate::gcs::GcsError;
 use crate::store::manifest::{Action, CanaryPlan, Manifest};
-use crate::store::{Release, now_rfc3339};
+use crate::store::{Release, WriteError, now_rfc3339};
 use crate::swap::{self, Candidate, Rejection};
 
 /// How many times an automatic change reads the release again after losing a race.
@@ -39,6 +39,12 @@ pub enum RolloutError {
     Contended,
     #[error("the release store is unavailable, nothing changed: {0}")]
     Unavailable(#[from] GcsError),
+    #[error("not known whether the release changed (read `GET admin/release` to see): {0}")]
+    Unknown(GcsError),
+    #[error(
+        "the manifest would be {size} bytes, over the {limit}-byte limit every instance reads; nothing changed"
+    )]
+    TooLarge { size: u64, limit: u64 },
     #[error("{0}")]
     BadRequest(String),
 }
@@ -53,7 +59,8 @@ impl RolloutError {
             | Self::AlreadyStable(_)
             | Self::Conflict { .. }
             | Self::Contended => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Unknown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -67,6 +74,8 @@ impl RolloutError {
             Self::AlreadyStable(_) => "already_stable",
             Self::Conflict { .. } | Self::Contended => "conflict",
             Self::Unavailable(_) => "store_unavailable",
+            Self::Unknown(_) => "outcome_unknown",
+            Self::TooLarge { .. } => "too_large",
             Self::BadRequest(_) => "bad_request",
         }
     }
@@ -127,9 +136,14 @@ pub async fn start(
 }
 
 /// Sets the canary's weight; at 100 (or with no weight and no further step) makes it stable.
-/// Without a weight, the next of its steps.
-pub async fn promote(app: &Arc<App>, weight: Option<Weight>, who: &str) -> Result<i64, RolloutError> {
-    by_hand(app, None, |manifest| {
+/// Without a weight, the next of its steps. Only on release generation `if_generation`, if given.
+pub async fn promote(
+    app: &Arc<App>,
+    weight: Option<Weight>,
+    if_generation: Option<i64>,
+    who: &str,
+) -> Result<i64, RolloutError> {
+    by_hand(app, if_generation, |manifest| {
         let canary = manifest.canary.as_ref().ok_or(RolloutError::NoCanary)?;
         let target = weight.or_else(|| canary.next_step()).unwrap_or(Weight::FULL);
         let mut next = manifest.clone();
@@ -149,9 +163,10 @@ pub async fn promote(app: &Arc<App>, weight: Option<Weight>, who: &str) -> Resul
     .await
 }
 
-/// Removes the canary: stable serves every request.
-pub async fn abort(app: &Arc<App>, who: &str) -> Result<i64, RolloutError> {
-    by_hand(app, None, |manifest| {
+/// Removes the canary: stable serves every request. Only on release generation `if_generation`,
+/// if given.
+pub async fn abort(app: &Arc<App>, if_generation: Option<i64>, who: &str) -> Result<i64, RolloutError> {
+    by_hand(app, if_generation, |manifest| {
         manifest.canary.as_ref().ok_or(RolloutError::NoCanary)?;
         let mut next = manifest.clone();
         next.record(Action::Abort, who, now_rfc3339(), None);
@@ -230,8 +245,10 @@ async fn write(app: &Arc<App>, next: Manifest, generation: i64) -> Result<Option
             store.poll_now.notify_one();
             Ok(Some(written))
         }
-        Err(GcsError::PreconditionFailed(_)) => Ok(None),
-        Err(error) => Err(error.into()),
+        Err(WriteError::Conflict(_)) => Ok(None),
+        Err(WriteError::TooLarge { size, limit }) => Err(RolloutError::TooLarge { size, limit }),
+        Err(WriteError::Failed(error)) => Err(error.into()),
+        Err(WriteError::Unknown(error)) => Err(RolloutError::Unknown(error)),
     }
 }
 

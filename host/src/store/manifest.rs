@@ -13,7 +13,7 @@ pub const SCHEMA: u32 = 1;
 /// History entries kept in the manifest, newest first.
 pub const HISTORY_LEN: usize = 20;
 
-/// Largest manifest read (a bounded history keeps real ones to a few KiB).
+/// Largest manifest read, and so written (a bounded history keeps real ones to a few KiB).
 pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
 
 /// Longest `by` text stored (who pushed or rolled back).
@@ -36,6 +36,10 @@ pub struct Manifest {
     pub updated_by: Option<String>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// A random id each write carries, so that a writer whose reply was lost can tell, reading
+    /// the manifest again, whether its write is the one there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -136,15 +140,21 @@ pub struct HistoryEntry {
     pub weight: Option<Weight>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The `write_id` of the write that added this entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl Manifest {
-    /// Parses and checks a manifest read from the store.
+    /// Parses and checks a manifest read from the store. A history longer than [`HISTORY_LEN`]
+    /// (written by hand or by another tool) is cut to its newest entries, as every answer and
+    /// every rewrite would cut it.
     pub fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
-        let manifest: Manifest =
+        let mut manifest: Manifest =
             serde_json::from_slice(bytes).context("the manifest is not valid JSON of schema 1")?;
+        manifest.history.truncate(HISTORY_LEN);
         if manifest.schema != SCHEMA {
             bail!("the manifest has schema {}; this host understands schema {SCHEMA}", manifest.schema);
         }
@@ -173,6 +183,7 @@ impl Manifest {
             updated_at: None,
             updated_by: None,
             history: Vec::new(),
+            write_id: None,
             extra: Map::new(),
         }
     }
@@ -187,9 +198,11 @@ impl Manifest {
         next
     }
 
-    /// Stamps the manifest as changed by `by` and adds the history entry describing it now.
+    /// Stamps the manifest as changed by `by` and adds the history entry describing it now; both
+    /// carry a new `write_id`.
     pub fn record(&mut self, action: Action, by: &str, at: String, reason: Option<String>) {
         let by: String = by.chars().take(MAX_BY_LEN).collect();
+        let write_id = hex::encode(crate::gcs::rand_bytes::<12>());
         let entry = HistoryEntry {
             stable: self.stable.clone(),
             at: at.clone(),
@@ -198,8 +211,10 @@ impl Manifest {
             canary: self.canary.as_ref().map(|c| c.version.clone()),
             weight: self.canary.as_ref().map(|c| c.weight),
             reason,
+            write_id: Some(write_id.clone()),
             extra: Map::new(),
         };
+        self.write_id = Some(write_id);
         self.updated_at = Some(at);
         self.updated_by = Some(by);
         self.history.insert(0, entry);
@@ -220,8 +235,16 @@ impl Manifest {
             .find(|sha| *sha != self.stable_sha256())
     }
 
+    /// Whether the write marked `write_id` made this manifest or one of its history entries.
+    pub fn written_by(&self, write_id: &str) -> bool {
+        self.write_id.as_deref() == Some(write_id)
+            || self.history.iter().any(|entry| entry.write_id.as_deref() == Some(write_id))
+    }
+
+    /// The manifest as written: compact JSON (pretty-printing a large field kept for a newer host
+    /// could multiply its size past [`MAX_MANIFEST_SIZE`]).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest serializes");
+        let mut bytes = serde_json::to_vec(self).expect("a manifest serializes");
         bytes.push(b'\n');
         bytes
     }
@@ -290,6 +313,22 @@ mod tests {
         assert_eq!(written["history"][0]["weight"], 10.0);
         let pushed = Manifest::next(Some(&manifest), B, "admin", Action::Push, "t".into());
         assert_eq!(pushed.canary, None, "a push ends the canary");
+    }
+
+    #[test]
+    fn writes_are_compact_marked_and_read_with_a_bounded_history() {
+        let first = Manifest::next(None, A, "admin", Action::Push, "t".into());
+        let id = first.write_id.clone().expect("a recorded change has a write id");
+        assert_eq!(first.history[0].write_id.as_deref(), Some(id.as_str()));
+        let bytes = first.to_bytes();
+        assert!(!bytes[..bytes.len() - 1].contains(&b'\n'), "compact: {}", String::from_utf8_lossy(&bytes));
+        let second = Manifest::next(Some(&first), B, "admin", Action::Push, "t".into());
+        assert_ne!(second.write_id.as_deref(), Some(id.as_str()));
+        assert!(second.written_by(&id) && second.written_by(second.write_id.as_deref().unwrap()));
+        assert!(!second.written_by("another"));
+        let mut long = second.clone();
+        long.history = vec![second.history[0].clone(); 3 * HISTORY_LEN];
+        assert_eq!(Manifest::parse(&long.to_bytes()).unwrap().history.len(), HISTORY_LEN);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! ```
 //! Every instance follows the manifest ([`follow`]), starts on its release ([`start`]) and
 //! re-checks it before routing on a stale view; a push or rollback on any instance writes it
-//! with a generation precondition ([`release`]), so concurrent writers never lose an update.
+//! with a generation precondition ([`release`]), so concurrent writers never lose an update. Every
+//! manifest write is compact, within the size every reader accepts, and resolved by reading it
+//! back when its reply is lost ([`write`]).
 
 pub mod follow;
 pub mod heartbeat;
@@ -16,6 +18,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod release;
 pub mod start;
+mod write;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -27,9 +30,14 @@ use crate::freshness::Freshness;
 use crate::gcs::{Gcs, GcsError, GsPrefix, ObjectMeta, StorageConfig};
 use crate::swap::Candidate;
 pub use manifest::Manifest;
+pub use write::WriteError;
 
 const MANIFEST: &str = "manifest.json";
 const INSTANCES: &str = "instances/";
+
+/// Reads of the manifest in a row that may find the generation just listed replaced (by a write
+/// between the metadata read and the download) before [`Store::current`] gives up.
+const READ_ATTEMPTS: u32 = 5;
 
 /// One instance's handle on the store, and what it last saw of it.
 pub struct Store {
@@ -204,25 +212,23 @@ impl Store {
     }
 
     /// The current release and the manifest's generation (0: no manifest). A manifest that does
-    /// not parse reads as no release, with its generation, so a writer can replace it.
+    /// not parse reads as no release, with its generation, so a writer can replace it. A
+    /// generation replaced between the metadata read and the download is read again (a few
+    /// times): a concurrent write is not an outage.
     pub async fn current(&self) -> Result<(Option<Release>, i64), GcsError> {
-        let Some(meta) = self.manifest_meta().await? else { return Ok((None, 0)) };
-        match self.read_manifest(&meta).await {
-            Ok(release) => Ok((Some(release), meta.generation)),
-            Err(StoreError::InvalidManifest { .. }) => Ok((None, meta.generation)),
-            Err(StoreError::Gcs(error)) => Err(error),
+        let mut attempts = 1;
+        loop {
+            let Some(meta) = self.manifest_meta().await? else { return Ok((None, 0)) };
+            match self.read_manifest(&meta).await {
+                Ok(release) => return Ok((Some(release), meta.generation)),
+                Err(StoreError::InvalidManifest { .. }) => return Ok((None, meta.generation)),
+                Err(StoreError::Gcs(GcsError::NotFound(what))) if attempts < READ_ATTEMPTS => {
+                    tracing::debug!("`{what}` was replaced while being read; reading the manifest again");
+                    attempts += 1;
+                }
+                Err(StoreError::Gcs(error)) => return Err(error),
+            }
         }
-    }
-
-    /// Writes the manifest if its generation is still `if_generation` (0: if there is none);
-    /// returns the new generation.
-    pub async fn write_manifest(&self, manifest: &Manifest, if_generation: i64) -> Result<i64, GcsError> {
-        let object = self.location.object(MANIFEST);
-        let meta = self
-            .gcs
-            .upload(self.bucket(), &object, &manifest.to_bytes(), "application/json", Some(if_generation))
-            .await?;
-        Ok(meta.generation)
     }
 
     /// Uploads a component (and its signature) under its sha256. Components are immutable: one

@@ -552,6 +552,16 @@ pub enum Mode {
     CorruptMedia,
     /// Forwards after this many milliseconds, as a bucket some distance away answers.
     Delay(u32),
+    /// Forwards a write whose target or body contains this text (e.g. `manifest.json`), then
+    /// closes the connection without answering: the write is made, its reply lost.
+    DropReplyToWrites(&'static str),
+    /// As `DropReplyToWrites`, then answers every later request with this status (a store that
+    /// goes away right after taking a write).
+    DropReplyThenStatus(&'static str, u16),
+    /// At the next download of an object whose name contains this text, first rewrites the
+    /// object upstream (same bytes, a new generation), then forwards the download of the old
+    /// generation (which then does not exist) and switches to `Pass`.
+    ReplaceOnceBeforeDownload(&'static str),
 }
 
 /// One request the proxy saw.
@@ -764,10 +774,15 @@ async fn proxy_answer(
             return Ok(google_error(status));
         }
         Mode::Delay(millis) => tokio::time::sleep(Duration::from_millis(millis.into())).await,
-        Mode::Pass | Mode::CorruptMedia => {}
+        Mode::Pass
+        | Mode::CorruptMedia
+        | Mode::DropReplyToWrites(_)
+        | Mode::DropReplyThenStatus(..)
+        | Mode::ReplaceOnceBeforeDownload(_) => {}
     }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|e| format!("reading the request body: {e}"))?.to_bytes();
+    let drop_reply = write_fault(state, client, upstream, &seen, &body).await;
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap();
     let mut forwarded = client.request(method, format!("{upstream}{target}")).body(body);
     for (name, value) in &parts.headers {
@@ -783,6 +798,10 @@ async fn proxy_answer(
         }
     };
     let status = answer.status().as_u16();
+    if drop_reply {
+        // Not recorded: no status was answered.
+        return Err(format!("test proxy: dropped the {status} reply to a write"));
+    }
     let headers = answer.headers().clone();
     let mut bytes = answer.bytes().await.map_err(|e| format!("reading the upstream body: {e}"))?.to_vec();
     let chosen = |filter: &Option<String>| {
@@ -802,6 +821,58 @@ async fn proxy_answer(
         }
     }
     Ok(response.body(Full::new(Bytes::from(bytes)).boxed()).unwrap())
+}
+
+// The faults of `DropReplyToWrites`, `DropReplyThenStatus` and `ReplaceOnceBeforeDownload`.
+
+/// Acts on `seen` before it is forwarded: in `ReplaceOnceBeforeDownload`, replaces the object it
+/// downloads; returns whether, in `DropReplyToWrites` or `DropReplyThenStatus`, its reply is to
+/// be dropped.
+async fn write_fault(
+    state: &Mutex<ProxyState>,
+    client: &reqwest::Client,
+    upstream: &str,
+    seen: &Seen,
+    body: &Bytes,
+) -> bool {
+    match seen.mode {
+        Mode::DropReplyToWrites(part) => {
+            seen.is_write() && (seen.target.contains(part) || String::from_utf8_lossy(body).contains(part))
+        }
+        Mode::DropReplyThenStatus(part, status) => {
+            let chosen = seen.is_write()
+                && (seen.target.contains(part) || String::from_utf8_lossy(body).contains(part));
+            if chosen {
+                state.lock().unwrap().mode = Mode::Status(status);
+            }
+            chosen
+        }
+        Mode::ReplaceOnceBeforeDownload(part) if seen.is_media() => {
+            let Some(name) = seen.object().filter(|name| name.contains(part)) else { return false };
+            {
+                let mut state = state.lock().unwrap();
+                if state.mode != seen.mode {
+                    return false; // another download took this one
+                }
+                state.mode = Mode::Pass;
+            }
+            let path = seen.target.split('?').next().unwrap_or_default();
+            let bucket = path.split("/b/").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default();
+            let current = client.get(format!("{upstream}{path}?alt=media")).send().await;
+            let bytes = current.expect("reading the object to replace").bytes().await.unwrap();
+            let replaced = client
+                .post(format!("{upstream}/upload/storage/v1/b/{bucket}/o"))
+                .query(&[("uploadType", "media"), ("name", name.as_str())])
+                .header("content-type", "application/json")
+                .body(bytes)
+                .send()
+                .await
+                .expect("replacing the object");
+            assert!(replaced.status().is_success(), "replacing {name}: {}", replaced.status());
+            false
+        }
+        _ => false,
+    }
 }
 
 fn is_hop_by_hop(name: &str) -> bool {
