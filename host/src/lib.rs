@@ -105,6 +105,11 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<App> {
         Some(component) => (runtime, component),
         None => {
             let candidate = source::fetch_initial(&config.component, &watch_config(config)).await?;
+            if let Some(store) = &store
+                && registry::Artifact::detect(&candidate.bytes) == registry::Artifact::Wasm
+            {
+                store.seed_with(candidate.clone());
+            }
             let (runtime, loaded) =
                 load_initial(runtime, candidate, config, config.allow_precompiled).await?;
             (runtime, loaded?)

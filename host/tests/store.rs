@@ -275,7 +275,8 @@ fn a_push_to_one_host_reaches_the_fleet_and_the_cli_sees_it() {
     assert_eq!(body["released"], true, "{body}");
     assert_eq!(body["sha256"], sha256(&misbehave()), "{body}");
     assert_eq!(body["version"], version(&misbehave()), "{body}");
-    assert_eq!(body["previous_sha256"], Value::Null, "the first release has no previous: {body}");
+    // The first release records the version the fleet served before it (issue #27).
+    assert_eq!(body["previous_sha256"], sha256(&echo()), "the first release's previous: {body}");
     let generation = body["manifest_generation"].as_str().expect("a manifest generation").to_string();
     assert!(generation.chars().all(|c| c.is_ascii_digit()), "{body}");
     assert_eq!(store.manifest_generation().as_deref(), Some(generation.as_str()));

@@ -299,3 +299,46 @@ fn the_fleet_view_is_bounded() {
     assert!(after < before + 200 * 1024, "RSS {before} -> {after} kB");
     let _ = get_json(&http, &hosts[0].url(RELEASE));
 }
+
+/// The first release (issue #27): on a store without one, a canary starts beside the version
+/// the fleet serves (its `--component`, written to the store as the release's stable), and a
+/// rollback after the first push returns to that version.
+#[test]
+fn the_first_release_remembers_what_the_fleet_served() {
+    let store = Store::new("first");
+    let hosts = store.start_direct(2);
+    let http = http();
+    let start = http.post(hosts[0].url(&format!("{RELEASE}?weight=50"))).bearer_auth(TOKEN).body(misbehave());
+    let started = start.send().unwrap();
+    assert_eq!(started.status(), 200, "a canary on a store without a release: {}", started.text().unwrap());
+    let manifest = store.manifest().expect("a manifest");
+    assert_eq!(manifest["stable"], format!("sha256:{}", sha256(&echo())), "{manifest}");
+    assert_eq!(manifest["canary"]["version"], format!("sha256:{}", sha256(&misbehave())), "{manifest}");
+    let seeded = manifest["history"].as_array().unwrap().last().cloned().unwrap();
+    assert!(seeded["reason"].as_str().is_some_and(|r| r.contains("before its first release")), "{manifest}");
+    assert!(
+        store
+            .gcs
+            .get(&store.bucket, &Store::object(&format!("components/{}.wasm", sha256(&echo()))))
+            .is_some()
+    );
+    for host in &hosts {
+        eventually("both versions served", PATIENCE, || {
+            let seen = served(&http, host, 20);
+            if seen.len() == 2 { Ok(()) } else { Err(format!("{seen:?}")) }
+        });
+    }
+    let aborted = http.post(hosts[1].url(&format!("{RELEASE}/abort"))).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(aborted.status(), 200);
+
+    // A fresh store: the first push, then a rollback to what served before it.
+    let other = Store::new("first-push");
+    let hosts = other.start_direct(2);
+    let next = variant(&echo(), 8);
+    assert_eq!(crate::util::fleet::push(&http, &hosts[0], &next, "").0, 200);
+    wait_all_serve(&http, &hosts, &next, "the first push");
+    let back = http.post(hosts[1].url(&format!("{ADMIN}/rollback"))).bearer_auth(TOKEN).send().unwrap();
+    let (status, body) = (back.status(), back.text().unwrap());
+    assert_eq!(status, 200, "a rollback after the first push: {body}");
+    wait_all_serve(&http, &hosts, &echo(), "the version served before the first push");
+}

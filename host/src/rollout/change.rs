@@ -216,6 +216,11 @@ async fn current(app: &Arc<App>) -> Result<(Manifest, i64), RolloutError> {
     match &app.store {
         Some(store) => match store.current().await? {
             (Some(release), generation) => Ok((release.manifest, generation)),
+            // The first release: seeded with the version served until now (written with
+            // generation precondition 0, so only if there is still no manifest).
+            (None, 0) => {
+                store.seed_release().await?.map(|manifest| (manifest, 0)).ok_or(RolloutError::NoRelease)
+            }
             (None, _) => Err(RolloutError::NoRelease),
         },
         None => {

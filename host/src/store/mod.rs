@@ -53,6 +53,8 @@ pub struct Store {
     status: Mutex<SyncStatus>,
     /// When the store last confirmed this instance's view of the release (`--max-staleness`).
     pub freshness: Arc<Freshness>,
+    /// What this instance served before the store had a release (see [`Seed`]).
+    seed: Mutex<Option<Seed>>,
     /// Wakes the follower at once (after this instance wrote the manifest).
     pub(crate) poll_now: tokio::sync::Notify,
     /// Wakes the heartbeat at once (after a swap or a rejection).
@@ -117,6 +119,13 @@ pub enum StoreError {
     InvalidManifest { object: String, generation: i64, error: anyhow::Error },
 }
 
+/// The version an instance served before the store had a release, with its bytes.
+#[derive(Clone)]
+struct Seed {
+    sha256: String,
+    candidate: Candidate,
+}
+
 /// Why a version named by the manifest could not be taken from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -156,6 +165,7 @@ impl Store {
             max_component_size: settings.max_component_size,
             status: Mutex::new(SyncStatus::default()),
             freshness: Arc::new(Freshness::new(settings.follow.staleness)),
+            seed: Mutex::new(None),
             poll_now: tokio::sync::Notify::new(),
             heartbeat_now: tokio::sync::Notify::new(),
         })
@@ -167,6 +177,28 @@ impl Store {
 
     pub(crate) fn update_status(&self, change: impl FnOnce(&mut SyncStatus)) {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// This instance serves `candidate` (its `--component`) because the store had no release
+    /// when it started: the first release records it as the version before it.
+    pub fn seed_with(&self, candidate: Candidate) {
+        let sha256 = hex::encode(Sha256::digest(&candidate.bytes));
+        *self.seed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Seed { sha256, candidate });
+    }
+
+    /// For the first write to a store without a release: a release of the version this
+    /// instance serves (uploaded to `components/`, as a push would), so that a canary can start
+    /// beside it and a rollback after the first push has somewhere to go. `None` without a seed
+    /// (this instance started on a release, or on a precompiled component).
+    pub async fn seed_release(&self) -> Result<Option<Manifest>, GcsError> {
+        let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(Seed { sha256, candidate }) = seed else { return Ok(None) };
+        self.put_component(&sha256, &candidate.bytes, candidate.signature.as_deref()).await?;
+        let mut manifest = Manifest::first(&sha256);
+        let by = format!("instance:{}", self.instance);
+        let reason = format!("the version the fleet served before its first release ({})", candidate.source);
+        manifest.record(manifest::Action::Push, &by, now_rfc3339(), Some(reason));
+        Ok(Some(manifest))
     }
 
     /// This instance started on the release of `generation` (read at start-up).

@@ -129,6 +129,13 @@ pub async fn push(
     {
         return Err(ReleaseError::Conflict { expected, current: Box::new(base), generation });
     }
+    // The first release: the version served until now goes into its history.
+    let base = match base {
+        None if generation == 0 => {
+            store.seed_release().await?.map(|manifest| Release { manifest, generation })
+        }
+        base => base,
+    };
     let signature = candidate.signature.clone();
     let bytes = candidate.bytes.clone();
     let sha256 = swap::prepare(app, candidate).await?;
