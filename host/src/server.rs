@@ -134,8 +134,8 @@ fn connection_builder(app: &App) -> auto::Builder<StreamExecutor> {
 }
 
 /// Sends a request to the host's own endpoints or to the component, after the checks that do
-/// not need the guest: header limits, body size from `Content-Length`, then the concurrency
-/// limit. Every answer leaves through the exchange.
+/// not need the guest: header limits, body size from `Content-Length`, then the unsent bytes
+/// (`--max-unsent`) and concurrency limits. Every answer leaves through the exchange.
 async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
     let exchange = Exchange::start(&app, &req, remote);
     // The client may leave while the guest runs: hyper then drops this future.
@@ -157,7 +157,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
         exchange.answer(Outcome::BodyTooLarge, &app.registry.active().version_header)
     } else {
         let routed = app.rollout.route(&app, req.headers());
-        if exchange.admit() {
+        // Past `--max-unsent`, clients that do not read hold what the guests would add to.
+        if app.metrics.unsent() <= app.limits().max_unsent && exchange.admit() {
             exchange.served_by(routed.component.clone(), routed.role);
             proxy::handle_request(&exchange, &routed.component, req).await
         } else {

@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_header_bytes: u64,
     pub h2_max_streams: u32,
+    /// Unsent response bytes one connection, and all together, may hold (`--max-unsent*`).
+    pub max_unsent_per_connection: u64,
+    pub max_unsent: u64,
     /// `None`: no pings.
     #[serde(serialize_with = "serialize_optional_secs")]
     pub h2_keepalive_interval: Option<Duration>,
@@ -88,6 +91,8 @@ impl Limits {
         check("--max-body", self.max_body_bytes, 0, MAX_BYTES)?;
         check("--max-headers", self.max_headers, 1, MAX_HEADERS)?;
         check("--max-header-bytes", self.max_header_bytes, 1 << 10, MAX_HEADER_BYTES)?;
+        check("--max-unsent-per-connection", self.max_unsent_per_connection, 64 << 10, MAX_BYTES)?;
+        check("--max-unsent", self.max_unsent, 1 << 20, MAX_BYTES)?;
         self.guest.validate()
     }
 }
@@ -108,6 +113,8 @@ impl ServeArgs {
             max_headers: self.max_headers,
             max_header_bytes: self.max_header_bytes,
             h2_max_streams: self.h2_max_streams,
+            max_unsent_per_connection: self.max_unsent_per_connection,
+            max_unsent: self.max_unsent,
             h2_keepalive_interval: Some(self.h2_keepalive_interval).filter(|d| !d.is_zero()),
             h2_keepalive_timeout: self.h2_keepalive_timeout,
             guest: self.guest.limits(),

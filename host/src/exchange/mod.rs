@@ -1,19 +1,23 @@
-//! One request from its accepted head to the last byte of its response (an exchange): the
-//! concurrency permit, the deadline, when the guest must stop, the headers the host adds, the
-//! outcome and the access-log record. Every response leaves through [`Exchange::respond`] and
-//! every exchange ends in [`Exchange::finish`], once.
+//! One request from its accepted head to the last byte of its response taken by the socket (an
+//! exchange): the concurrency permit, the deadline, when the guest must stop, the headers the
+//! host adds, the outcome and the access-log record. Every response leaves through
+//! [`Exchange::respond`] and every exchange ends in [`Exchange::finish`], once.
 //!
 //! - [`lifecycle`]: the pure state machine that decides the outcome and what a fault means.
 //! - [`body`]: the request body (limit, progress timer) and the response body (progress, end).
+//! - [`delivery`]: the response's frames until hyper let go of them (written or discarded), and
+//!   the unsent bytes they count against `--max-unsent*`.
 //! - [`stop`]: the guest's stop time, shared with its store's epoch callback.
 //! - [`record`]: the request's context and its access-log line.
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
 //! guest's response head), the response body (polled by hyper), and the supervisor (the guest
 //! task, which also watches the deadline and the write timeout, because hyper stops polling a
-//! body its client does not read). The first fault wins; `finish` happens once.
+//! body its client does not read). A fourth, hyper dropping the response's last frame, ends it
+//! ([`delivery`]). The first fault wins; `finish` happens once.
 
 mod body;
+mod delivery;
 mod lifecycle;
 mod record;
 mod stop;
@@ -30,6 +34,7 @@ use tokio::time::Instant;
 
 use body::Progress;
 pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
+use delivery::Delivery;
 pub use lifecycle::{Action, HostProblem, Lifecycle, Outcome, Phase};
 pub use record::{RequestContext, declared_length};
 pub use stop::StopSignal;
@@ -89,6 +94,8 @@ pub struct Exchange {
     state: Mutex<State>,
     /// Response-body progress, updated by the body without the lock.
     progress: Progress,
+    /// The response's frames hyper still holds: the exchange ends when none are left.
+    delivery: Delivery,
     /// Wakes the request path while it waits for the guest's head: a fault to answer, the guest
     /// ended.
     waiter: Notify,
@@ -156,6 +163,7 @@ impl Exchange {
             stop: Arc::new(StopSignal::new(deadline)),
             state: Mutex::new(State { lifecycle: Lifecycle::new(), permit: None, guest: Guest::NotStarted }),
             progress: Progress::new(ctx.started),
+            delivery: Delivery::new(),
             waiter: Notify::new(),
             supervisor: Notify::new(),
             served: OnceLock::new(),
@@ -266,6 +274,10 @@ impl Exchange {
     fn message(&self, outcome: Outcome) -> String {
         let limits = self.limits();
         match outcome {
+            Outcome::Overloaded if self.app.metrics.unsent() > limits.max_unsent => format!(
+                "the server holds more than its limit of {} bytes of responses its clients have not read; retry shortly",
+                limits.max_unsent
+            ),
             Outcome::Overloaded => format!(
                 "the server is at its limit of {} concurrent requests; retry shortly",
                 limits.concurrency
@@ -399,9 +411,9 @@ impl Exchange {
         self.waiter.notified().await
     }
 
-    /// Watches the response until the exchange finishes: cuts it at the deadline, or when the
-    /// client took nothing for `--write-timeout` (hyper stops polling a body its client does not
-    /// read, so the body itself cannot notice).
+    /// Watches the response until the exchange finishes (its last byte written): cuts it at the
+    /// deadline, or when the client took nothing for `--write-timeout` (hyper stops polling a
+    /// body its client does not read, so the body itself cannot notice).
     pub async fn supervise(&self) {
         loop {
             let Some(next) = self.check(Instant::now()) else { return };
