@@ -155,10 +155,12 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
         exchange.respond(response, None, &app.registry.active().version_header)
     } else if declared_length(&req).is_some_and(|length| length > app.limits().max_body_bytes) {
         exchange.answer(Outcome::BodyTooLarge, &app.registry.active().version_header)
+    } else if exchange.over_unsent_limit() {
+        // Clients that do not read hold `--max-unsent`: no guest, and no answer to hold too.
+        exchange.refuse_over_unsent(&app.registry.active().version_header)
     } else {
         let routed = app.rollout.route(&app, req.headers());
-        // Past `--max-unsent`, clients that do not read hold what the guests would add to.
-        if app.metrics.unsent() <= app.limits().max_unsent && exchange.admit() {
+        if exchange.admit() {
             exchange.served_by(routed.component.clone(), routed.role);
             proxy::handle_request(&exchange, &routed.component, req).await
         } else {

@@ -177,6 +177,8 @@ pub struct Metrics {
     connections_closed: [Counter; 2],
     /// Response bytes handed to hyper and not yet written to a socket, in the whole process.
     unsent: Gauge,
+    /// Responses whose head went to hyper and whose last byte no socket has taken yet.
+    undelivered: Gauge,
     /// Connections shed for holding too much unsent response data: over
     /// `--max-unsent-per-connection`, or while the process was over `--max-unsent`.
     unsent_limits: [Counter; 2],
@@ -228,6 +230,7 @@ impl Metrics {
             overloaded: Counter::default(),
             connections_closed: Default::default(),
             unsent: Gauge::default(),
+            undelivered: Gauge::default(),
             unsent_limits: Default::default(),
             instantiation,
             swaps: Counter::default(),
@@ -289,6 +292,11 @@ impl Metrics {
             "Response bytes handed to the HTTP stack and not yet written to a socket (a client that does not read holds them)",
             metrics.unsent.clone(),
         );
+        registry.register(
+            "responses_undelivered",
+            "Responses whose head went to the HTTP stack and whose last byte the client has not taken yet",
+            metrics.undelivered.clone(),
+        );
         for (limit, counter) in UNSENT_LIMITS.iter().zip(&metrics.unsent_limits) {
             registry.sub_registry_with_label((Cow::Borrowed("limit"), Cow::Borrowed(*limit))).register(
                 "unsent_limit",
@@ -345,15 +353,24 @@ impl Metrics {
         Self { registry, ..metrics }
     }
 
-    /// Response bytes handed to hyper; returns the process's unsent total with them.
-    pub fn unsent_added(&self, bytes: u64) -> u64 {
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        u64::try_from(self.unsent.inc_by(bytes).saturating_add(bytes)).unwrap_or(0)
+    /// Response bytes handed to hyper.
+    pub fn unsent_added(&self, bytes: u64) {
+        self.unsent.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Response bytes handed to hyper and not yet written, in the whole process.
     pub fn unsent(&self) -> u64 {
         u64::try_from(self.unsent.get()).unwrap_or(0)
+    }
+
+    /// Responses whose head went to hyper and whose last byte no socket has taken yet.
+    pub fn undelivered(&self) -> u64 {
+        u64::try_from(self.undelivered.get()).unwrap_or(0)
+    }
+
+    /// A response head went to hyper (`+1`), or its exchange finished (`-1`).
+    pub fn undelivered_changed(&self, by: i64) {
+        self.undelivered.inc_by(by);
     }
 
     /// Response bytes hyper let go of.
