@@ -307,12 +307,13 @@ fn is_refused(end: &StreamEnd) -> bool {
     }
 }
 
-/// `--max-unsent`: zero-window connections together past it get `503` for new requests and are
-/// closed gracefully; once their streams are reset, others are served again.
+/// `--max-unsent`: zero-window connections together past it get new requests refused (a `503`
+/// head at most, then a reset) and are closed gracefully; once their streams are reset, others
+/// are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsent_bytes_past_the_total_limit_refuse_new_requests() {
     const CONNECTIONS: usize = 10;
-    const STREAMS: usize = 100; // 1000 × ~2.1 KiB: twice the limit
+    const STREAMS: usize = 100; // 1000 × (~2.1 KiB + 16 KiB charged): far past the limit
     const LIMIT: &str = "echo_host_unsent_limit_total{limit=\"total\"}";
     let server = crate::util::TestServer::start(&[
         "--component",
@@ -321,8 +322,9 @@ async fn unsent_bytes_past_the_total_limit_refuse_new_requests() {
         "3s",
         "--write-timeout",
         "3s",
+        // Refused past `--max-unsent` long before: a small pool in this process.
         "--concurrency",
-        "2000",
+        "200",
         "--max-unsent",
         "1MiB",
     ])
@@ -346,12 +348,50 @@ async fn unsent_bytes_past_the_total_limit_refuse_new_requests() {
             .count()
     };
     let (ok, overloaded) = (status(200), status(503));
-    eprintln!("{ok} streams got 200, {overloaded} got 503, {} neither", ends.len() - ok - overloaded);
-    assert!(overloaded > 0, "no request was refused past `--max-unsent`");
+    let refused = ends.iter().filter(|end| is_refused(end)).count();
+    eprintln!("{ok} streams got 200, {overloaded} a 503 head, {refused} no head");
+    assert!(ok > 0, "no request was served before the limit");
+    assert!(overloaded + refused > 0, "no request was refused past `--max-unsent`");
+    assert_eq!(ok + overloaded + refused, ends.len(), "{ends:?}");
     assert!(sample(server.addr, LIMIT).await >= 1.0, "no connection was shed past `--max-unsent`");
     assert!(ends.iter().all(|end| !matches!(end, StreamEnd::StillOpen)), "streams left open");
     let unsent = wait_sample(server.addr, "echo_host_unsent_response_bytes", PATIENCE, |v| v == 0.0).await;
     assert_eq!(unsent, 0.0, "bytes still held after every stream ended");
     let (status, body, _) = get_until_ok(server.addr, "/?after=unsent-limit", PATIENCE).await;
     assert_eq!(status, StatusCode::OK, "another client once the unread bytes were freed: {body}");
+}
+
+/// The host's answers before the deadline are bound by it too: with `--concurrency 1`, a
+/// zero-window client's first stream holds the permit and the others get `503`; every one is
+/// reset at the 3 s deadline, not at the 60 s write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_answers_to_a_client_that_never_reads_are_reset_at_the_deadline() {
+    const STREAMS: usize = 20;
+    let server = crate::util::TestServer::start(&[
+        "--component",
+        echo(),
+        "--concurrency",
+        "1",
+        "--request-timeout",
+        "3s",
+    ])
+    .await;
+    let connection = ZeroWindowConnection::open(server.addr).await;
+    let started = Instant::now();
+    let query = "q".repeat(2 * KIB);
+    let tasks: Vec<_> = (0..STREAMS).map(|i| connection.get(&format!("/?i={i}&q={query}"), &[])).collect();
+    let ends = raw::join_stream_ends(tasks, started + REQUEST_TIMEOUT + PATIENCE).await;
+    let overloaded =
+        ends.iter().filter(|end| matches!(end, StreamEnd::Broken { status: Some(503), .. })).count();
+    assert!(overloaded > 0, "no stream got a 503: {ends:?}");
+    for (i, end) in ends.iter().enumerate() {
+        let in_time = matches!(end, StreamEnd::Broken { status: Some(200 | 503), after, .. }
+            if *after >= REQUEST_TIMEOUT && *after <= REQUEST_TIMEOUT + RESET_MARGIN);
+        assert!(in_time, "stream {i}: {end:?}");
+    }
+    let unsent = wait_sample(server.addr, "echo_host_unsent_response_bytes", PATIENCE, |v| v == 0.0).await;
+    assert_eq!(unsent, 0.0, "the answers' bytes are still held");
+    let undelivered =
+        wait_sample(server.addr, "echo_host_responses_undelivered", PATIENCE, |v| v == 0.0).await;
+    assert_eq!(undelivered, 0.0, "responses still counted as undelivered");
 }
