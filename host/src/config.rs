@@ -43,6 +43,13 @@ pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "620s";
 pub const DEFAULT_AFTER_RESPONSE_GRACE: &str = "1s";
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 250;
+/// What h2's own send buffers let one connection hold at the default stream limit (250 × 64 KiB).
+pub const DEFAULT_MAX_UNSENT_PER_CONNECTION: &str = "16MiB";
+/// `--max-unsent` unless `--concurrency` × [`UNSENT_PER_REQUEST`] is more: an eighth of Cloud
+/// Run's default 512 MiB instance.
+pub const DEFAULT_MAX_UNSENT: u64 = 64 << 20;
+/// What `--max-unsent` allows per `--concurrency` slot by default.
+pub const UNSENT_PER_REQUEST: u64 = 256 << 10;
 pub const DEFAULT_H2_KEEPALIVE_INTERVAL: &str = "60s";
 pub const DEFAULT_H2_KEEPALIVE_TIMEOUT: &str = "20s";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
@@ -231,6 +238,19 @@ pub struct ServeArgs {
     /// window).
     #[arg(long, env = "ECHO_HOST_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_MAX_STREAMS)]
     pub h2_max_streams: u32,
+
+    /// Response bytes one connection may hold unsent (handed to hyper, not yet taken by the
+    /// socket: a zero h2 window, an unread socket); past it the connection is closed gracefully
+    /// (h2c: GOAWAY, new streams refused) and counted in `echo_host_unsent_limit_total`.
+    #[arg(long, env = "ECHO_HOST_MAX_UNSENT_PER_CONNECTION", default_value = DEFAULT_MAX_UNSENT_PER_CONNECTION, value_parser = parse_size)]
+    pub max_unsent_per_connection: u64,
+
+    /// The same for all connections together, each undelivered response also counting 16 KiB
+    /// (its stream and head); past it new requests are refused (h2: stream reset; HTTP/1.1:
+    /// closed) and the connection adding more closed gracefully. Default: 64MiB, or
+    /// `--concurrency` × 256 KiB when that is more.
+    #[arg(long, env = "ECHO_HOST_MAX_UNSENT", value_parser = parse_size)]
+    pub max_unsent: Option<u64>,
 
     /// How often an idle h2c connection is pinged; `0s` turns pings off.
     #[arg(long, env = "ECHO_HOST_H2_KEEPALIVE_INTERVAL", default_value = DEFAULT_H2_KEEPALIVE_INTERVAL, value_parser = parse_duration)]

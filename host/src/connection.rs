@@ -1,6 +1,7 @@
 //! One accepted connection: its timers (the first request within `--header-read-timeout`, the
-//! next head, `--idle-timeout` between requests), how it closes, and the [`Scope`] through which
-//! an exchange resets its HTTP/2 stream or closes its HTTP/1.1 connection.
+//! next head, `--idle-timeout` between requests), its unsent response bytes, how it closes, and
+//! the [`Scope`] through which an exchange resets its HTTP/2 stream, closes its HTTP/1.1
+//! connection, or has the connection shed gracefully.
 //!
 //! hyper cannot be told from outside to drop one h2 stream, and it stops polling a response body
 //! that the client's flow-control window does not let out. So every h2 stream runs in a task of
@@ -47,6 +48,11 @@ impl Scope {
     pub fn cut(&self) {
         self.cut.cancel();
     }
+
+    /// Whether the h2 stream was reset or the HTTP/1.1 connection closed by the host.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
 }
 
 /// Why a connection was closed by the host.
@@ -79,7 +85,11 @@ pub struct ConnectionState {
     idle_since: AtomicU64,
     /// Nanoseconds after `accepted` of the first byte read since it became idle; 0 for none.
     read_since_idle: AtomicU64,
-    /// Wakes the connection task when its timers must be recomputed.
+    /// Response bytes handed to hyper on this connection and not yet written to the socket.
+    unsent: AtomicU64,
+    /// Set once an exchange found it over an unsent limit: the connection closes gracefully.
+    shed: AtomicBool,
+    /// Wakes the connection task when its timers must be recomputed, or it is shed.
     changed: Notify,
 }
 
@@ -92,6 +102,8 @@ impl ConnectionState {
             http2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             read_since_idle: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
+            shed: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -124,6 +136,27 @@ impl ConnectionState {
                 self.changed.notify_one();
             }
         }
+    }
+
+    /// Response bytes handed to hyper; returns the connection's unsent total with them.
+    pub fn unsent_added(&self, bytes: u64) -> u64 {
+        self.unsent.fetch_add(bytes, Ordering::AcqRel) + bytes
+    }
+
+    /// Response bytes hyper let go of (written, or discarded with their stream).
+    pub fn unsent_sent(&self, bytes: u64) {
+        self.unsent.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Asks the connection task to close the connection gracefully (h2: GOAWAY, streams in
+    /// flight go on, new ones are refused; HTTP/1.1: no request after the current one). `true`
+    /// the first time only.
+    pub fn shed(&self) -> bool {
+        let first = !self.shed.swap(true, Ordering::AcqRel);
+        if first {
+            self.changed.notify_one();
+        }
+        first
     }
 
     fn bytes_read(&self) {
@@ -234,6 +267,7 @@ where
             let mut armed: Option<Instant> = None;
             let mut closing: Option<(Instant, CloseReason)> = None;
             let mut draining = false;
+            let mut shedding = false;
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                     if let Err(error) = result {
@@ -251,6 +285,11 @@ where
                 }
                 while changed.as_mut().poll(cx).is_ready() {
                     changed = Box::pin(state.changed.notified());
+                }
+                if !shedding && state.shed.load(Ordering::Acquire) {
+                    shedding = true;
+                    graceful_shutdown(connection.as_mut());
+                    cx.waker().wake_by_ref();
                 }
                 let due = closing.or_else(|| state.next_close(timeouts));
                 if let Some((at, reason)) = due {

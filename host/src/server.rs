@@ -135,8 +135,8 @@ fn connection_builder(app: &App) -> auto::Builder<StreamExecutor> {
 }
 
 /// Sends a request to the host's own endpoints or to the component, after the checks that do
-/// not need the guest: header limits, body size from `Content-Length`, then the concurrency
-/// limit. Every answer leaves through the exchange.
+/// not need the guest: header limits, body size from `Content-Length`, then the unsent bytes
+/// (`--max-unsent`) and concurrency limits. Every answer leaves through the exchange.
 async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
     let exchange = Exchange::start(&app, &req, remote);
     // The client may leave while the guest runs: hyper then drops this future.
@@ -156,6 +156,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Res
         exchange.respond(response, None, &app.registry.active().version_header)
     } else if declared_length(&req).is_some_and(|length| length > app.limits().max_body_bytes) {
         exchange.answer(Outcome::BodyTooLarge, &app.registry.active().version_header)
+    } else if exchange.over_unsent_limit() {
+        // Clients that do not read hold `--max-unsent`: no guest, and no answer to hold too.
+        exchange.refuse_over_unsent(&app.registry.active().version_header)
     } else if !release_confirmed(&app).await {
         exchange.answer(Outcome::ReleaseUnconfirmed, &app.registry.active().version_header)
     } else {

@@ -30,6 +30,9 @@ fn close_reason_label(reason: CloseReason) -> &'static str {
     }
 }
 
+/// The `limit` labels of `echo_host_unsent_limit_total`.
+const UNSENT_LIMITS: [&str; 2] = ["connection", "total"];
+
 /// Installs the global logger with the default `--log-buffer-lines`.
 pub fn init_logging(format: LogFormat) {
     init_logging_buffered(format, DEFAULT_LOG_BUFFER_LINES);
@@ -172,6 +175,13 @@ pub struct Metrics {
     pub overloaded: Counter,
     /// Connections the host closed, by [`CloseReason`] (header timeout, idle).
     connections_closed: [Counter; 2],
+    /// Response bytes handed to hyper and not yet written to a socket, in the whole process.
+    unsent: Gauge,
+    /// Responses whose head went to hyper and whose last byte no socket has taken yet.
+    undelivered: Gauge,
+    /// Connections shed for holding too much unsent response data: over
+    /// `--max-unsent-per-connection`, or while the process was over `--max-unsent`.
+    unsent_limits: [Counter; 2],
     pub instantiation: Histogram,
     pub swaps: Counter,
     pub swap_rejections: Counter,
@@ -222,6 +232,9 @@ impl Metrics {
             write_timeouts: Counter::default(),
             overloaded: Counter::default(),
             connections_closed: Default::default(),
+            unsent: Gauge::default(),
+            undelivered: Gauge::default(),
+            unsent_limits: Default::default(),
             instantiation,
             swaps: Counter::default(),
             swap_rejections: Counter::default(),
@@ -279,6 +292,23 @@ impl Metrics {
             );
         }
         registry.register(
+            "unsent_response_bytes",
+            "Response bytes handed to the HTTP stack and not yet written to a socket (a client that does not read holds them)",
+            metrics.unsent.clone(),
+        );
+        registry.register(
+            "responses_undelivered",
+            "Responses whose head went to the HTTP stack and whose last byte the client has not taken yet",
+            metrics.undelivered.clone(),
+        );
+        for (limit, counter) in UNSENT_LIMITS.iter().zip(&metrics.unsent_limits) {
+            registry.sub_registry_with_label((Cow::Borrowed("limit"), Cow::Borrowed(*limit))).register(
+                "unsent_limit",
+                "Connections closed gracefully (GOAWAY) for the response bytes their clients did not read: over `--max-unsent-per-connection`, or while the process was over `--max-unsent`",
+                counter.clone(),
+            );
+        }
+        registry.register(
             "overloaded",
             "Requests refused at `--concurrency` (503)",
             metrics.overloaded.clone(),
@@ -325,6 +355,38 @@ impl Metrics {
             read: crate::guest_log::dropped_lines,
         }));
         Self { registry, ..metrics }
+    }
+
+    /// Response bytes handed to hyper.
+    pub fn unsent_added(&self, bytes: u64) {
+        self.unsent.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Response bytes handed to hyper and not yet written, in the whole process.
+    pub fn unsent(&self) -> u64 {
+        u64::try_from(self.unsent.get()).unwrap_or(0)
+    }
+
+    /// Responses whose head went to hyper and whose last byte no socket has taken yet.
+    pub fn undelivered(&self) -> u64 {
+        u64::try_from(self.undelivered.get()).unwrap_or(0)
+    }
+
+    /// A response head went to hyper (`+1`), or its exchange finished (`-1`).
+    pub fn undelivered_changed(&self, by: i64) {
+        self.undelivered.inc_by(by);
+    }
+
+    /// Response bytes hyper let go of.
+    pub fn unsent_sent(&self, bytes: u64) {
+        self.unsent.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A connection shed at an unsent limit: `"connection"` or `"total"`.
+    pub fn unsent_limit_reached(&self, limit: &str) {
+        if let Some(i) = UNSENT_LIMITS.iter().position(|l| *l == limit) {
+            self.unsent_limits[i].inc();
+        }
     }
 
     /// Counts an exchange that ended: its status class, its duration, and the limit it hit.

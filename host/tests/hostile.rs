@@ -20,20 +20,20 @@ use tokio::net::TcpStream;
 use crate::util::{self, HostProcess, TestServer, client, echo_wasm, misbehave_wasm};
 
 #[path = "util/hostile.rs"]
-mod raw;
+pub(crate) mod raw;
 use raw::{Closed, H2Frames, StreamEnd, ZeroWindowConnection, read_response, read_until_closed};
 
 /// What a test waits for at most before it calls a missing outcome a failure. Generous: the
 /// machine is shared and noisy; no test asserts a duration tighter than this.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a connection that should be closed by a timeout of a second or two may stay open.
 const CLOSE_BOUND: Duration = Duration::from_secs(15);
 
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
+pub(crate) const KIB: usize = 1 << 10;
+pub(crate) const MIB: usize = 1 << 20;
 
-fn echo() -> &'static str {
+pub(crate) fn echo() -> &'static str {
     echo_wasm().to_str().expect("UTF-8 path")
 }
 
@@ -64,13 +64,13 @@ fn sample_or_zero(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn sample(addr: std::net::SocketAddr, sample: &str) -> f64 {
+pub(crate) async fn sample(addr: std::net::SocketAddr, sample: &str) -> f64 {
     sample_or_zero(&scrape(addr).await, sample)
 }
 
 /// Polls `sample` until it satisfies `done` or `patience` passes; returns the last value seen
 /// (the caller asserts on it, so a timeout fails with the real number).
-async fn wait_sample(
+pub(crate) async fn wait_sample(
     addr: std::net::SocketAddr,
     name: &str,
     patience: Duration,
@@ -87,7 +87,7 @@ async fn wait_sample(
 }
 
 /// Waits until no request holds a permit: `echo_host_requests_in_flight` is 0.
-async fn wait_nothing_in_flight(addr: std::net::SocketAddr, patience: Duration) -> f64 {
+pub(crate) async fn wait_nothing_in_flight(addr: std::net::SocketAddr, patience: Duration) -> f64 {
     wait_sample(addr, "echo_host_requests_in_flight", patience, |v| v == 0.0).await
 }
 
@@ -98,7 +98,7 @@ async fn wait_in_flight(server: &TestServer, done: impl Fn(f64) -> bool) -> f64 
 
 /// `GET path` from a fresh HTTP/1.1 client until it answers 200 or `patience` passes: the last
 /// status and body, and when it came. A 503 (no permit free) is retried; the caller asserts.
-async fn get_until_ok(
+pub(crate) async fn get_until_ok(
     addr: std::net::SocketAddr,
     path: &str,
     patience: Duration,
@@ -179,7 +179,7 @@ async fn h2_zero_window_streams_are_reset_at_the_deadline_and_free_their_permits
 }
 
 /// VmRSS of a process in bytes, from `/proc/PID/status`.
-fn rss_bytes(pid: u32) -> u64 {
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
@@ -189,7 +189,7 @@ fn rss_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-fn mib(bytes: i64) -> String {
+pub(crate) fn mib(bytes: i64) -> String {
     format!("{:+.1} MiB", bytes as f64 / MIB as f64)
 }
 

@@ -16,6 +16,8 @@ mod serving;
 mod limits;
 // Hostile clients: zero h2 windows, slow readers, trickled bodies, silent and idle connections.
 mod hostile;
+// Clients that never read: h2 streams behind a zero window, unread pipelined HTTP/1.1, in waves.
+mod unread;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
 // Guest resource limits: resource-table entries, header bytes, log lines, in both worlds.

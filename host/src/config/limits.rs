@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_header_bytes: u64,
     pub h2_max_streams: u32,
+    /// Unsent response bytes one connection, and all together, may hold (`--max-unsent*`).
+    pub max_unsent_per_connection: u64,
+    pub max_unsent: u64,
     /// `None`: no pings.
     #[serde(serialize_with = "serialize_optional_secs")]
     pub h2_keepalive_interval: Option<Duration>,
@@ -88,6 +91,8 @@ impl Limits {
         check("--max-body", self.max_body_bytes, 0, MAX_BYTES)?;
         check("--max-headers", self.max_headers, 1, MAX_HEADERS)?;
         check("--max-header-bytes", self.max_header_bytes, 1 << 10, MAX_HEADER_BYTES)?;
+        check("--max-unsent-per-connection", self.max_unsent_per_connection, 64 << 10, MAX_BYTES)?;
+        check("--max-unsent", self.max_unsent, 1 << 20, MAX_BYTES)?;
         self.guest.validate()
     }
 }
@@ -108,9 +113,36 @@ impl ServeArgs {
             max_headers: self.max_headers,
             max_header_bytes: self.max_header_bytes,
             h2_max_streams: self.h2_max_streams,
+            max_unsent_per_connection: self.max_unsent_per_connection,
+            max_unsent: self.max_unsent.unwrap_or_else(|| {
+                let per_request = (self.concurrency as u64).saturating_mul(super::UNSENT_PER_REQUEST);
+                super::DEFAULT_MAX_UNSENT.max(per_request)
+            }),
             h2_keepalive_interval: Some(self.h2_keepalive_interval).filter(|d| !d.is_zero()),
             h2_keepalive_timeout: self.h2_keepalive_timeout,
             guest: self.guest.limits(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(extra: &[&str]) -> Limits {
+        let mut argv = vec!["echo-host"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().serve.limits()
+    }
+
+    #[test]
+    fn max_unsent_grows_with_concurrency_unless_set() {
+        assert_eq!(limits(&[]).max_unsent, 64 << 20);
+        assert_eq!(limits(&["--concurrency", "1000"]).max_unsent, 1000 * (256 << 10));
+        assert_eq!(limits(&["--concurrency", "1000", "--max-unsent", "8MiB"]).max_unsent, 8 << 20);
+        let error = limits(&["--max-unsent", "512KiB"]).validate().unwrap_err();
+        assert!(error.to_string().contains("`--max-unsent` must be between"), "{error}");
+        let error = limits(&["--max-unsent-per-connection", "1KiB"]).validate().unwrap_err();
+        assert!(error.to_string().contains("`--max-unsent-per-connection` must be between"), "{error}");
     }
 }

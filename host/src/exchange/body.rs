@@ -105,8 +105,9 @@ where
 }
 
 /// A response body on its way out: counts bytes, tells the exchange when hyper took a frame or
-/// waits for one, ends the exchange at its end, and fails (so hyper resets or closes) once the
-/// exchange was cut.
+/// waits for one, wraps each frame so the exchange learns when hyper let go of it
+/// ([`super::delivery`]), reports its end to hyper only once every frame was, and fails (so
+/// hyper resets or closes) once the exchange was cut.
 pub struct ExchangeBody {
     exchange: Arc<Exchange>,
     /// A frame already taken from `inner` (the request path peeks at the first).
@@ -116,6 +117,9 @@ pub struct ExchangeBody {
     /// The body's declared length (`Content-Length`, or an exact size hint): hyper stops
     /// polling once that many bytes went out, so reaching it is the end.
     expected: Option<u64>,
+    /// `inner` has nothing more and the exchange was told ([`Exchange::body_ended`]).
+    released: bool,
+    /// hyper gets nothing more: the end was reported to it, or the exchange was cut.
     ended: bool,
 }
 
@@ -128,28 +132,43 @@ impl ExchangeBody {
     ) -> Self {
         let first_len = first.as_ref().and_then(Frame::data_ref).map_or(0, |d| d.len() as u64);
         let expected = declared.or_else(|| inner.size_hint().exact().map(|n| n + first_len));
-        Self { exchange, first, inner, bytes: 0, expected, ended: false }
+        Self { exchange, first, inner, bytes: 0, expected, released: false, ended: false }
     }
 
     fn reached_declared_length(&self) -> bool {
         self.expected.is_some_and(|n| self.bytes >= n)
     }
 
-    fn handed(&mut self, frame: &Frame<Bytes>) {
-        if let Some(data) = frame.data_ref() {
+    fn handed(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        let frame = frame.map_data(|data| {
             self.bytes += data.len() as u64;
-        }
+            self.exchange.track(data)
+        });
         self.exchange.progress.handed(self.bytes);
-        // hyper stops polling once `is_end_stream` says so (a body of known length), so the end
-        // is noticed here rather than at a `None` that never comes.
+        // hyper stops polling once `Content-Length` bytes went out (HTTP/1.1), so the end is
+        // noticed here rather than at a `None` that may never be asked for.
         if self.inner.is_end_stream() || self.reached_declared_length() {
-            self.end();
+            self.release();
+        }
+        frame
+    }
+
+    /// `inner` has ended: the exchange ends once hyper let go of every frame.
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            // Not waiting for the guest any more: the write timeout runs from here.
+            self.exchange.progress.handed(self.bytes);
+            self.exchange.body_ended();
         }
     }
 
-    fn end(&mut self) {
+    /// After `inner` ended: the end goes to hyper once every frame was written (or dropped).
+    /// Until then an h2 stream has no `END_STREAM` queued and can still be reset.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, anyhow::Error>>> {
+        ready!(self.exchange.delivery.poll_delivered(cx));
         self.ended = true;
-        self.exchange.finish();
+        Poll::Ready(None)
     }
 
     fn cut(&mut self, outcome: Outcome) -> anyhow::Error {
@@ -176,15 +195,15 @@ impl Body for ExchangeBody {
             this.ended = true;
             return Poll::Ready(Some(Err(anyhow::anyhow!("the response was cut"))));
         }
+        if this.released {
+            return this.poll_end(cx);
+        }
         let polled = match this.first.take() {
             Some(frame) => Poll::Ready(Some(Ok(frame))),
             None => Pin::new(&mut this.inner).poll_frame(cx),
         };
         match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.handed(&frame);
-                Poll::Ready(Some(Ok(frame)))
-            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(this.handed(frame)))),
             // The guest's body broke (it trapped or dropped it unfinished).
             Poll::Ready(Some(Err(error))) => {
                 let outcome = match this.exchange.guest_end() {
@@ -200,8 +219,8 @@ impl Body for ExchangeBody {
                 Some(GuestEnd::Trapped) => Poll::Ready(Some(Err(this.cut(Outcome::Trapped)))),
                 Some(GuestEnd::TimedOut) => Poll::Ready(Some(Err(this.cut(Outcome::TimedOut)))),
                 _ => {
-                    this.end();
-                    Poll::Ready(None)
+                    this.release();
+                    this.poll_end(cx)
                 }
             },
             Poll::Pending => {
@@ -211,8 +230,10 @@ impl Body for ExchangeBody {
         }
     }
 
+    /// Only for a body that never had a byte for hyper: once one was handed, hyper must poll
+    /// for the end, which waits for its delivery.
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.first.is_none() && self.inner.is_end_stream())
+        self.ended || (self.bytes == 0 && self.first.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -231,19 +252,32 @@ impl Body for ExchangeBody {
 }
 
 impl Drop for ExchangeBody {
-    /// hyper drops a body it will not poll again: after its declared length, for `HEAD`, `204`
-    /// and `304` (never polled), or when the client went away.
+    /// hyper drops a body it will not poll again: after its declared length (HTTP/1.1), for
+    /// `HEAD`, `204` and `304` (never polled), when the client went away, or when the h2 stream
+    /// was reset before the end was delivered.
     fn drop(&mut self) {
         if self.ended {
             return;
         }
+        if self.released {
+            // HTTP/1.1 after its declared length: the frames still queued end the exchange when
+            // written. h2 polls to the end; dropped before it, the client reset the stream.
+            if self.exchange.ctx.version == http::Version::HTTP_2 {
+                self.exchange.fault(Outcome::ClientGone);
+                self.exchange.finish();
+            }
+            return;
+        }
         let complete = self.reached_declared_length()
             || self.expected == Some(0)
-            || self.exchange.ctx.method == http::Method::HEAD;
-        if !complete {
+            || self.exchange.ctx.method == http::Method::HEAD
+            || (self.first.is_none() && self.inner.is_end_stream());
+        if complete {
+            self.release();
+        } else {
             self.exchange.fault(Outcome::ClientGone);
+            self.exchange.finish();
         }
-        self.exchange.finish();
     }
 }
 

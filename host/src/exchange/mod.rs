@@ -1,19 +1,25 @@
-//! One request from its accepted head to the last byte of its response (an exchange): the
-//! concurrency permit, the deadline, when the guest must stop, the headers the host adds, the
-//! outcome and the access-log record. Every response leaves through [`Exchange::respond`] and
-//! every exchange ends in [`Exchange::finish`], once.
+//! One request from its accepted head to the last byte of its response taken by the socket (an
+//! exchange): the concurrency permit, the deadline, when the guest must stop, the headers the
+//! host adds, the outcome and the access-log record. Every response leaves through
+//! [`Exchange::respond`] and every exchange ends in [`Exchange::finish`], once.
 //!
 //! - [`lifecycle`]: the pure state machine that decides the outcome and what a fault means.
+//! - [`answer`]: the host's own answers: what they say, per outcome.
 //! - [`body`]: the request body (limit, progress timer) and the response body (progress, end).
+//! - [`delivery`]: the response's frames until hyper let go of them (written or discarded), and
+//!   the unsent bytes they count against `--max-unsent*`.
 //! - [`stop`]: the guest's stop time, shared with its store's epoch callback.
 //! - [`record`]: the request's context and its access-log line.
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
 //! guest's response head), the response body (polled by hyper), and the supervisor (the guest
 //! task, which also watches the deadline and the write timeout, because hyper stops polling a
-//! body its client does not read). The first fault wins; `finish` happens once.
+//! body its client does not read). A fourth, hyper dropping the response's last frame, ends it
+//! ([`delivery`]). The first fault wins; `finish` happens once.
 
+mod answer;
 mod body;
+mod delivery;
 mod lifecycle;
 mod record;
 mod stop;
@@ -28,8 +34,10 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use answer::error_response;
 use body::Progress;
 pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
+use delivery::Delivery;
 pub use lifecycle::{Action, HostProblem, Lifecycle, Outcome, Phase};
 pub use record::{RequestContext, declared_length};
 pub use stop::StopSignal;
@@ -89,6 +97,8 @@ pub struct Exchange {
     state: Mutex<State>,
     /// Response-body progress, updated by the body without the lock.
     progress: Progress,
+    /// The response's frames hyper still holds: the exchange ends when none are left.
+    delivery: Delivery,
     /// Wakes the request path while it waits for the guest's head: a fault to answer, the guest
     /// ended.
     waiter: Notify,
@@ -156,6 +166,7 @@ impl Exchange {
             stop: Arc::new(StopSignal::new(deadline)),
             state: Mutex::new(State { lifecycle: Lifecycle::new(), permit: None, guest: Guest::NotStarted }),
             progress: Progress::new(ctx.started),
+            delivery: Delivery::new(),
             waiter: Notify::new(),
             supervisor: Notify::new(),
             served: OnceLock::new(),
@@ -226,6 +237,7 @@ impl Exchange {
             state.lifecycle.head(parts.status);
             state.lifecycle.outcome()
         };
+        self.head_handed();
         parts.headers.insert("echo-host-request-id", self.ctx.id_header());
         parts.headers.insert("echo-host-component", version.clone());
         // The request body was not read to its end: the connection cannot carry another request
@@ -249,52 +261,6 @@ impl Exchange {
         }
         let body = ExchangeBody::new(self.clone(), first, body, declared);
         Response::from_parts(parts, body.boxed_unsync())
-    }
-
-    /// The host's plain-text answer to `outcome`, naming the request id.
-    fn error_response(&self, outcome: Outcome) -> Response<ResponseBody> {
-        let message = self.message(outcome);
-        let mut response =
-            error_response(outcome.status(), &format!("{message} (request id {})", self.ctx.id));
-        if matches!(outcome, Outcome::Overloaded | Outcome::ReleaseUnconfirmed) {
-            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-
-    /// What the host says when it answers `outcome` itself.
-    fn message(&self, outcome: Outcome) -> String {
-        let limits = self.limits();
-        match outcome {
-            Outcome::Overloaded => format!(
-                "the server is at its limit of {} concurrent requests; retry shortly",
-                limits.concurrency
-            ),
-            Outcome::ReleaseUnconfirmed => "this instance could not confirm the current release with its store within `--staleness-wait` (`--staleness-strict`); retry shortly".into(),
-            Outcome::HeadTooLarge => format!(
-                "the request head exceeds the limits of {} header fields and {} bytes",
-                limits.max_headers, limits.max_header_bytes
-            ),
-            Outcome::BodyTooLarge => match self.ctx.request_size {
-                Some(length) if length > limits.max_body_bytes => {
-                    format!("request body of {length} bytes exceeds the {}-byte limit", limits.max_body_bytes)
-                }
-                _ => format!("request body exceeds the {}-byte limit", limits.max_body_bytes),
-            },
-            Outcome::BodyStalled => format!(
-                "the request body made no progress for {}s (`--body-read-timeout`)",
-                limits.body_read_timeout.as_secs_f64()
-            ),
-            Outcome::TimedOut => format!(
-                "the component did not respond within the {}s request timeout",
-                (self.deadline - self.ctx.started).as_secs_f64()
-            ),
-            Outcome::BadHost(problem) => problem.describe().into(),
-            Outcome::Trapped => "the component failed while handling the request".into(),
-            Outcome::NeverResponded => "the component did not produce a response".into(),
-            Outcome::ErrorCode => "the component reported an error".into(),
-            Outcome::Responded | Outcome::WriteStalled | Outcome::ClientGone => outcome.name().into(),
-        }
     }
 
     /// A fault, from wherever it was seen. Before the head the request path answers it (and the
@@ -347,6 +313,7 @@ impl Exchange {
             (outcome, status, cut, permit)
         };
         drop(permit);
+        self.delivery_over();
         match outcome {
             Outcome::Responded => self.stop.stop_by(Instant::now() + self.limits().after_response_grace),
             _ => self.stop.stop_now(),
@@ -400,9 +367,9 @@ impl Exchange {
         self.waiter.notified().await
     }
 
-    /// Watches the response until the exchange finishes: cuts it at the deadline, or when the
-    /// client took nothing for `--write-timeout` (hyper stops polling a body its client does not
-    /// read, so the body itself cannot notice).
+    /// Watches the response until the exchange finishes (its last byte written): cuts it at the
+    /// deadline, or when the client took nothing for `--write-timeout` (hyper stops polling a
+    /// body its client does not read, so the body itself cannot notice).
     pub async fn supervise(&self) {
         loop {
             let Some(next) = self.check(Instant::now()) else { return };
@@ -417,7 +384,7 @@ impl Exchange {
     fn check(&self, now: Instant) -> Option<Instant> {
         let (phase, answered) = {
             let state = self.state();
-            (state.lifecycle.phase(), state.lifecycle.outcome().is_some())
+            (state.lifecycle.phase(), state.lifecycle.outcome())
         };
         match phase {
             Phase::Finished => return None,
@@ -426,10 +393,15 @@ impl Exchange {
             Phase::Waiting => return Some(now.max(self.deadline) + Duration::from_secs(1)),
             Phase::Streaming(_) => {}
         }
-        // The host's answer to a fault (a 504 sent at the deadline) is bound by the write
-        // timeout alone.
-        if !answered && now >= self.deadline {
-            self.fault(Outcome::TimedOut);
+        // The host's 504, sent at the deadline, is bound by the write timeout alone; its answers
+        // before it (503, 413, 431 …) by the deadline too, like the guest's.
+        let by_deadline = answered != Some(Outcome::TimedOut);
+        if by_deadline && now >= self.deadline {
+            if answered.is_some() {
+                self.cut_off(Outcome::TimedOut);
+            } else {
+                self.fault(Outcome::TimedOut);
+            }
             return None;
         }
         let write_timeout = self.limits().write_timeout;
@@ -443,7 +415,7 @@ impl Exchange {
             }
             Some(handed) => handed + write_timeout,
         };
-        Some(if answered { next } else { next.min(self.deadline) })
+        Some(if by_deadline { next.min(self.deadline) } else { next })
     }
 
     /// Cuts a response on its way out, even one answering an earlier fault.
@@ -456,15 +428,6 @@ impl Exchange {
             self.finish();
         }
     }
-}
-
-/// A plain-text response from the host itself.
-pub fn error_response(status: http::StatusCode, message: &str) -> Response<ResponseBody> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(full(format!("{message}\n")))
-        .expect("static response parts are valid")
 }
 
 /// Marks an exchange whose request path was dropped before it produced a response (the client

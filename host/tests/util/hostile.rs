@@ -51,6 +51,18 @@ impl StreamEnd {
     }
 }
 
+impl StreamEnd {
+    /// How long after its request was sent the stream ended, if it did.
+    pub fn after(&self) -> Option<Duration> {
+        match self {
+            StreamEnd::Broken { after, .. }
+            | StreamEnd::GatewayTimeout { after }
+            | StreamEnd::Unexpected { after, .. } => Some(*after),
+            StreamEnd::StillOpen => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for StreamEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -83,8 +95,22 @@ impl ZeroWindowConnection {
     /// Opens a stream and sends `POST path` with `body` (as much as the server's window takes;
     /// h2 buffers the rest). The task ends when the stream does.
     pub fn post(&self, path: &str, body: Bytes) -> JoinHandle<StreamEnd> {
+        let request = http::Request::post(format!("http://{}{path}", self.authority)).body(()).unwrap();
+        self.send(request, Some(body))
+    }
+
+    /// Opens a stream and sends `GET path` with `headers` and no body. The task ends when the
+    /// stream does.
+    pub fn get(&self, path: &str, headers: &[(String, String)]) -> JoinHandle<StreamEnd> {
+        let mut request = http::Request::get(format!("http://{}{path}", self.authority));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        self.send(request.body(()).unwrap(), None)
+    }
+
+    fn send(&self, request: http::Request<()>, body: Option<Bytes>) -> JoinHandle<StreamEnd> {
         let send = self.send.clone();
-        let uri = format!("http://{}{path}", self.authority);
         tokio::spawn(async move {
             let started = Instant::now();
             let mut send = match send.ready().await {
@@ -96,8 +122,7 @@ impl ZeroWindowConnection {
                     };
                 }
             };
-            let request = http::Request::post(uri).body(()).unwrap();
-            let (response, mut stream) = match send.send_request(request, false) {
+            let (response, mut stream) = match send.send_request(request, body.is_none()) {
                 Ok(sent) => sent,
                 Err(error) => {
                     return StreamEnd::Unexpected {
@@ -106,48 +131,16 @@ impl ZeroWindowConnection {
                     };
                 }
             };
-            if let Err(error) = stream.send_data(body, true) {
+            if let Some(body) = body
+                && let Err(error) = stream.send_data(body, true)
+            {
                 return StreamEnd::Broken {
                     after: started.elapsed(),
                     status: None,
                     error: format!("send_data: {error}"),
                 };
             }
-            let response = match response.await {
-                Ok(response) => response,
-                Err(error) => {
-                    return StreamEnd::Broken {
-                        after: started.elapsed(),
-                        status: None,
-                        error: describe(&error),
-                    };
-                }
-            };
-            let status = response.status().as_u16();
-            if status == 504 {
-                return StreamEnd::GatewayTimeout { after: started.elapsed() };
-            }
-            let mut body = response.into_body();
-            let mut received = 0;
-            loop {
-                match body.data().await {
-                    // Never released: no WINDOW_UPDATE goes out.
-                    Some(Ok(bytes)) => received += bytes.len(),
-                    Some(Err(error)) => {
-                        return StreamEnd::Broken {
-                            after: started.elapsed(),
-                            status: Some(status),
-                            error: describe(&error),
-                        };
-                    }
-                    None => {
-                        return StreamEnd::Unexpected {
-                            after: started.elapsed(),
-                            what: format!("{status}, ended cleanly after {received} body bytes"),
-                        };
-                    }
-                }
-            }
+            stream_end(response, started).await
         })
     }
 
@@ -158,6 +151,41 @@ impl ZeroWindowConnection {
             Ok(Ok(_pong)) => {}
             Ok(Err(error)) => panic!("the zero-window connection broke {what}: {error}"),
             Err(_) => panic!("the zero-window connection answered no PING within {PATIENCE:?} {what}"),
+        }
+    }
+}
+
+/// Reads a response whose body the client never releases (no WINDOW_UPDATE goes out) until the
+/// stream ends.
+async fn stream_end(response: h2::client::ResponseFuture, started: Instant) -> StreamEnd {
+    let response = match response.await {
+        Ok(response) => response,
+        Err(error) => {
+            return StreamEnd::Broken { after: started.elapsed(), status: None, error: describe(&error) };
+        }
+    };
+    let status = response.status().as_u16();
+    if status == 504 {
+        return StreamEnd::GatewayTimeout { after: started.elapsed() };
+    }
+    let mut body = response.into_body();
+    let mut received = 0;
+    loop {
+        match body.data().await {
+            Some(Ok(bytes)) => received += bytes.len(),
+            Some(Err(error)) => {
+                return StreamEnd::Broken {
+                    after: started.elapsed(),
+                    status: Some(status),
+                    error: describe(&error),
+                };
+            }
+            None => {
+                return StreamEnd::Unexpected {
+                    after: started.elapsed(),
+                    what: format!("{status}, ended cleanly after {received} body bytes"),
+                };
+            }
         }
     }
 }

@@ -193,6 +193,13 @@ pub fn raw_status(response: &[u8]) -> u16 {
         .unwrap_or_else(|| panic!("no status in {text:?}"))
 }
 
+/// The `echo-host` binary [`HostProcess`] runs: this build's, or `ECHO_HOST_TEST_BIN` (a copy
+/// that a build elsewhere in a shared target directory cannot replace mid-run, a release build,
+/// or an older one to compare with).
+pub fn host_binary() -> std::ffi::OsString {
+    std::env::var_os("ECHO_HOST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_echo-host").into())
+}
+
 /// The real `echo-host` binary as a child process, with stdout captured line by line.
 pub struct HostProcess {
     pub child: Child,
@@ -203,14 +210,14 @@ pub struct HostProcess {
 impl HostProcess {
     /// Starts `echo-host` with `PORT` set to a free port and `args`, and waits until it answers.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> HostProcess {
-        Self::start_command(Command::new(env!("CARGO_BIN_EXE_echo-host")), args, env)
+        Self::start_command(Command::new(host_binary()), args, env)
     }
 
     /// Like [`HostProcess::start`], with the process allowed on one CPU only (`taskset -c 0`), as
     /// on a 1-vCPU Cloud Run instance.
     pub fn start_on_one_core(args: &[&str], env: &[(&str, &str)]) -> HostProcess {
         let mut command = Command::new("taskset");
-        command.args(["-c", "0", env!("CARGO_BIN_EXE_echo-host")]);
+        command.arg("-c").arg("0").arg(host_binary());
         Self::start_command(command, args, env)
     }
 
