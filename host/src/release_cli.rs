@@ -261,18 +261,39 @@ fn versions_table(view: &Value) -> String {
 }
 
 fn instances_table(view: &Value) -> String {
-    let mut rows = vec![row(&["INSTANCE", "STABLE", "CANARY", "WEIGHT", "UPDATED"])];
-    for i in view["instances"].as_array().into_iter().flatten() {
+    let mut rows = vec![row(&["INSTANCE", "STATE", "STABLE", "CANARY", "WEIGHT", "UPDATED"])];
+    let instances = view["instances"].as_array().cloned().unwrap_or_default();
+    for i in &instances {
         let me = if i["self"] == true { " (this one)" } else { "" };
         rows.push(vec![
             format!("{}{me}", text(&i["instance"])),
+            state(i).to_string(),
             optional_version(&i["sha256"]),
             optional_version(&i["canary"]),
             percent(&i["canary_weight"]),
             text(&i["updated_at"]),
         ]);
     }
-    columns(&rows)
+    let mut out = columns(&rows);
+    let asleep = instances.iter().filter(|i| i["asleep"] == true).count();
+    if asleep > 0 {
+        let rechecking = instances.iter().filter(|i| i["rechecks_before_serving"] == true).count();
+        out.push_str(&format!(
+            "{} awake, {asleep} asleep ({rechecking} bound to re-check the store before serving)\n",
+            instances.len() - asleep
+        ));
+    }
+    out
+}
+
+/// `awake`, `asleep` (silent for three heartbeat intervals), or `asleep+recheck` (silent past its
+/// `--max-staleness`: it re-checks the store before it serves again).
+fn state(instance: &Value) -> &'static str {
+    match (instance["asleep"] == true, instance["rechecks_before_serving"] == true) {
+        (false, _) => "awake",
+        (true, false) => "asleep",
+        (true, true) => "asleep+recheck",
+    }
 }
 
 fn row(cells: &[&str]) -> Vec<String> {
@@ -471,7 +492,8 @@ mod tests {
                 {"instance": "i-1", "sha256": a, "canary": null, "canary_weight": null,
                  "updated_at": "2025-01-01T00:02:01Z", "self": true},
                 {"instance": "i-2", "sha256": a, "canary": b, "canary_weight": 10.0,
-                 "updated_at": "2025-01-01T00:01:59Z", "self": false}
+                 "updated_at": "2025-01-01T00:01:59Z", "self": false, "asleep": true,
+                 "rechecks_before_serving": true}
             ]
         })
     }
@@ -501,6 +523,11 @@ mod tests {
         assert!(canary.contains("120/400 (30.0%)  118/2/0"), "fleet: {canary}");
         assert!(line("i-1 (this one)").contains("sha256:aaaaaaaaaaaa  -"), "{table}");
         assert!(line("i-2").contains("sha256:bbbbbbbbbbbb  10%"), "{table}");
+        assert!(
+            line("i-1 (this one)").contains("awake") && line("i-2").contains("asleep+recheck"),
+            "{table}"
+        );
+        assert!(line("1 awake").contains("1 asleep (1 bound to re-check"), "{table}");
         let decision = line("last decision");
         assert!(decision.contains("auto_rollback of sha256:bbbbbbbbbbbb at 2025-01-01T00:02:00Z"), "{table}");
         assert!(table.contains("  canary failure rate 31.0% (62 of 200) over 60s"), "{table}");

@@ -147,6 +147,7 @@ async fn fleet(app: &Arc<App>) -> Fleet {
                         "canary_weight": beat.canary.as_ref().map(|c| c.weight),
                         "updated_at": beat.at,
                         "asleep": seen.asleep,
+                        "rechecks_before_serving": seen.rechecks_first(),
                         "self": beat.instance == store.instance,
                     })
                 })
