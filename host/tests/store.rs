@@ -369,14 +369,23 @@ fn a_push_to_one_host_reaches_the_fleet_and_the_cli_sees_it() {
     hosts.pop();
     wait_converged(&http, &hosts[0], 2, &echo());
 
-    // A host that dies leaves its heartbeat behind, but is live no longer after 3 intervals.
+    // A host that dies leaves its heartbeat behind: after 3 intervals it is listed as asleep
+    // (as a frozen one is, issue #27) until `--fleet-forget-after`, and bound to re-check.
     let dead = info(&http, &hosts[1])["store"]["instance"].as_str().unwrap().to_string();
     hosts[1].signal("KILL");
     hosts[1].wait_exit(PATIENCE).expect("the host did not die");
     let heartbeat = Store::object(&format!("instances/{dead}.json"));
     assert!(store.gcs.get(&store.bucket, &heartbeat).is_some(), "a killed host cannot delete its heartbeat");
     hosts.pop();
-    wait_converged(&http, &hosts[0], 1, &echo());
+    eventually("the killed host listed as asleep", PATIENCE, || {
+        let view = wait_converged(&http, &hosts[0], 2, &echo());
+        let row =
+            view["instances"].as_array().unwrap().iter().find(|i| i["instance"] == dead.as_str()).cloned();
+        match row {
+            Some(row) if row["state"] == "asleep" && row["rechecks_before_serving"] == true => Ok(()),
+            _ => Err(view.to_string()),
+        }
+    });
 }
 
 /// `push --wait` gives up at once when every instance that does not serve the push rejected it
