@@ -1626,10 +1626,13 @@ fn fleet_follows_the_store_one_push_updates_every_instance() {
         answers.push(wires[i % 10].get("/", &[]).version);
     }
     let on_canary = answers.iter().filter(|v| **v == canary).count();
+    let metrics = client.get(paused.url("/.well-known/echo-host/metrics")).send().unwrap().text().unwrap();
+    let rechecks = crate::util::metric_value(&metrics, "echo_host_release_rechecks_total");
     say(&format!(
         "docker pause through a canary abort: {on_canary} of {} requests to the aborted canary after unpause; \
-         the 10 on the wire answered within {first_ms} ms",
+         the 10 on the wire answered {first_ms} ms after `docker unpause` returned; {rechecks} re-checks",
         answers.len()
     ));
     assert_eq!(on_canary, 0, "the unpaused instance routed to the aborted canary: {answers:?}");
+    assert!(rechecks >= 1.0, "the unpaused instance re-checked the store before routing: {rechecks}");
 }
