@@ -120,7 +120,7 @@ fn asleep_note(asleep: usize) -> String {
     match asleep {
         0 => String::new(),
         n => format!(
-            "; {n} asleep (frozen between requests or late) will re-check the store before they serve a request, so none of them serves the old release past the change (see `echo-host fleet`)"
+            "; {n} asleep (frozen between requests or late) will re-check the store before they serve a request: none routes to a version the release revoked, and each serves the new version once it has compiled it (see `echo-host fleet`)"
         ),
     }
 }

@@ -23,6 +23,9 @@ struct FollowState {
     settled: Option<i64>,
     /// A manifest was seen since this instance started: its absence now is a deletion.
     seen_manifest: Option<i64>,
+    /// The bucket was found to exist while it held no manifest (checked once before the first
+    /// release, not at every poll).
+    bucket_seen: bool,
 }
 
 /// A poll that could not make the store's release live here whole.
@@ -136,8 +139,10 @@ async fn poll(app: &Arc<App>, store: &Store, state: &mut FollowState) -> Result<
     if state.settled == Some(meta.generation) {
         return Ok(());
     }
-    let applied = match store.read_manifest(&meta).await {
+    let mut generation = meta.generation;
+    let applied = match store.read_newest(meta).await {
         Ok(release) => {
+            generation = release.generation;
             store.update_status(|status| {
                 status.manifest_generation = Some(release.generation);
                 status.stable = Some(release.manifest.stable.clone());
@@ -145,32 +150,34 @@ async fn poll(app: &Arc<App>, store: &Store, state: &mut FollowState) -> Result<
             apply(app, store, &release).await
         }
         Err(error) => {
-            store.update_status(|status| status.manifest_generation = Some(meta.generation));
+            if let StoreError::InvalidManifest { generation: invalid, .. } = &error {
+                generation = *invalid;
+            }
+            store.update_status(|status| status.manifest_generation = Some(generation));
             Err(error.into())
         }
     };
-    match applied {
-        Ok(()) => {
-            state.settled = Some(meta.generation);
-            Ok(())
-        }
-        Err(error) => {
-            if error.settles() {
-                // Not read again until it changes; the problem stays reported until then.
-                state.settled = Some(meta.generation);
-            }
-            Err(error)
-        }
+    // Settled: applied, or refused for good (not read again until it changes; the problem
+    // stays reported until then).
+    if applied.as_ref().map_or_else(PollError::settles, |()| true) {
+        state.settled = Some(generation);
     }
+    applied
 }
 
 /// No manifest: before the first push, the start-up component serves. A manifest that was there
 /// and is gone, or a bucket that does not exist, is an error, not "no release".
 async fn no_manifest(store: &Store, state: &mut FollowState) -> Result<(), PollError> {
-    if !store.bucket_exists().await? {
-        return Err(PollError::NoBucket(store.location.bucket.clone()));
+    let seen = state.seen_manifest.or(store.status().manifest_generation);
+    // Before the first release, one bucket check; after a manifest vanished, one per poll (the
+    // bucket may have gone with it).
+    if seen.is_some() || !state.bucket_seen {
+        if !store.bucket_exists().await? {
+            return Err(PollError::NoBucket(store.location.bucket.clone()));
+        }
+        state.bucket_seen = true;
     }
-    match state.seen_manifest.or(store.status().manifest_generation) {
+    match seen {
         Some(generation) => Err(PollError::Deleted { object: store.manifest_url(), generation }),
         None => Ok(()),
     }
@@ -273,7 +280,7 @@ async fn route_latest(app: &Arc<App>, store: &Store) -> Result<(), StoreError> {
     if app.rollout.routed() >= meta.generation {
         return Ok(());
     }
-    let release = match store.read_manifest(&meta).await {
+    let release = match store.read_newest(meta).await {
         Ok(release) => release,
         // Changes nothing (the follower reports it).
         Err(StoreError::InvalidManifest { .. } | StoreError::Gcs(GcsError::TooLarge { .. })) => return Ok(()),

@@ -248,19 +248,33 @@ impl Store {
     /// generation replaced between the metadata read and the download is read again (a few
     /// times): a concurrent write is not an outage.
     pub async fn current(&self) -> Result<(Option<Release>, i64), GcsError> {
-        let mut attempts = 1;
-        loop {
-            let Some(meta) = self.manifest_meta().await? else { return Ok((None, 0)) };
+        let Some(meta) = self.manifest_meta().await? else { return Ok((None, 0)) };
+        match self.read_newest(meta).await {
+            Ok(release) => {
+                let generation = release.generation;
+                Ok((Some(release), generation))
+            }
+            Err(StoreError::InvalidManifest { generation, .. }) => Ok((None, generation)),
+            Err(StoreError::Gcs(error)) => Err(error),
+        }
+    }
+
+    /// The manifest of `meta`'s generation or, when that generation is replaced while being read
+    /// (a concurrent write), of the newer one (a few times): a write is not an outage.
+    pub async fn read_newest(&self, mut meta: ObjectMeta) -> Result<Release, StoreError> {
+        for _ in 1..READ_ATTEMPTS {
             match self.read_manifest(&meta).await {
-                Ok(release) => return Ok((Some(release), meta.generation)),
-                Err(StoreError::InvalidManifest { .. }) => return Ok((None, meta.generation)),
-                Err(StoreError::Gcs(GcsError::NotFound(what))) if attempts < READ_ATTEMPTS => {
+                Err(StoreError::Gcs(GcsError::NotFound(what))) => {
                     tracing::debug!("`{what}` was replaced while being read; reading the manifest again");
-                    attempts += 1;
+                    match self.manifest_meta().await? {
+                        Some(newer) => meta = newer,
+                        None => return Err(StoreError::Gcs(GcsError::NotFound(what))),
+                    }
                 }
-                Err(StoreError::Gcs(error)) => return Err(error),
+                read => return read,
             }
         }
+        self.read_manifest(&meta).await
     }
 
     /// Uploads a component (and its signature) under its sha256. Components are immutable: one
