@@ -5,11 +5,11 @@
 //! (through `assert!`) when a property breaks. Compiled into `echo-fuzz` (feature `host`) and
 //! into echo-host's corpus replay test.
 
-use echo_host::config::{parse_duration, parse_outbound, parse_size};
-use echo_host::gcs::{GsObject, GsPrefix, ObjectMeta};
-use echo_host::rollout::Weight;
-use echo_host::store::heartbeat::Heartbeat;
-use echo_host::store::manifest::{Manifest, parse_version};
+use echo_host::cli::config::{parse_duration, parse_outbound, parse_size};
+use echo_host::release::store::heartbeat::Heartbeat;
+use echo_host::release::store::manifest::{Manifest, parse_version};
+use echo_host::util::gcs::{GsObject, GsPrefix, ObjectMeta};
+use echo_host::versions::Weight;
 
 /// `--max-body`-style sizes, `--request-timeout`-style durations and `--allow-outbound` rules.
 pub fn config(data: &[u8]) {
@@ -83,16 +83,16 @@ pub fn admin(data: &[u8]) {
     check_weight(text);
     let Ok(uri) = http::Uri::try_from(format!("/.well-known/echo-host/admin/release?{text}")) else { return };
     for name in ["to", "weight", "steps", "step_interval", "if_generation"] {
-        if let Some(value) = echo_host::admin::query_value(&uri, name) {
+        if let Some(value) = echo_host::app::answers::query_value(&uri, name) {
             assert!(!value.contains("%3A") && !value.contains("%3a"), "`{name}` {value:?} in {text:?}");
             let _ = parse_duration(&value);
             let _ = value.parse::<i64>();
         }
     }
-    if let Ok(Some(weight)) = echo_host::release_api::weight(&uri, "weight") {
+    if let Ok(Some(weight)) = echo_host::app::release_api::weight(&uri, "weight") {
         assert_eq!(weight.to_string().parse::<Weight>(), Ok(weight), "weight in {text:?}");
     }
-    if let Ok(steps) = echo_host::release_api::steps(&uri) {
+    if let Ok(steps) = echo_host::app::release_api::steps(&uri) {
         assert!(steps.iter().all(|step| *step > Weight::ZERO), "steps in {text:?}");
     }
 }
@@ -109,12 +109,12 @@ fn check_authorization(data: &[u8]) {
         .and_then(|v| v.trim().split_once(' '))
         .is_some_and(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && t.trim() == TOKEN);
     let request = http::Request::builder().header(http::header::AUTHORIZATION, value).body(()).unwrap();
-    assert_eq!(echo_host::admin::authorized(&request, TOKEN), expected, "authorization {data:?}");
+    assert_eq!(echo_host::app::admin::authorized(&request, TOKEN), expected, "authorization {data:?}");
     let presented = format!("Bearer {}", String::from_utf8_lossy(data));
     if let Ok(value) = http::HeaderValue::from_str(&presented) {
         let request = http::Request::builder().header(http::header::AUTHORIZATION, value).body(()).unwrap();
         let expected = presented["Bearer ".len()..].trim() == TOKEN;
-        assert_eq!(echo_host::admin::authorized(&request, TOKEN), expected, "token {data:?}");
+        assert_eq!(echo_host::app::admin::authorized(&request, TOKEN), expected, "token {data:?}");
     }
 }
 
@@ -147,7 +147,7 @@ pub fn store(data: &[u8]) {
         assert_eq!(serde_json::to_value(&again).ok(), Some(written), "heartbeat round trip");
     }
     if let Ok(meta) = serde_json::from_slice::<ObjectMeta>(data) {
-        let _ = echo_host::gcs::verify("fuzz", &meta, data);
+        let _ = echo_host::util::gcs::verify("fuzz", &meta, data);
     }
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(hex) = parse_version(text) {

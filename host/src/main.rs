@@ -1,7 +1,7 @@
 //! The `echo-host` binary: parse the command line, start logging, run the command.
 
 use clap::Parser;
-use echo_host::config::{Cli, Command, ServeArgs};
+use echo_host::cli::config::{Cli, Command, ServeArgs};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -10,20 +10,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Compile(args)) => echo_host::compile(&args),
-        Some(Command::Push(args)) => runtime().and_then(|rt| rt.block_on(echo_host::push::push(&args))),
-        Some(Command::Fleet(args)) => runtime().and_then(|rt| rt.block_on(echo_host::push::fleet(&args))),
-        Some(Command::Release(args)) => {
-            runtime().and_then(|rt| rt.block_on(echo_host::release_cli::release(&args)))
+        Some(Command::Compile(args)) => echo_host::cli::compile::compile(&args),
+        Some(Command::Push(args)) => runtime().and_then(|rt| rt.block_on(echo_host::cli::push::push(&args))),
+        Some(Command::Fleet(args)) => {
+            runtime().and_then(|rt| rt.block_on(echo_host::cli::push::fleet(&args)))
         }
-        Some(Command::Keygen(args)) => echo_host::signing::keygen(&args.key).map(|public| {
+        Some(Command::Release(args)) => {
+            runtime().and_then(|rt| rt.block_on(echo_host::cli::release_cli::release(&args)))
+        }
+        Some(Command::Keygen(args)) => echo_host::util::signing::keygen(&args.key).map(|public| {
             eprintln!(
                 "wrote the private key to `{}` and the public key to `{}`",
                 args.key.display(),
                 public.display()
             );
         }),
-        Some(Command::Sign(args)) => echo_host::signing::sign_file(&args.key, &args.file).map(|sig| {
+        Some(Command::Sign(args)) => echo_host::util::signing::sign_file(&args.key, &args.file).map(|sig| {
             eprintln!("wrote `{}`", sig.display());
         }),
         Some(Command::Serve(args)) => serve(*args),
@@ -42,7 +44,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Validate before anything else, so a bad flag never binds the port.
     let config = args.validate()?;
     keep_body_buffers_in_the_heap();
-    echo_host::telemetry::init_logging_buffered(config.log_format, config.log_buffer_lines);
+    echo_host::util::logging::init_logging_buffered(config.log_format, config.log_buffer_lines);
     // On one core (Cloud Run's 1 vCPU; `available_parallelism` reads the cgroup quota and the
     // affinity mask) a current-thread runtime serves without cross-thread wake-ups: measured
     // 1.24x requests/s and 1.56x requests per CPU-second over a one-worker multi-thread runtime.
@@ -53,8 +55,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let served = runtime.enable_all().build()?.block_on(echo_host::serve(config));
-    echo_host::telemetry::flush_logs();
+    let served = runtime.enable_all().build()?.block_on(echo_host::app::start::serve(config));
+    echo_host::util::logging::flush_logs();
     served
 }
 

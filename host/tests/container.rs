@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use echo_host::config::{
+use echo_host::cli::config::{
     ADMIN_TOKEN_ENV, DEFAULT_CONCURRENCY, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, parse_duration,
 };
 use sha2::Digest;
@@ -301,7 +301,7 @@ fn service_yaml_follows_the_release_store() {
     file.check_common();
     // The store is a `gs://BUCKET/PREFIX/` the host accepts, and needs neither gen2 nor a volume.
     let store = file.env.get("ECHO_HOST_STORE").expect("ECHO_HOST_STORE set");
-    echo_host::gcs::GsPrefix::parse("--store", &store.replace("BUCKET", "bucket")).unwrap();
+    echo_host::util::gcs::GsPrefix::parse("--store", &store.replace("BUCKET", "bucket")).unwrap();
     assert!(
         !file.yaml.keys().any(|k| k.contains("volumes") || k.contains("volumeMounts")),
         "no volume needed"
@@ -314,7 +314,7 @@ fn service_yaml_follows_the_release_store() {
     let heartbeat = file.env.get("ECHO_HOST_HEARTBEAT_INTERVAL").expect("ECHO_HOST_HEARTBEAT_INTERVAL set");
     assert_eq!(
         parse_duration(heartbeat).unwrap(),
-        parse_duration(echo_host::config::DEFAULT_HEARTBEAT_INTERVAL).unwrap()
+        parse_duration(echo_host::cli::config::DEFAULT_HEARTBEAT_INTERVAL).unwrap()
     );
     // The image's baked-in component serves until the store has a release: not overridden.
     assert!(!file.env.contains_key("ECHO_HOST_COMPONENT"));

@@ -157,14 +157,14 @@ async fn h2_zero_window_streams_are_reset_at_the_deadline_and_free_their_permits
     eprintln!(
         "{:?} after the start: {} in flight, another client's GET / answered {status}",
         started.elapsed(),
-        server.app.metrics.in_flight.get()
+        server.app.metrics.serve.in_flight.get()
     );
     for (i, end) in ends.iter().enumerate() {
         assert!(end.is_cut_at_deadline(REQUEST_TIMEOUT), "stream {i}: {end:?}");
     }
     let in_flight = wait_nothing_in_flight(server.addr, PATIENCE).await;
     assert_eq!(in_flight, 0.0, "permits still held after every zero-window stream was reset");
-    assert_eq!(server.app.metrics.in_flight.get(), 0);
+    assert_eq!(server.app.metrics.serve.in_flight.get(), 0);
 
     let (status, body, at) = get_until_ok(server.addr, "/?after=zero-window", PATIENCE).await;
     eprintln!("GET / answered {status} {:?} after the start", at - started);
@@ -838,7 +838,7 @@ async fn a_guest_keeps_its_permit_through_the_grace_and_no_longer() {
 
     // Well inside the 5 s grace: the one permit is still the sleeping guest's.
     let during = util::get(&client, server.url("/ok?during=grace")).await;
-    let in_flight = server.app.metrics.in_flight.get();
+    let in_flight = server.app.metrics.serve.in_flight.get();
     let checked = answered.elapsed();
     eprintln!("{checked:?} after the response: /ok answered {}, {in_flight} in flight", during.status);
     if checked < GRACE - Duration::from_secs(1) {

@@ -22,8 +22,10 @@ fn path(p: &std::path::Path) -> &str {
 /// Instances the active (p3) version's pool has started.
 fn instances_started(server: &TestServer) -> u64 {
     match &server.app.registry.active().handler {
-        echo_host::registry::Handler::Reused(pool) => pool.instances_started(),
-        echo_host::registry::Handler::PerRequest(_) => panic!("the active component is not a p3 one"),
+        echo_host::versions::registry::Handler::Reused(pool) => pool.instances_started(),
+        echo_host::versions::registry::Handler::PerRequest(_) => {
+            panic!("the active component is not a p3 one")
+        }
     }
 }
 

@@ -102,9 +102,9 @@ async fn a_url_with_credentials_shows_them_nowhere() {
 async fn a_signed_url_takes_its_signature_from_the_path_with_the_query_kept() {
     let dir = util::scratch_dir();
     let key = dir.path().join("key");
-    let public = echo_host::signing::keygen(&key).unwrap();
+    let public = echo_host::util::signing::keygen(&key).unwrap();
     let path = util::write_file(dir.path(), "c.wasm", &std::fs::read(util::echo_wasm()).unwrap());
-    let signature = std::fs::read(echo_host::signing::sign_file(&key, &path).unwrap()).unwrap();
+    let signature = std::fs::read(echo_host::util::signing::sign_file(&key, &path).unwrap()).unwrap();
     let echo = std::fs::read(&path).unwrap();
     // The static server answers by path: `/c.wasm.sig?...` is the signature, `/c.wasm?...sig`
     // the component.

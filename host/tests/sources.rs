@@ -266,10 +266,10 @@ async fn file_source_works_by_polling_alone_as_on_cloud_storage_fuse() {
     let path = util::write_file(dir.path(), "c.wasm", &components.echo);
     // Watching off in the server; the polling-only watcher started by hand instead.
     let server = TestServer::start(&["--component", path.to_str().unwrap(), "--poll-interval", "0s"]).await;
-    let watcher = tokio::spawn(echo_host::source::file::poll_only(
-        server.app.clone(),
+    let watcher = tokio::spawn(echo_host::release::source::file::poll_only(
+        server.app.gate.clone(),
         path.clone(),
-        echo_host::source::WatchConfig {
+        echo_host::release::source::WatchConfig {
             poll_interval: Duration::from_millis(300),
             fetch_timeout: Duration::from_secs(30),
             max_component_size: 64 << 20,
@@ -345,11 +345,12 @@ async fn file_source_retries_when_the_signature_arrives_after_the_component() {
     let components = Components::load();
     let dir = util::scratch_dir();
     let key = dir.path().join("key");
-    let public = echo_host::signing::keygen(&key).unwrap();
+    let public = echo_host::util::signing::keygen(&key).unwrap();
     let path = util::write_file(dir.path(), "c.wasm", &components.echo);
-    echo_host::signing::sign_file(&key, &path).unwrap();
+    echo_host::util::signing::sign_file(&key, &path).unwrap();
     let misbehave = util::write_file(dir.path(), "m.wasm", &components.misbehave);
-    let misbehave_sig = std::fs::read(echo_host::signing::sign_file(&key, &misbehave).unwrap()).unwrap();
+    let misbehave_sig =
+        std::fs::read(echo_host::util::signing::sign_file(&key, &misbehave).unwrap()).unwrap();
     let server = TestServer::start(&[
         "--component",
         path.to_str().unwrap(),
@@ -370,7 +371,7 @@ async fn file_source_retries_when_the_signature_arrives_after_the_component() {
     assert!(info(&server).await["swaps"]["last_rejection"]["reason"].as_str().unwrap().contains("signature"));
     assert_eq!(components.serving(&client, &server).await, Which::Echo);
     // Then its signature: the same bytes are tried again.
-    rename_into_place(&echo_host::signing::sibling(&path, "sig"), &misbehave_sig);
+    rename_into_place(&echo_host::util::signing::sibling(&path, "sig"), &misbehave_sig);
     components.wait_for(&client, &server, Which::Misbehave).await;
 }
 
@@ -423,10 +424,10 @@ async fn url_source_retries_when_the_signature_arrives_after_the_component() {
     let components = Components::load();
     let dir = util::scratch_dir();
     let key = dir.path().join("key");
-    let public = echo_host::signing::keygen(&key).unwrap();
+    let public = echo_host::util::signing::keygen(&key).unwrap();
     let sign = |name: &str, bytes: &[u8]| {
         let file = util::write_file(dir.path(), name, bytes);
-        std::fs::read(echo_host::signing::sign_file(&key, &file).unwrap()).unwrap()
+        std::fs::read(echo_host::util::signing::sign_file(&key, &file).unwrap()).unwrap()
     };
     let (echo_sig, misbehave_sig) = (sign("e.wasm", &components.echo), sign("m.wasm", &components.misbehave));
     let origin = StaticServer::start(components.echo.clone(), Some(echo_sig)).await;

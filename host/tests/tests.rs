@@ -4,6 +4,8 @@
 // Shared helpers: the built components, free ports, peer servers (`wasmtime serve`, Flask).
 mod util;
 
+// The host's layers point one way: no upward import, no circle, `App` only in the composition root.
+mod layers;
 // The echo component itself: its imports stay in the proxy world, its size, `wit/deps` drift.
 mod guest_component;
 // The echo component under upstream `wasmtime serve`: every echo behaviour over real HTTP.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use echo_host::app::App;
-use echo_host::config::Cli;
+use echo_host::cli::config::Cli;
 use tokio::sync::oneshot;
 
 /// The echo component built from `guest/` (by host/build.rs).
@@ -48,7 +48,7 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The `--component` source watcher, stopped with the server.
-    watcher: Option<echo_host::Watchers>,
+    watcher: Option<echo_host::app::start::Watchers>,
 }
 
 impl TestServer {
@@ -62,12 +62,12 @@ impl TestServer {
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(argv)?;
         let config = cli.serve.validate()?;
-        echo_host::telemetry::init_logging(config.log_format);
-        let app = Arc::new(echo_host::load_app(&config).await?);
+        echo_host::util::logging::init_logging(config.log_format);
+        let app = echo_host::app::start::load_app(&config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(echo_host::server::run(
+        let task = tokio::spawn(echo_host::serve::server::run(
             listener,
             app.clone(),
             async move {
@@ -75,7 +75,7 @@ impl TestServer {
             },
             config.shutdown_grace,
         ));
-        let watcher = echo_host::start_watching(&app, &config);
+        let watcher = echo_host::app::start::start_watching(&app, &config);
         Ok(TestServer { addr, app, shutdown: Some(shutdown), task: Some(task), watcher })
     }
 

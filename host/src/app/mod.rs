@@ -1,0 +1,157 @@
+//! Layer 5, `app`: the composition root. [`App`] holds each layer's state and is the serve
+//! layer's [`Host`]; the admin API, the status page and start-up live beside it.
+
+pub mod admin;
+pub mod answers;
+pub mod config;
+pub mod metrics;
+pub mod release_api;
+pub mod start;
+pub mod status;
+
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+
+use crate::app::config::ServeConfig;
+use crate::app::metrics::Metrics;
+use crate::engine::limits::Limits;
+use crate::engine::runtime::Runtime;
+use crate::release::gate::{Gate, SwapPolicy};
+use crate::release::rollout::Rollout;
+use crate::release::store::Store;
+use crate::serve::exchange::{Observer, RequestBody, RequestContext, ResponseBody};
+use crate::serve::host::{Host, Pending};
+use crate::serve::serving::Serving;
+use crate::util::freshness::Verdict;
+use crate::versions::metrics::Ending;
+use crate::versions::registry::{ActiveComponent, Registry};
+use crate::versions::{Role, Routed};
+
+/// Every layer's state, shared by every connection and request.
+pub struct App {
+    pub runtime: Arc<Runtime>,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    /// What the serve layer shares among connections: limits, permits, request ids.
+    pub serving: Arc<Serving>,
+    /// The validation gate every new version passes, and what publishing one touches.
+    pub gate: Arc<Gate>,
+    pub started_at: SystemTime,
+    /// How candidates are checked before a swap.
+    pub swap_policy: SwapPolicy,
+    /// The admin API's bearer token; `None` means the API does not exist.
+    pub admin_token: Option<String>,
+    /// The fleet's release store (`--store`), when there is one.
+    pub store: Option<Arc<Store>>,
+    /// The release's canary: routing, analysis, automatic rollback and steps.
+    pub rollout: Arc<Rollout>,
+    /// Itself, for the tasks a request starts (a re-check of the store).
+    me: Weak<App>,
+}
+
+impl App {
+    /// Wires the layers together around the start-up version in `registry`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        registry: Registry,
+        metrics: Metrics,
+        store: Option<Arc<Store>>,
+        config: &ServeConfig,
+        project_id: Option<String>,
+    ) -> Arc<Self> {
+        let registry = Arc::new(registry);
+        let serving = Arc::new(Serving::new(runtime.stores().clone(), metrics.serve.clone(), project_id));
+        let gate = Arc::new(Gate::new(
+            runtime.clone(),
+            registry.clone(),
+            serving.clone(),
+            config.swap.clone(),
+            metrics.delivery.clone(),
+            store.as_ref().map(|store| store.heartbeat_now.clone()),
+        ));
+        let rollout =
+            Arc::new(Rollout::new(config.thresholds, gate.clone(), metrics.versions.clone(), store.clone()));
+        Arc::new_cyclic(|me| Self {
+            swap_policy: config.swap.clone(),
+            admin_token: config.admin_token.clone(),
+            serving,
+            gate,
+            runtime,
+            registry,
+            metrics,
+            started_at: SystemTime::now(),
+            store,
+            rollout,
+            me: me.clone(),
+        })
+    }
+
+    /// A swap or a rejection happened: the heartbeat says so now rather than at its next tick.
+    pub fn tell_fleet(&self) {
+        self.gate.tell_fleet();
+    }
+
+    pub fn limits(&self) -> &Limits {
+        self.runtime.limits()
+    }
+}
+
+impl Observer for App {
+    fn observe(&self, served: &ActiveComponent, role: Role, ending: Ending, seconds: f64) {
+        self.rollout.observe(served, role, ending, seconds);
+    }
+}
+
+impl Host for App {
+    fn serving(&self) -> &Arc<Serving> {
+        &self.serving
+    }
+
+    fn versions(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn route(&self, headers: &HeaderMap) -> Routed {
+        self.rollout.route(headers)
+    }
+
+    fn release_check(&self) -> Option<Pending<'static, bool>> {
+        let store = self.store.as_ref()?;
+        if store.freshness.is_fresh() {
+            return None;
+        }
+        let (store, rollout) = (store.clone(), self.rollout.clone());
+        Some(Box::pin(async move {
+            let check = || crate::release::store::follow::recheck(rollout, store.clone());
+            match store.freshness.ensure(check).await {
+                Verdict::Fresh | Verdict::Rechecked => true,
+                Verdict::Unconfirmed => {
+                    store.metrics.unconfirmed.inc();
+                    true
+                }
+                Verdict::Refused => false,
+            }
+        }))
+    }
+
+    fn owns(&self, path: &str) -> bool {
+        admin::owns(path)
+    }
+
+    fn endpoint<'a>(
+        &'a self,
+        req: Request<RequestBody<Incoming>>,
+        ctx: &'a RequestContext,
+    ) -> Pending<'a, Response<ResponseBody>> {
+        let app = self.me.upgrade();
+        Box::pin(async move {
+            match app {
+                Some(app) => admin::handle(&app, req, ctx).await,
+                None => answers::shutting_down(),
+            }
+        })
+    }
+}

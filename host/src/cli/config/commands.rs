@@ -1,0 +1,158 @@
+//! The arguments of the subcommands other than `serve`: `compile`, `push`, `fleet`, `release`,
+//! `keygen`, `sign`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::parse_duration;
+use crate::versions::Weight;
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The host's base URL, e.g. `https://echo-abc-uc.a.run.app`.
+    pub url: String,
+    /// The component to upload (`.wasm`).
+    pub file: PathBuf,
+    /// File holding the admin token.
+    #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Send this detached signature (default: `FILE.sig` when it exists).
+    #[arg(long)]
+    pub signature: Option<PathBuf>,
+    /// Then wait until every live instance of the fleet serves it (a host with `--store`); exit
+    /// non-zero after `--wait-timeout`, listing the instances that do not, or as soon as every
+    /// one of those has rejected it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The base URL of any instance, e.g. `https://echo-abc-uc.a.run.app`.
+    pub url: String,
+    /// File holding the admin token.
+    #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key; the public key goes to `KEY.pub`.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The private key from `keygen`.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The component to sign; the signature is written to `FILE.sig`.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// The component to compile (`.wasm`).
+    pub input: PathBuf,
+    /// Where to write the precompiled component.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Use every instruction-set extension of this machine's CPU. By default the code uses only
+    /// what every x86-64 server CPU since 2013 has (up to AVX2), so a `.cwasm` built on one
+    /// machine loads on the others a Cloud Run service may land on.
+    #[arg(long)]
+    pub native: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(subcommand)]
+    pub command: ReleaseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Upload a component as the canary beside the stable version, at `--weight` percent of the
+    /// requests (with `--steps`: advancing on its own while healthy).
+    Start(ReleaseStartArgs),
+    /// Set the canary's weight (`--weight`), or move it to its next step, or (at 100, or with no
+    /// further step) make it the stable version.
+    Promote(ReleasePromoteArgs),
+    /// Remove the canary; the stable version keeps serving.
+    Abort(ReleaseHostArgs),
+    /// Print the release: both versions, weights, per-version failure rates, the instances, the
+    /// last automatic decision and the history.
+    Status(ReleaseHostArgs),
+}
+
+/// The host a `release` subcommand talks to.
+#[derive(Debug, Args)]
+pub struct ReleaseHostArgs {
+    /// The base URL of the host (with a release store: any instance), e.g.
+    /// `https://echo-abc-uc.a.run.app`.
+    pub url: String,
+    /// File holding the admin token.
+    #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseStartArgs {
+    #[command(flatten)]
+    pub host: ReleaseHostArgs,
+    /// The canary component to upload (`.wasm`).
+    pub file: PathBuf,
+    /// The canary's share of the requests in percent, 0 to 100 in steps of 0.1 (`0`: only
+    /// requests pinned with `echo-host-version` reach it).
+    #[arg(long)]
+    pub weight: Weight,
+    /// Weights the canary advances through while healthy, one every `--step-interval`, e.g.
+    /// `1,10,50,100` (increasing; reaching 100 makes it stable). Without it the weight stays
+    /// until `release promote`.
+    #[arg(long, value_parser = parse_steps)]
+    pub steps: Option<Steps>,
+    /// Time at each step of `--steps`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "steps")]
+    pub step_interval: Duration,
+    /// Send this detached signature (default: `FILE.sig` when it exists).
+    #[arg(long)]
+    pub signature: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasePromoteArgs {
+    #[command(flatten)]
+    pub host: ReleaseHostArgs,
+    /// The canary's new weight in percent (below 100: it stays a canary; 100: it becomes
+    /// stable). Without it: the next of its `--steps`, or stable when there is none.
+    #[arg(long)]
+    pub weight: Option<Weight>,
+}
+
+/// The weights of `--steps`, increasing, each over 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<Weight>);
+
+/// Parses `1,10,50,100`: weights (percent, at most one decimal) over 0, each greater than the
+/// last.
+pub fn parse_steps(text: &str) -> Result<Steps, String> {
+    let mut steps: Vec<Weight> = Vec::new();
+    for part in text.split(',') {
+        let step: Weight = part.parse().map_err(|e| format!("in `--steps {text}`: {e}"))?;
+        if step == Weight::ZERO {
+            return Err(format!("in `--steps {text}`: a step must be over 0"));
+        }
+        if let Some(last) = steps.last()
+            && step <= *last
+        {
+            return Err(format!("in `--steps {text}`: the steps must increase, but {step} follows {last}"));
+        }
+        steps.push(step);
+    }
+    Ok(Steps(steps))
+}

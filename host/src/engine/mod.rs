@@ -1,0 +1,13 @@
+//! Layer 1, `engine`: wasmtime's `Engine` and `Linker`, loading a component, the per-request and
+//! per-instance store state and its limits, the stop signal a guest's request carries, guest
+//! budgets (headers, logs) and the outbound policy.
+
+pub mod fields;
+pub mod guest_log;
+pub mod header_budget;
+pub mod limits;
+pub mod outbound;
+pub mod pool;
+pub mod runtime;
+pub mod state;
+pub mod stop;

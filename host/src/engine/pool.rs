@@ -1,0 +1,178 @@
+//! Reused instances for p3 (`wasi:http/service`) components: the pool of one version's instances
+//! ([`Pool`], wasmtime's `ProxyHandler` with our policy: `--instance-*`, the request deadline,
+//! the instance's own limits).
+//!
+//! An instance serves up to `--instance-max-concurrent` requests at once and
+//! `--instance-max-requests` in its life, and waits `--instance-idle-timeout` for more. A request
+//! that reaches its stop (deadline or fault) ends as its caller decides while its siblings on
+//! the instance finish; that instance takes no new requests and is retired once they are done.
+//! A trap retires the instance with every request on it. An instance that overstays (a guest
+//! computing past the request timeout, which the epoch makes yield but never interrupts) is
+//! dropped by the pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Store, StoreContextMut};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, Proxy, ProxyHandler, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+
+use crate::engine::runtime::{RequestState, Reuse, Stores};
+use crate::engine::stop::StopSignal;
+
+/// What the pool needs of one request passed to an instance: its id for the logs and the stop
+/// (deadline or fault) that ends its part of the instance's work.
+pub trait PoolRequest: Send + Sync + 'static {
+    fn id(&self) -> &str;
+    fn stop(&self) -> &Arc<StopSignal>;
+}
+
+/// A request as the pool holds it.
+pub type Caller = Arc<dyn PoolRequest>;
+
+/// wasmtime's `ProxyHandler` passes this to [`WorkerState::drop`] when an instance's task was
+/// dropped before it ended.
+const WORKER_DROPPED: &str = "worker panicked";
+
+/// One version's reused instances. Cloning shares them.
+#[derive(Clone)]
+pub struct Pool {
+    handler: ProxyHandler<PoolState>,
+}
+
+impl Pool {
+    pub fn new(pre: ServicePre<RequestState>, stores: Arc<Stores>, reuse: Reuse, timeout: Duration) -> Self {
+        let state = PoolState { pre, stores, reuse, timeout, next_instance: AtomicU64::new(0) };
+        Self { handler: ProxyHandler::new(state) }
+    }
+
+    /// Hands `req` to an instance (starting one if none accepts it) and returns its response.
+    pub async fn handle(
+        &self,
+        caller: Caller,
+        req: http::Request<WasiBody>,
+    ) -> wasmtime::Result<http::Response<WasiBody>> {
+        self.handler.handle(caller, req).await
+    }
+
+    /// Instances started so far.
+    pub fn instances_started(&self) -> u64 {
+        self.handler.state().next_instance.load(Ordering::Relaxed)
+    }
+}
+
+/// The pool's side of wasmtime's `ProxyHandler`: makes instances with their policy.
+struct PoolState {
+    pre: ServicePre<RequestState>,
+    stores: Arc<Stores>,
+    reuse: Reuse,
+    /// `--request-timeout`: how long an instance may work on its newest request, or on what it
+    /// does after its last response, before it is dropped.
+    timeout: Duration,
+    next_instance: AtomicU64,
+}
+
+impl HandlerState for PoolState {
+    type StoreData = RequestState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = InstancePolicy;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<RequestState, Expiry, InstancePolicy>> {
+        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let label = format!("instance-{id}");
+        let mut store = self.stores.reused_store(&label);
+        // The epoch only makes the guest yield: bound a start-up that never ends here.
+        let service = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| wasmtime::format_err!("the instance did not start within {:?}", self.timeout))??;
+        Ok(Instance {
+            store,
+            proxy: Proxy::P3(service),
+            view: WasiHttpView::http,
+            expiration: Expiry {
+                idle_timeout: self.reuse.idle_timeout,
+                busy_timeout: self.timeout,
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+            },
+            state: InstancePolicy { label, reuse: self.reuse },
+        })
+    }
+}
+
+/// When a pool's instance is retired for being idle or overstaying.
+struct Expiry {
+    idle_timeout: Duration,
+    busy_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, since: Instant) -> Poll<()> {
+        let me = self.get_mut();
+        let timeout = match status {
+            WorkerStatus::Idle => me.idle_timeout,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => me.busy_timeout,
+        };
+        let Some(at) = since.checked_add(timeout) else { return Poll::Pending };
+        let at = tokio::time::Instant::from_std(at);
+        if me.sleep.deadline() != at {
+            me.sleep.as_mut().reset(at);
+        }
+        me.sleep.as_mut().poll(cx)
+    }
+}
+
+/// What one instance accepts, and when one of its requests must stop.
+struct InstancePolicy {
+    label: String,
+    reuse: Reuse,
+}
+
+impl WorkerState for InstancePolicy {
+    type StoreData = RequestState;
+    type RequestData = Caller;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.reuse.max_requests {
+            ShouldAccept::Never
+        } else if concurrent >= self.reuse.max_concurrent {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        mut store: StoreContextMut<'_, RequestState>,
+        caller: Caller,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        store.data_mut().start_request();
+        tracing::debug!(request_id = %caller.id(), instance = %self.label, "request passed to a reused instance");
+        let stop = caller.stop().clone();
+        Box::pin(async move { stop.reached().await })
+    }
+
+    fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
+        match result {
+            Ok(()) => tracing::debug!(instance = %self.label, "reused instance retired"),
+            // What wasmtime reports when the instance's task is dropped rather than ended: the
+            // runtime shutting down (a real panic prints its own message).
+            Err(error) if error.to_string() == WORKER_DROPPED => {
+                tracing::debug!(instance = %self.label, "reused instance dropped with its runtime")
+            }
+            Err(error) => {
+                tracing::warn!(instance = %self.label, error = format!("{error:#}"), "reused instance retired after a failure")
+            }
+        }
+        drop(store);
+    }
+}

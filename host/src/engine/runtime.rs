@@ -1,0 +1,391 @@
+//! The wasmtime side: the `Engine` (pooling allocator, epochs), the `Linker`, compiling and
+//! pre-instantiating components (of either wasi:http world, [`World`]), and the store state
+//! ([`RequestState`]) of one request's instance or of one reused instance ([`Stores`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+
+use crate::engine::fields;
+use crate::engine::guest_log::{GuestLog, LogBudget};
+use crate::engine::header_budget::HeaderBudget;
+use crate::engine::limits::Limits;
+use crate::engine::outbound::OutboundPolicy;
+use crate::engine::outbound::OutboundRule;
+pub use crate::engine::state::RequestState;
+use crate::engine::stop::StopSignal;
+
+/// How often the epoch advances. A guest that never yields is checked at this granularity:
+/// it gives up its thread every tick and is stopped at the first tick past its deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Wasm stack per instance. Deep recursion traps here instead of taking the host down.
+pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
+
+/// Instances beyond `--concurrency` the pool keeps room for: a swap's smoke probe (probes take
+/// no permit). A request holds its permit until its guest has stopped, so per-request instances
+/// never need more than `--concurrency` slots; reused (p3) instances of a version just swapped
+/// out linger idle for `--instance-idle-timeout`, so the pool holds a second `--concurrency` for
+/// them (address space only: slots are not touched until used).
+const POOL_HEADROOM: u32 = 16;
+
+/// What the runtime needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub limits: Limits,
+    pub guest_env: Vec<(String, String)>,
+    pub allow_outbound: Vec<OutboundRule>,
+    /// How p3 instances are reused across requests.
+    pub reuse: Reuse,
+}
+
+/// How long a p3 (`wasi:http/service`) instance serves before it is retired (the flags
+/// `--instance-*`, with `wasmtime serve`'s defaults). p2 components get a fresh instance per
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Reuse {
+    /// Requests one instance serves in its life.
+    pub max_requests: usize,
+    /// Requests one instance serves at the same time.
+    pub max_concurrent: usize,
+    /// How long an idle instance waits for another request.
+    #[serde(serialize_with = "crate::util::time::serialize_secs")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self { max_requests: 128, max_concurrent: 16, idle_timeout: Duration::from_secs(1) }
+    }
+}
+
+/// Which wasi:http world a component serves, with its linked pre-instance.
+pub enum World {
+    /// `wasi:http/proxy@0.2`: `incoming-handler`, a fresh instance per request.
+    P2(ProxyPre<RequestState>),
+    /// `wasi:http/service@0.3`: an async `handler`, instances reused across requests.
+    P3(ServicePre<RequestState>),
+}
+
+/// The engine, linker and guest settings shared by every request and every component version.
+pub struct Runtime {
+    linker: Linker<RequestState>,
+    stores: Arc<Stores>,
+    _epoch_ticker: EpochTicker,
+}
+
+/// Makes the stores instances run in: the engine and what every guest gets (limits, environment,
+/// log, outbound rules). Shared with the reused-instance pools, which make stores of their own.
+pub struct Stores {
+    engine: Engine,
+    config: RuntimeConfig,
+    outbound: Arc<[OutboundRule]>,
+}
+
+/// x86-64 extensions newer than AVX2 (Haswell, 2013). Cranelift otherwise uses every extension
+/// the compiling CPU has, and a `.cwasm` that uses AVX-512 refuses to load on a machine without
+/// it: an image built on one server would crash-loop on another.
+#[cfg(target_arch = "x86_64")]
+const NON_BASELINE_X86_FLAGS: &[&str] = &[
+    "has_avx512bitalg",
+    "has_avx512dq",
+    "has_avx512f",
+    "has_avx512vbmi",
+    "has_avx512vl",
+    "has_avx512vnni",
+    "has_avx_vnni",
+];
+
+/// Restricts compiled code to instructions every server CPU of this architecture has, for
+/// `.cwasm` files made on one machine and loaded on another. A loading engine accepts code that
+/// uses a subset of its CPU's features, so `serve` keeps detecting the native set.
+pub fn portable_code(config: &mut Config) {
+    #[cfg(target_arch = "x86_64")]
+    for flag in NON_BASELINE_X86_FLAGS {
+        // SAFETY: disabling an extension only narrows the instructions Cranelift may emit; the
+        // code runs on any CPU that has the rest.
+        unsafe {
+            config.cranelift_flag_set(flag, "false");
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = config;
+}
+
+/// The `Config` both `serve` and `compile` use: precompiled components only load into an engine
+/// built from the same settings, so there must be exactly one place that makes it.
+pub fn engine_config(limits: &Limits) -> anyhow::Result<Config> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.max_wasm_stack(DEFAULT_MAX_WASM_STACK);
+    config.memory_init_cow(true);
+    // WASI 0.3 (`wasi:http/service`): async component functions, streams and futures.
+    config.wasm_component_model_async(true);
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+    // Bounds checks in code, no guard pages: with signal-based traps and guard pages, every
+    // instantiation re-protects (mprotect) the pages the previous request grew, and a slot's
+    // accessible size changes on every request; explicit checks cost less than those syscalls
+    // for short-lived instances (measured +18% requests per CPU-second with them, +16% more
+    // for the guard). These settings change compiled code: `.cwasm` files from an earlier
+    // build must be recompiled (they do not depend on `--max-memory` or other limits).
+    config.signals_based_traps(false);
+    config.memory_guard_size(0);
+    config.guard_before_linear_memory(false);
+
+    // Size the pool from the limits instead of wasmtime's defaults (1000 instances, ~6 TiB of
+    // reserved address space): a slot per allowed request, and memories no larger than the
+    // per-request memory limit.
+    let instances = u32::try_from(limits.concurrency)
+        .context("`--concurrency` is too large")?
+        .saturating_mul(2)
+        .saturating_add(POOL_HEADROOM);
+    let max_memory = usize::try_from(limits.max_memory_bytes).context("`--max-memory` is too large")?;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(max_memory)
+        .max_memories_per_component(2)
+        .max_tables_per_component(4)
+        // Reset a returned slot by rewriting only the pages the request dirtied (found with the
+        // PAGEMAP_SCAN ioctl, Linux 6.7+) instead of madvise + a page fault per page on the next
+        // request: measured +53% requests per CPU-second. Without the ioctl (older kernels,
+        // gVisor) `Auto` falls back to memset of the first 128 KiB and madvise of the rest.
+        .linear_memory_keep_resident(128 * 1024)
+        .table_keep_resident(64 * 1024)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(config)
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config.limits)?)
+            .map_err(anyhow::Error::from)
+            .context("failed to create the wasm engine")?;
+        let mut linker = Linker::new(&engine);
+        // Full WASI p2 so components built with std (which import `wasi:cli/environment`,
+        // `wasi:filesystem`, ...) link; the context below grants no preopens and no sockets.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add WASI to the linker")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add wasi:http to the linker")?;
+        // And WASI 0.3 for `wasi:http/service` components, with the same grants.
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add WASI 0.3 to the linker")?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add wasi:http 0.3 to the linker")?;
+        fields::add_to_linker(&mut linker)?;
+        Ok(Self {
+            _epoch_ticker: EpochTicker::start(engine.clone()),
+            linker,
+            stores: Arc::new(Stores { outbound: config.allow_outbound.clone().into(), engine, config }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.stores.engine
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.stores.config.limits
+    }
+
+    pub fn reuse(&self) -> Reuse {
+        self.stores.config.reuse
+    }
+
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+
+    /// Compiles a `.wasm` component. CPU-heavy: call it from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        if is_core_module(bytes) {
+            bail!(
+                "this is a core wasm module, not a component (build with `--target wasm32-wasip2` or `wasm-tools component new`)"
+            );
+        }
+        if !is_component(bytes) {
+            bail!("not a wasm component (no `\\0asm` component header)");
+        }
+        let component = Component::new(self.engine(), bytes);
+        release_free_heap();
+        Ok(component?)
+    }
+
+    /// Loads a `.cwasm` made by `echo-host compile`.
+    ///
+    /// # Safety
+    /// The bytes are native code that runs unchecked: they must come from a trusted build of
+    /// this same host (see `--allow-precompiled`).
+    pub unsafe fn deserialize(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: the caller vouches for the bytes; wasmtime checks the engine compatibility.
+        Ok(unsafe { Component::deserialize(self.engine(), bytes) }?)
+    }
+
+    /// Links a component against the host's imports and finds which wasi:http world it serves:
+    /// it exports `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`.
+    pub fn pre_instantiate(&self, component: &Component) -> anyhow::Result<World> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .context("the component imports something this host does not provide")?;
+        if let Ok(p2) = ProxyPre::new(pre.clone()) {
+            return Ok(World::P2(p2));
+        }
+        match ServicePre::new(pre) {
+            Ok(p3) => Ok(World::P3(p3)),
+            Err(_) => bail!(
+                "the component does not export `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3` (is it a `wasi:http/proxy` or `wasi:http/service` component?)"
+            ),
+        }
+    }
+
+    /// A fresh store for one request, with its limits; the guest is interrupted once `stop`
+    /// passes (the deadline, or earlier once its response is over).
+    pub fn new_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
+        self.stores.request_store(request_id, stop)
+    }
+}
+
+impl Stores {
+    /// The limits every guest runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// A store for one request's fresh instance: yields to the executor at each epoch tick and
+    /// traps once `stop` is past.
+    pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
+        let mut store = self.store(request_id);
+        // Each tick, give the thread back to the executor; past the stop, trap.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if stop.interrupt_now() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+        });
+        store
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A store for a reused (p3) instance, named `label` in the guest's log lines: its guest
+    /// gives the thread back every epoch tick and is never interrupted by the epoch; the pool
+    /// retires an instance that overstays (see `reuse`).
+    pub fn reused_store(&self, label: &str) -> Store<RequestState> {
+        let mut store = self.store(label);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+
+    /// A store with the guest's limits, environment, log and outbound rules.
+    fn store(&self, label: &str) -> Store<RequestState> {
+        let limits = &self.config.limits;
+        let guest = &limits.guest;
+        let log_budget = LogBudget::new(label, guest.max_log_lines, guest.max_log_bytes);
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.config.guest_env)
+            .stdout(GuestLog::new(label, "stdout", log_budget.clone()))
+            .stderr(GuestLog::new(label, "stderr", log_budget.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        // `wasmtime serve`'s `-Smax-http-fields-size` and `-Smax-resources`: every `fields` the
+        // guest builds, and the entries it holds, are bounded (past them, a trap or an error).
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(guest.header_bytes());
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(guest.max_resources);
+        let state = RequestState {
+            wasi: wasi.build(),
+            http,
+            table,
+            header_budget: HeaderBudget::new(guest.header_bytes()),
+            log_budget,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
+                .build(),
+            outbound: OutboundPolicy::new(self.outbound.clone(), label),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store
+    }
+}
+
+/// Hands the heap memory a compile freed back to the OS. glibc keeps it in the arenas of the
+/// (parallel) compile threads otherwise: measured 2.4 MiB of RSS (a third of the anonymous
+/// memory of an idle host) kept for the life of the process after compiling the echo component.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` only releases free memory; it is safe to call at any time
+        // from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+/// The binary header of a core wasm module: magic, then version 1.
+const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
+/// The binary header of a component: magic, then version 0xd, layer 1.
+const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\0\x01\0";
+
+pub fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.starts_with(&CORE_MODULE_HEADER)
+}
+
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.starts_with(&COMPONENT_HEADER)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("failed to spawn the epoch thread");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,208 @@
+//! One request through the component: for a p2 component a fresh `Store` and instance, `handle`
+//! in its own task (which also supervises the response, see [`Exchange::supervise`]); for a p3
+//! one an instance of its pool ([`crate::serve::reuse`]). The response is passed on as soon as the guest
+//! sets it, and every way a guest can fail is turned into an [`Outcome`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use wasmtime::Store;
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
+use crate::engine::runtime::RequestState;
+use crate::serve::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseBody};
+use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
+use crate::serve::serving::Serving;
+use crate::versions::registry::{ActiveComponent, Handler};
+
+/// `--swap-probe`: a request the candidate must answer with 2xx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapProbe {
+    pub method: http::Method,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+/// Serves `req` with `component`, which the caller read from the registry once: a swap during
+/// this request does not affect it. The exchange holds a permit.
+pub async fn handle_request<B>(
+    exchange: &Arc<Exchange>,
+    component: &ActiveComponent,
+    req: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let limit = exchange.limits().max_body_bytes;
+    let req = req.map(|body| RequestBody::new(body, limit, exchange.clone()));
+    match run_guest(exchange, component, req).await {
+        Ok((response, first)) => exchange.respond(response, first, &component.version_header),
+        Err(outcome) => exchange.answer(outcome, &component.version_header),
+    }
+}
+
+/// Starts the guest and waits for its response head (and first body frame): the request path's
+/// part of the exchange. Faults before the head come back as the outcome to answer.
+async fn run_guest<B>(
+    exchange: &Arc<Exchange>,
+    component: &ActiveComponent,
+    req: Request<B>,
+) -> Result<GuestResponse, Outcome>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    match &component.handler {
+        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, req).await,
+        Handler::Reused(pool) => crate::serve::reuse::run_guest(exchange, pool, req).await,
+    }
+}
+
+/// [`run_guest`] for a p2 component: a fresh instance, in a task of its own.
+async fn run_fresh_instance<B>(
+    exchange: &Arc<Exchange>,
+    pre: &ProxyPre<RequestState>,
+    req: Request<B>,
+) -> Result<GuestResponse, Outcome>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let mut store = exchange.serving().stores().request_store(&exchange.ctx.id, exchange.stop.clone());
+    // Cloud Run terminates TLS; the guest should still see the scheme the client used.
+    let scheme = match req.headers().get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(b"https") => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    let (sender, receiver) = oneshot::channel();
+    let resources = {
+        let mut http = store.data_mut().http();
+        http.new_incoming_request(scheme, req)
+            .and_then(|incoming| Ok((incoming, http.new_response_outparam(sender)?)))
+    };
+    let (incoming, outparam) = resources.map_err(|error| {
+        tracing::error!(request_id = %exchange.ctx.id, error = format!("{error:#}"), "cannot pass the request to the component");
+        exchange.fault(Outcome::Trapped);
+        Outcome::Trapped
+    })?;
+    exchange.guest_started();
+    tokio::spawn(guest_task(exchange.clone(), store, pre.clone(), incoming, outparam));
+
+    let deadline = exchange.deadline;
+    let response = tokio::select! {
+        biased;
+        response = receiver => response,
+        () = wait_for_fault(exchange) => return Err(decided(exchange, Outcome::ClientGone)),
+        _ = tokio::time::sleep_until(deadline) => return Err(decided(exchange, Outcome::TimedOut)),
+    };
+    match response {
+        Ok(Ok(response)) => peek_first_frame(exchange, response).await,
+        Ok(Err(code)) => {
+            tracing::error!(request_id = %exchange.ctx.id, error_code = ?code, "the component answered with an error code");
+            Err(decided(exchange, Outcome::ErrorCode))
+        }
+        // The outparam was dropped with the store: the guest ended without a response.
+        Err(_) => {
+            let end = exchange.guest_end().unwrap_or(GuestEnd::Trapped);
+            Err(decided(exchange, end.outcome_before_head()))
+        }
+    }
+}
+
+/// Runs the guest until it returns or must stop, while supervising the response; then reports
+/// how it ended, drops its store (its instance goes back to the pool) and supervises on.
+async fn guest_task(
+    exchange: Arc<Exchange>,
+    mut store: Store<RequestState>,
+    pre: ProxyPre<RequestState>,
+    incoming: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+) {
+    let mut supervising = true;
+    let end = {
+        let guest = async {
+            let instantiating = tokio::time::Instant::now();
+            let proxy = pre.instantiate_async(&mut store).await?;
+            exchange.serving().metrics.instantiation.observe(instantiating.elapsed().as_secs_f64());
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+        };
+        tokio::pin!(guest);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut guest => break match result {
+                    Ok(()) => GuestEnd::Returned,
+                    Err(_) if exchange.stop.interrupted() => stopped(&exchange),
+                    Err(error) => {
+                        exchange.serving().metrics.traps.inc();
+                        tracing::error!(request_id = %exchange.ctx.id, error = format!("{error:#}"), "the component failed");
+                        GuestEnd::Trapped
+                    }
+                },
+                // A guest waiting (on a body, a timer, an outbound request) past its stop; the
+                // epoch callback stops one that computes.
+                () = exchange.stop.reached() => break stopped(&exchange),
+                () = exchange.supervise(), if supervising => supervising = false,
+            }
+        }
+    };
+    match end {
+        GuestEnd::TimedOut => {
+            tracing::warn!(request_id = %exchange.ctx.id, "the component was stopped at the request deadline")
+        }
+        GuestEnd::Stopped => {
+            tracing::debug!(request_id = %exchange.ctx.id, "the component was stopped after its response ended")
+        }
+        GuestEnd::Returned | GuestEnd::Trapped => {}
+    }
+    // Before the store, and with it the response body's sender, goes: the body reads this.
+    exchange.guest_ended(end);
+    drop(store);
+    if supervising {
+        exchange.supervise().await;
+    }
+}
+
+fn stopped(exchange: &Exchange) -> GuestEnd {
+    if exchange.stop.is_deadline() { GuestEnd::TimedOut } else { GuestEnd::Stopped }
+}
+
+/// Sends `probe` to `component` (not yet active) and returns the status it answered with. The
+/// body is not read: a 2xx head is the signal.
+pub async fn probe(
+    serving: &Arc<Serving>,
+    component: &ActiveComponent,
+    probe: &SwapProbe,
+) -> anyhow::Result<StatusCode> {
+    let request = Request::builder()
+        .method(probe.method.clone())
+        .uri(format!("http://localhost{}", probe.path))
+        .header(http::header::HOST, "localhost")
+        .header(http::header::USER_AGENT, "echo-host-swap-probe")
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+        )?;
+    let exchange = Exchange::probe(serving, &request, probe.timeout);
+    let result = run_guest(&exchange, component, request).await;
+    exchange.finish();
+    match result {
+        Ok((response, _)) => Ok(response.status()),
+        Err(Outcome::TimedOut) => anyhow::bail!("no response within {:?}", probe.timeout),
+        Err(Outcome::Trapped) => {
+            anyhow::bail!("the component failed (see the log line of request `{}`)", exchange.ctx.id)
+        }
+        Err(Outcome::NeverResponded) => anyhow::bail!("the component returned without a response"),
+        Err(Outcome::ErrorCode) => anyhow::bail!("the component answered with an error code"),
+        Err(other) => anyhow::bail!("the probe ended with `{}`", other.name()),
+    }
+}

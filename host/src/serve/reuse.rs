@@ -1,0 +1,72 @@
+//! One request served by a p3 (`wasi:http/service`) component's pool of reused instances
+//! ([`run_guest`]; the pool is [`crate::engine::pool`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+use crate::engine::pool::{Caller, Pool, PoolRequest};
+use crate::engine::stop::StopSignal;
+use crate::serve::exchange::{Exchange, Outcome};
+use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
+
+impl PoolRequest for Exchange {
+    fn id(&self) -> &str {
+        &self.ctx.id
+    }
+
+    fn stop(&self) -> &Arc<StopSignal> {
+        &self.stop
+    }
+}
+
+/// Passes `req` to an instance of `pool` and waits for its response head (and first body
+/// frame); faults before the head come back as the outcome to answer. The exchange owns no guest
+/// task here: the pool's instance runs the guest, and stops this request's part of it when the
+/// exchange's stop is reached.
+pub async fn run_guest<B>(
+    exchange: &Arc<Exchange>,
+    pool: &Pool,
+    req: Request<B>,
+) -> Result<GuestResponse, Outcome>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let req = req.map(|body| -> WasiBody { body.map_err(Into::into).boxed_unsync() });
+    let handled = tokio::select! {
+        biased;
+        handled = pool.handle(exchange.clone() as Caller, req) => handled,
+        () = wait_for_fault(exchange) => return Err(decided(exchange, Outcome::ClientGone)),
+        _ = tokio::time::sleep_until(exchange.deadline) => return Err(decided(exchange, Outcome::TimedOut)),
+    };
+    match handled {
+        Ok(response) => peek_first_frame(exchange, response).await,
+        Err(error) => Err(decided(exchange, failure(exchange, &error))),
+    }
+}
+
+/// What a request the pool could not answer ended as.
+fn failure(exchange: &Exchange, error: &wasmtime::Error) -> Outcome {
+    let id = &exchange.ctx.id;
+    if error.downcast_ref::<ExpirationError>().is_some() {
+        return if exchange.stop.is_deadline() { Outcome::TimedOut } else { Outcome::ClientGone };
+    }
+    if let Some(code) = error.downcast_ref::<ErrorCode>() {
+        tracing::error!(request_id = %id, error_code = ?code, "the component answered with an error code");
+        return Outcome::ErrorCode;
+    }
+    exchange.serving().metrics.traps.inc();
+    match error.downcast_ref::<InstantiationError<Caller>>() {
+        Some(failed) => {
+            tracing::error!(request_id = %id, error = format!("{:#}", failed.error), "the component failed to start")
+        }
+        None => tracing::error!(request_id = %id, error = format!("{error:#}"), "the component failed"),
+    }
+    Outcome::Trapped
+}

@@ -1,0 +1,15 @@
+//! Layer 0, `util`: what every layer may use and that knows nothing of the host: time formatting,
+//! backoff, redaction, signatures, the Cloud Storage client, stdout logging, the stop signal of the
+//! process, and how old a remote view may grow ([`freshness`]).
+
+pub mod backoff;
+pub mod freshness;
+pub mod gcs;
+pub mod log_writer;
+pub mod logging;
+pub mod metrics;
+pub mod redact;
+pub mod shutdown;
+pub mod signing;
+pub mod time;
+pub mod units;
