@@ -57,3 +57,6 @@ mod hardening;
 mod rollout;
 // The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
 mod fuzz_corpus;
+// Golden files: `/metrics` and the access log byte for byte for a fixed set of requests (the
+// promise of the `host/src` layering refactor: nothing a user sees changes).
+mod golden;
