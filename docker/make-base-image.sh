@@ -38,6 +38,23 @@ if [[ "${FORCE:-0}" != 1 ]] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&
     exit 0
 fi
 
+# One build at a time on this machine (the images are the engine's, shared by every checkout):
+# `make test` starts this script in the background early on, and the container tests run it again
+# through docker/build-image.sh; the second waits here for the first, then finds the image made.
+if command -v flock >/dev/null; then
+    lock_file="${TMPDIR:-/tmp}/wasm-echo-make-base-image.lock"
+    exec 9>>"$lock_file"
+    if ! flock -n 9; then
+        log "another make-base-image.sh is running; waiting for it ($lock_file)"
+        flock 9
+    fi
+    if [[ "${FORCE:-0}" != 1 ]] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        log "$BASE_IMAGE was made meanwhile; nothing to do"
+        echo "$BASE_IMAGE"
+        exit 0
+    fi
+fi
+
 SUDO=()
 if [[ $EUID -ne 0 ]]; then
     command -v sudo >/dev/null || die "debootstrap needs root: run as root or install sudo"

