@@ -3,8 +3,6 @@
 //! and rollback write the store and the fleet follows; without one they act on this instance. They are answered without calling the
 //! component; every other path goes to the component.
 
-use std::sync::Arc;
-
 use http::{Method, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -31,11 +29,7 @@ pub fn owns(path: &str) -> bool {
     path.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub async fn handle(
-    app: &Arc<App>,
-    req: Request<impl AdminBody>,
-    ctx: &RequestContext,
-) -> Response<ResponseBody> {
+pub async fn handle(app: &App, req: Request<impl AdminBody>, ctx: &RequestContext) -> Response<ResponseBody> {
     let endpoint = req.uri().path()[PREFIX.len()..].trim_end_matches('/').to_string();
     if endpoint == ADMIN || endpoint.starts_with("/admin/") {
         return admin(app, req, ctx, &endpoint[ADMIN.len()..]).await;
@@ -64,7 +58,7 @@ pub async fn handle(
 /// The admin API. Without a configured token it does not exist (404), so probing it reveals
 /// nothing; with one, every call needs `Authorization: Bearer <token>`.
 async fn admin(
-    app: &Arc<App>,
+    app: &App,
     req: Request<impl AdminBody>,
     ctx: &RequestContext,
     route: &str,
@@ -120,7 +114,7 @@ fn actor(ctx: &RequestContext) -> String {
 }
 
 async fn route_admin(
-    app: &Arc<App>,
+    app: &App,
     req: Request<impl AdminBody>,
     route: &str,
     who: &str,
@@ -147,7 +141,7 @@ async fn route_admin(
 }
 
 /// `POST rollback[?to=V][&if_generation=G]`: with a store, the fleet's; else this instance's.
-async fn rollback(app: &Arc<App>, uri: &http::Uri, who: &str) -> Response<ResponseBody> {
+async fn rollback(app: &App, uri: &http::Uri, who: &str) -> Response<ResponseBody> {
     let to = query_value(uri, "to");
     if let Some(store) = &app.store {
         let if_generation = match if_generation(uri) {
@@ -204,7 +198,7 @@ pub fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     presented.as_slice().ct_eq(expected.as_slice()).into()
 }
 
-async fn upload(app: &Arc<App>, req: Request<impl AdminBody>, who: &str) -> Response<ResponseBody> {
+async fn upload(app: &App, req: Request<impl AdminBody>, who: &str) -> Response<ResponseBody> {
     let (candidate, uri) = match read_component(req, app.swap_policy.max_component_size).await {
         Ok(read) => read,
         Err(answer) => return answer,

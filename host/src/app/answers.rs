@@ -102,15 +102,6 @@ pub fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     })
 }
 
-/// The answer when the host is going away under a request to its endpoints.
-pub fn shutting_down() -> Response<ResponseBody> {
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
-        "the host is shutting down; retry on another instance",
-    )
-}
-
 pub fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
     let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, &format!("allowed here: {allow}"));
     response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));

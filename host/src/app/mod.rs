@@ -9,7 +9,7 @@ pub mod release_api;
 pub mod start;
 pub mod status;
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, Request, Response};
@@ -48,8 +48,6 @@ pub struct App {
     pub store: Option<Arc<Store>>,
     /// The release's canary: routing, analysis, automatic rollback and steps.
     pub rollout: Arc<Rollout>,
-    /// Itself, for the tasks a request starts (a re-check of the store).
-    me: Weak<App>,
 }
 
 impl App {
@@ -74,7 +72,7 @@ impl App {
         ));
         let rollout =
             Arc::new(Rollout::new(config.thresholds, gate.clone(), metrics.versions.clone(), store.clone()));
-        Arc::new_cyclic(|me| Self {
+        Arc::new(Self {
             swap_policy: config.swap.clone(),
             admin_token: config.admin_token.clone(),
             serving,
@@ -85,7 +83,6 @@ impl App {
             started_at: SystemTime::now(),
             store,
             rollout,
-            me: me.clone(),
         })
     }
 
@@ -146,12 +143,6 @@ impl Host for App {
         req: Request<RequestBody<Incoming>>,
         ctx: &'a RequestContext,
     ) -> Pending<'a, Response<ResponseBody>> {
-        let app = self.me.upgrade();
-        Box::pin(async move {
-            match app {
-                Some(app) => admin::handle(&app, req, ctx).await,
-                None => answers::shutting_down(),
-            }
-        })
+        Box::pin(admin::handle(self, req, ctx))
     }
 }

@@ -2,7 +2,6 @@
 //! canary from the uploaded component), `POST release/promote[?weight=W]`, `POST release/abort`;
 //! each change only on release generation `G` with `?if_generation=G`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -16,7 +15,7 @@ use crate::release::rollout::{RolloutError, Weight};
 use crate::serve::exchange::ResponseBody;
 
 pub async fn handle(
-    app: &Arc<App>,
+    app: &App,
     req: Request<impl AdminBody>,
     route: &str,
     who: &str,
@@ -56,12 +55,7 @@ pub async fn handle(
 /// release should take.
 const STEP_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
-async fn start(
-    app: &Arc<App>,
-    candidate: Candidate,
-    uri: &http::Uri,
-    who: &str,
-) -> Result<i64, RolloutError> {
+async fn start(app: &App, candidate: Candidate, uri: &http::Uri, who: &str) -> Result<i64, RolloutError> {
     let plan = StartPlan {
         weight: weight(uri, "weight")?
             .ok_or_else(|| RolloutError::BadRequest("`weight` is required, e.g. `?weight=10`".into()))?,

@@ -3,8 +3,6 @@
 //! the heartbeats), a per-version series for the chart, the last automatic decision, the history
 //! and the instances.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -16,7 +14,7 @@ use crate::versions::registry::ActiveComponent;
 const BUCKET_SECONDS: u64 = 10;
 const BUCKETS: usize = 60;
 
-pub async fn status(app: &Arc<App>) -> Value {
+pub async fn status(app: &App) -> Value {
     let (manifest, generation) = app.rollout.release();
     let stable = app.registry.active();
     let plan = manifest.as_ref().and_then(|m| m.canary.clone());
@@ -116,7 +114,7 @@ fn version_row(
 type Fleet = (Vec<Value>, std::collections::BTreeMap<String, Totals>, Option<String>);
 
 /// The instances and the per-version sums of their heartbeats (with a store); else this one.
-async fn fleet(app: &Arc<App>) -> Fleet {
+async fn fleet(app: &App) -> Fleet {
     let mut sums = std::collections::BTreeMap::<String, Totals>::new();
     let Some(store) = &app.store else {
         let canary = app.registry.canary();

@@ -1,9 +1,10 @@
 //! Progressive delivery: a release of up to two versions, stable and a canary with its weight.
 //! [`Rollout`] owns this instance's view of the release and what it does on its own: split
-//! requests ([`route`]), judge the canary against stable ([`analysis`]) from each version's
-//! [`window`], stop routing to a canary that is clearly worse and write its rollback, step a
-//! healthy canary up. Changes go through the store's manifest with a generation precondition
-//! ([`change`]); without a store, through this instance's own copy of it.
+//! requests ([`crate::versions::route`]), judge the canary against stable ([`analysis`]) from
+//! each version's [`crate::versions::window`], stop routing to a canary that is clearly worse
+//! and write its rollback, step a healthy canary up. Changes go through the store's manifest
+//! with a generation precondition ([`change`]); without a store, through this instance's own copy
+//! of it.
 
 pub mod analysis;
 pub mod change;

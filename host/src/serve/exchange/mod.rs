@@ -8,7 +8,8 @@
 //! - [`body`]: the request body (limit, progress timer) and the response body (progress, end).
 //! - [`delivery`]: the response's frames until hyper let go of them (written or discarded), and
 //!   the unsent bytes they count against `--max-unsent*`.
-//! - [`stop`]: the guest's stop time, shared with its store's epoch callback.
+//! - [`StopSignal`] ([`crate::engine::stop`]): the guest's stop time, shared with its store's
+//!   epoch callback.
 //! - [`record`]: the request's context and its access-log line.
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
