@@ -23,7 +23,7 @@ use crate::release::gate::{Gate, SwapPolicy};
 use crate::release::rollout::Rollout;
 use crate::release::store::Store;
 use crate::serve::exchange::{Observer, RequestBody, RequestContext, ResponseBody};
-use crate::serve::host::{Host, Pending};
+use crate::serve::host::{BoxFuture, Host};
 use crate::serve::serving::Serving;
 use crate::util::freshness::Verdict;
 use crate::versions::metrics::Ending;
@@ -115,7 +115,7 @@ impl Host for App {
         self.rollout.route(headers)
     }
 
-    fn release_check(&self) -> Option<Pending<'static, bool>> {
+    fn release_check(&self) -> Option<BoxFuture<'static, bool>> {
         let store = self.store.as_ref()?;
         if store.freshness.is_fresh() {
             return None;
@@ -142,7 +142,7 @@ impl Host for App {
         &'a self,
         req: Request<RequestBody<Incoming>>,
         ctx: &'a RequestContext,
-    ) -> Pending<'a, Response<ResponseBody>> {
+    ) -> BoxFuture<'a, Response<ResponseBody>> {
         Box::pin(admin::handle(self, req, ctx))
     }
 }

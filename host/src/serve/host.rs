@@ -16,7 +16,7 @@ use crate::versions::Routed;
 use crate::versions::registry::Registry;
 
 /// A boxed future the serve layer awaits.
-pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Host: Observer {
     /// The serve layer's own state.
@@ -30,7 +30,7 @@ pub trait Host: Observer {
 
     /// `None` when the view of the release may be routed on now; otherwise the wait for it to be
     /// confirmed (`--max-staleness`), which says whether to route (`false`: answer 503).
-    fn release_check(&self) -> Option<Pending<'static, bool>>;
+    fn release_check(&self) -> Option<BoxFuture<'static, bool>>;
 
     /// Whether `path` is one of the host's own endpoints rather than the component's.
     fn owns(&self, path: &str) -> bool;
@@ -40,5 +40,5 @@ pub trait Host: Observer {
         &'a self,
         req: Request<RequestBody<Incoming>>,
         ctx: &'a RequestContext,
-    ) -> Pending<'a, Response<ResponseBody>>;
+    ) -> BoxFuture<'a, Response<ResponseBody>>;
 }
