@@ -252,21 +252,8 @@ fn without_tests(code: &str) -> String {
     let mut from = 0;
     while let Some(at) = text[from..].find("#[cfg(test)]").map(|p| p + from) {
         let Some(open) = text[at..].find('{').map(|p| p + at) else { break };
-        let (mut depth, mut end) = (0usize, text.len());
-        for (offset, ch) in text[open..].char_indices() {
-            match ch {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = open + offset + 1;
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Only ASCII is blanked by byte offset here; the code is ASCII outside strings/comments.
+        let end = (matching_brace(&text, open) + 1).min(text.len());
+        // `out` is indexed by chars, `text` by bytes.
         let (start_char, end_char) = (text[..at].chars().count(), text[..end].chars().count());
         for ch in &mut out[start_char..end_char] {
             if *ch != '\n' {
