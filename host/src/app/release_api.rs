@@ -10,8 +10,9 @@ use crate::app::App;
 use crate::app::answers::{AdminBody, json, json_error, method_not_allowed, query_value, read_component};
 use crate::app::status;
 use crate::release::gate::Candidate;
+use crate::release::rollout::Weight;
 use crate::release::rollout::change::{self, StartPlan};
-use crate::release::rollout::{RolloutError, Weight};
+use crate::release::store::release::ReleaseError;
 use crate::serve::exchange::ResponseBody;
 
 pub async fn handle(
@@ -55,14 +56,14 @@ pub async fn handle(
 /// release should take.
 const STEP_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
-async fn start(app: &App, candidate: Candidate, uri: &http::Uri, who: &str) -> Result<i64, RolloutError> {
+async fn start(app: &App, candidate: Candidate, uri: &http::Uri, who: &str) -> Result<i64, ReleaseError> {
     let plan = StartPlan {
         weight: weight(uri, "weight")?
-            .ok_or_else(|| RolloutError::BadRequest("`weight` is required, e.g. `?weight=10`".into()))?,
+            .ok_or_else(|| ReleaseError::BadRequest("`weight` is required, e.g. `?weight=10`".into()))?,
         steps: steps(uri)?,
         step_interval: match query_value(uri, "step_interval") {
             Some(text) => crate::util::units::parse_duration(&text)
-                .map_err(|e| RolloutError::BadRequest(format!("`step_interval`: {e}")))?,
+                .map_err(|e| ReleaseError::BadRequest(format!("`step_interval`: {e}")))?,
             None => Duration::from_secs(60),
         },
         if_generation: if_generation(uri)?,
@@ -71,7 +72,7 @@ async fn start(app: &App, candidate: Candidate, uri: &http::Uri, who: &str) -> R
         && !plan.steps.is_empty()
     {
         let (low, high) = STEP_INTERVAL_RANGE;
-        return Err(RolloutError::BadRequest(format!(
+        return Err(ReleaseError::BadRequest(format!(
             "`step_interval` must be between {low:?} and {high:?}, not {:?}",
             plan.step_interval
         )));
@@ -80,29 +81,29 @@ async fn start(app: &App, candidate: Candidate, uri: &http::Uri, who: &str) -> R
 }
 
 /// `?if_generation=G`: the release generation a change is only to be made on.
-fn if_generation(uri: &http::Uri) -> Result<Option<i64>, RolloutError> {
+fn if_generation(uri: &http::Uri) -> Result<Option<i64>, ReleaseError> {
     match query_value(uri, "if_generation") {
         Some(text) => Ok(Some(text.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
-            RolloutError::BadRequest("`if_generation` must be a release generation".into())
+            ReleaseError::BadRequest("`if_generation` must be a release generation".into())
         })?)),
         None => Ok(None),
     }
 }
 
-pub fn weight(uri: &http::Uri, name: &str) -> Result<Option<Weight>, RolloutError> {
+pub fn weight(uri: &http::Uri, name: &str) -> Result<Option<Weight>, ReleaseError> {
     query_value(uri, name)
-        .map(|text| text.parse::<Weight>().map_err(|e| RolloutError::BadRequest(format!("`{name}`: {e}"))))
+        .map(|text| text.parse::<Weight>().map_err(|e| ReleaseError::BadRequest(format!("`{name}`: {e}"))))
         .transpose()
 }
 
-pub fn steps(uri: &http::Uri) -> Result<Vec<Weight>, RolloutError> {
+pub fn steps(uri: &http::Uri) -> Result<Vec<Weight>, ReleaseError> {
     let Some(text) = query_value(uri, "steps") else { return Ok(Vec::new()) };
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|step| match step.parse::<Weight>() {
             Ok(weight) if weight > Weight::ZERO => Ok(weight),
-            Ok(_) => Err(RolloutError::BadRequest("`steps` must be above 0".into())),
-            Err(e) => Err(RolloutError::BadRequest(format!("`steps`: {e}"))),
+            Ok(_) => Err(ReleaseError::BadRequest("`steps` must be above 0".into())),
+            Err(e) => Err(ReleaseError::BadRequest(format!("`steps`: {e}"))),
         })
         .collect()
 }

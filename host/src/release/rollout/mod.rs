@@ -19,7 +19,6 @@ use tokio::sync::Notify;
 pub use crate::versions::Weight;
 pub use crate::versions::{Role, Routed};
 pub use analysis::{Thresholds, Verdict};
-pub use change::RolloutError;
 
 use crate::release::gate::Gate;
 use crate::release::store::Store;

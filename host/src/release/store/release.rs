@@ -1,4 +1,6 @@
-//! Writing a release: a push (validated here, then the component and the manifest written to the
+//! Writing the release, the one writer of the manifest every change goes through (a push and a
+//! rollback here; a canary's start, step and abort through [`stage`], [`read_at`] and [`commit`]).
+//! A push (validated here, then the component and the manifest written to the
 //! store) or a rollback, each a manifest write with a generation precondition: the one the caller
 //! gave (`if_generation`), else the one read as the call starts. The loser of two concurrent
 //! writes gets [`ReleaseError::Conflict`] with the manifest that won. A rollback without a target
@@ -31,20 +33,26 @@ pub struct Released {
     pub elapsed_ms: f64,
 }
 
+/// Why a change to the release (a push, a rollback, a canary's start, step or abort) was not
+/// made, or may not have been: one type for every writer of the manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(
-        "the manifest changed since generation {expected}: another push or rollback won; read the current release and try again"
+        "the release changed since generation {expected} (it is at {generation} now): another change won; read it again (`echo-host release status`) and retry"
     )]
     Conflict { expected: i64, current: Box<Option<Release>>, generation: i64 },
-    #[error("the release store is unavailable, nothing was released: {0}")]
+    #[error("the release kept changing under {attempts} attempts to change it")]
+    Contended { attempts: u32 },
+    #[error("the release store is unavailable, nothing changed: {0}")]
     Unavailable(#[from] GcsError),
-    #[error("not known whether anything was released (read `GET admin/fleet` to see): {0}")]
+    #[error(
+        "not known whether the release changed (read `echo-host release status` or `GET admin/release` to see): {0}"
+    )]
     Unknown(GcsError),
     #[error(
-        "the manifest would be {size} bytes, over the {limit}-byte limit every instance reads; nothing was released"
+        "the manifest would be {size} bytes, over the {limit}-byte limit every instance reads; nothing changed"
     )]
     TooLarge { size: u64, limit: u64 },
     #[error("`{prefix}` matches {} in the manifest's history: give more digits", list(.matches))]
@@ -59,8 +67,18 @@ pub enum ReleaseError {
     NoPrevious,
     #[error("`sha256:{0}` is already the fleet's release")]
     AlreadyReleased(String),
+    #[error("the release store has no release yet: push a stable version first (`echo-host push`)")]
+    NoRelease,
+    #[error("no canary runs; start one with `POST admin/release?weight=W` (`echo-host release start`)")]
+    NoCanary,
+    #[error("canary `{0}` already runs: promote or abort it first")]
+    CanaryRunning(String),
+    #[error("`sha256:{0}` is already the stable version")]
+    AlreadyStable(String),
     #[error("{0:#}")]
     BadTarget(anyhow::Error),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl ReleaseError {
@@ -68,21 +86,26 @@ impl ReleaseError {
         match self {
             Self::Rejected(rejection) => rejection.status(),
             Self::Conflict { .. }
+            | Self::Contended { .. }
             | Self::NoPrevious
             | Self::AlreadyReleased(_)
             | Self::Ambiguous { .. }
-            | Self::RecentRollback { .. } => StatusCode::CONFLICT,
+            | Self::RecentRollback { .. }
+            | Self::NoRelease
+            | Self::NoCanary
+            | Self::CanaryRunning(_)
+            | Self::AlreadyStable(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Unknown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotInStore(_) => StatusCode::NOT_FOUND,
-            Self::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Self::BadTarget(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Rejected(rejection) => rejection.kind(),
-            Self::Conflict { .. } => "conflict",
+            Self::Conflict { .. } | Self::Contended { .. } => "conflict",
             Self::Unavailable(_) => "store_unavailable",
             Self::Unknown(_) => "outcome_unknown",
             Self::TooLarge { .. } => "too_large",
@@ -91,7 +114,12 @@ impl ReleaseError {
             Self::NotInStore(_) => "not_found",
             Self::NoPrevious => "no_previous",
             Self::AlreadyReleased(_) => "already_released",
+            Self::NoRelease => "no_release",
+            Self::NoCanary => "no_canary",
+            Self::CanaryRunning(_) => "canary_running",
+            Self::AlreadyStable(_) => "already_stable",
             Self::BadTarget(_) => "bad_target",
+            Self::BadRequest(_) => "bad_request",
         }
     }
 
@@ -123,23 +151,29 @@ pub async fn push(
 ) -> Result<Released, ReleaseError> {
     let started = Instant::now();
     let (base, generation) = read_at(store, if_generation).await?;
-    // The first release: the version served until now goes into its history.
-    let base = match base {
-        None if generation == 0 => {
-            store.seed_release().await?.map(|manifest| Release { manifest, generation })
-        }
-        base => base,
-    };
+    let base = seeded(store, base, generation).await?;
+    let sha256 = stage(gate, Some(store), candidate).await?;
+    write(store, base, generation, &sha256, who, Action::Push, started).await
+}
+
+/// Runs the gate on `candidate` here (kept compiled, not yet live) and, with a store, puts it
+/// there beside its signature. Returns its sha256.
+pub async fn stage(gate: &Gate, store: Option<&Store>, candidate: Candidate) -> Result<String, ReleaseError> {
     let signature = candidate.signature.clone();
     let bytes = candidate.bytes().to_vec();
     let sha256 = gate.prepare(candidate).await?;
-    store.put_component(&sha256, &bytes, signature.as_deref()).await?;
-    write(store, base, generation, &sha256, who, Action::Push, started).await
+    if let Some(store) = store {
+        store.put_component(&sha256, &bytes, signature.as_deref()).await?;
+    }
+    Ok(sha256)
 }
 
 /// The release as it is now and its generation; a conflict when the caller saw generation
 /// `if_generation` and it is another.
-async fn read_at(store: &Store, if_generation: Option<i64>) -> Result<(Option<Release>, i64), ReleaseError> {
+pub async fn read_at(
+    store: &Store,
+    if_generation: Option<i64>,
+) -> Result<(Option<Release>, i64), ReleaseError> {
     let (base, generation) = store.current().await?;
     if let Some(expected) = if_generation
         && expected != generation
@@ -147,6 +181,37 @@ async fn read_at(store: &Store, if_generation: Option<i64>) -> Result<(Option<Re
         return Err(ReleaseError::Conflict { expected, current: Box::new(base), generation });
     }
     Ok((base, generation))
+}
+
+/// The first release: on a store without a manifest, the version served until now goes into its
+/// history (written with generation precondition 0, so only if there is still no manifest).
+pub async fn seeded(
+    store: &Store,
+    base: Option<Release>,
+    generation: i64,
+) -> Result<Option<Release>, ReleaseError> {
+    Ok(match base {
+        None if generation == 0 => {
+            store.seed_release().await?.map(|manifest| Release { manifest, generation })
+        }
+        base => base,
+    })
+}
+
+/// Writes `next` if the manifest is still at `generation`; returns the new generation. The one
+/// place a release change meets the store's write: a lost race is [`ReleaseError::Conflict`]
+/// with the release that won.
+pub async fn commit(store: &Store, next: &Manifest, generation: i64) -> Result<i64, ReleaseError> {
+    match store.write_manifest(next, generation).await {
+        Ok(written) => Ok(written),
+        Err(WriteError::Conflict(_)) => {
+            let (current, now) = store.current().await.unwrap_or((None, 0));
+            Err(ReleaseError::Conflict { expected: generation, current: Box::new(current), generation: now })
+        }
+        Err(WriteError::TooLarge { size, limit }) => Err(ReleaseError::TooLarge { size, limit }),
+        Err(WriteError::Failed(error)) => Err(error.into()),
+        Err(WriteError::Unknown(error)) => Err(ReleaseError::Unknown(error)),
+    }
 }
 
 /// Rolls the fleet back to `to` (a sha256 or a prefix of at least 12 hex digits) or, by default,
@@ -248,20 +313,7 @@ async fn write(
 ) -> Result<Released, ReleaseError> {
     let previous = base.as_ref().map(|r| r.manifest.stable_sha256().to_string());
     let next = Manifest::next(base.as_ref().map(|r| &r.manifest), sha256, who, action, now_rfc3339());
-    let written = match store.write_manifest(&next, generation).await {
-        Ok(written) => written,
-        Err(WriteError::Conflict(_)) => {
-            let (current, now) = store.current().await.unwrap_or((None, 0));
-            return Err(ReleaseError::Conflict {
-                expected: generation,
-                current: Box::new(current),
-                generation: now,
-            });
-        }
-        Err(WriteError::TooLarge { size, limit }) => return Err(ReleaseError::TooLarge { size, limit }),
-        Err(WriteError::Failed(error)) => return Err(error.into()),
-        Err(WriteError::Unknown(error)) => return Err(ReleaseError::Unknown(error)),
-    };
+    let written = commit(store, &next, generation).await?;
     tracing::info!(
         store = %store.location,
         sha256,
