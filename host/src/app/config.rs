@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub follow: FollowSettings,
     /// Where Cloud Storage is and how to authenticate (for `--store` and `gs://` components).
     pub storage: crate::util::gcs::StorageConfig,
+    /// How OCI registries are reached and logged in to (`oci://` components and releases).
+    pub registry: crate::util::oci::RegistryConfig,
     /// When a canary is rolled back (`--canary-*`).
     pub thresholds: crate::release::rollout::Thresholds,
     /// How p3 instances are reused (`--instance-*`).

@@ -144,6 +144,7 @@ fn watch_config(config: &ServeConfig) -> source::WatchConfig {
         fetch_timeout: config.fetch_timeout,
         max_component_size: config.swap.max_component_size,
         storage: config.storage.clone(),
+        registry: config.registry.clone(),
         allow_precompiled: config.allow_precompiled,
     }
 }

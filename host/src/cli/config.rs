@@ -15,6 +15,7 @@ mod guest;
 mod limits;
 mod parse;
 mod range;
+mod registry;
 mod reuse;
 mod rollout;
 mod storage;
@@ -34,6 +35,7 @@ pub use commands::{
 pub use guest::GuestArgs;
 pub use parse::parse_outbound;
 use parse::{parse_env_pair, parse_probe};
+pub use registry::RegistryArgs;
 pub use reuse::ReuseArgs;
 pub use rollout::RolloutArgs;
 pub use storage::{DEFAULT_HEARTBEAT_INTERVAL, StorageArgs};
@@ -121,9 +123,10 @@ pub struct ServeArgs {
     pub listen_addr: IpAddr,
 
     /// The component to serve: a file (`.wasm`, or a `.cwasm` from `echo-host compile` with
-    /// `--allow-precompiled`), an `http(s)://` URL or a Cloud Storage object `gs://BUCKET/OBJECT`.
-    /// Each is watched and swapped in when it changes (with `--store`: see there). Default: the
-    /// built-in echo component.
+    /// `--allow-precompiled`), an `http(s)://` URL, a Cloud Storage object `gs://BUCKET/OBJECT`
+    /// or an OCI reference `oci://REGISTRY/REPOSITORY:TAG` (a tag is followed; `…@sha256:DIGEST`
+    /// is pinned). Each is watched and swapped in when it changes (with `--store`: see there).
+    /// Default: the built-in echo component.
     #[arg(long, env = "ECHO_HOST_COMPONENT")]
     pub component: Option<String>,
 
@@ -293,6 +296,9 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
 
     #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
     pub rollout: RolloutArgs,
 
     #[command(flatten)]
@@ -321,6 +327,7 @@ impl ServeArgs {
         };
         self.check_ranges()?;
         let (store, storage) = self.storage.validate()?;
+        let registry = self.registry.validate(&component, &storage, self.fetch_timeout)?;
         let thresholds = self.rollout.validate()?;
         let reuse = self.reuse.validate()?;
         if store.is_some() && self.poll_interval < MIN_STORE_POLL_INTERVAL {
@@ -357,6 +364,7 @@ impl ServeArgs {
             heartbeat_interval: self.storage.heartbeat_interval,
             follow,
             storage,
+            registry,
             thresholds,
             reuse,
         })

@@ -8,6 +8,7 @@ pub mod gcs;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;
+pub mod oci;
 pub mod redact;
 pub mod shutdown;
 pub mod signing;

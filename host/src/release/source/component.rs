@@ -1,5 +1,5 @@
-//! What `--component` names ([`ComponentSource`]): the built-in echo, a file, a URL or a Cloud
-//! Storage object, checked before the port is bound.
+//! What `--component` names ([`ComponentSource`]): the built-in echo, a file, a URL, a Cloud
+//! Storage object or an OCI reference, checked before the port is bound.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,8 @@ pub enum ComponentSource {
     Url(String),
     /// A Cloud Storage object, through the JSON API.
     Gcs(crate::util::gcs::GsObject),
+    /// A tag (followed) or a digest (pinned) in an OCI registry.
+    Oci(crate::util::oci::Reference),
 }
 
 impl ComponentSource {
@@ -30,8 +32,14 @@ impl ComponentSource {
         if text.starts_with("gs://") {
             return Ok(Self::Gcs(crate::util::gcs::GsObject::parse("--component", text)?));
         }
+        if text.starts_with("oci://") {
+            return Ok(Self::Oci(crate::util::oci::Reference::parse("--component", text)?));
+        }
         if text.contains("://") {
-            bail!("`--component` `{text}`: only files, http(s) URLs and gs:// objects are supported");
+            bail!(
+                "`--component` `{}`: only files, http(s) URLs, gs:// objects and oci:// references are supported",
+                crate::util::redact::url(text)
+            );
         }
         let path = PathBuf::from(text);
         let meta = std::fs::metadata(&path)
@@ -50,6 +58,7 @@ impl std::fmt::Display for ComponentSource {
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Url(url) => f.write_str(&crate::util::redact::url(url)),
             Self::Gcs(object) => write!(f, "{object}"),
+            Self::Oci(reference) => write!(f, "{reference}"),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Where new component versions come from: a watched file ([`file`]), a polled URL ([`url`]) or
-//! a polled Cloud Storage object ([`gcs`]). The release store is [`crate::release::store`].
+//! Where new component versions come from: a watched file ([`file`]), a polled URL ([`url`]), a
+//! polled Cloud Storage object ([`gcs`]) or a tag in an OCI registry ([`oci`]). The release store is [`crate::release::store`].
 //! The admin upload lives in [`crate::app::admin`]. Every source hands its candidates to
 //! [`crate::release::gate::Gate::submit`], which decides whether they go live; a transient rejection is
 //! retried with backoff ([`retry`]), a deterministic one only once the source changes.
@@ -8,6 +8,7 @@ mod component;
 pub use component::ComponentSource;
 pub mod file;
 pub mod gcs;
+pub mod oci;
 pub mod retry;
 pub mod url;
 
@@ -27,6 +28,8 @@ pub struct WatchConfig {
     pub max_component_size: u64,
     /// Where Cloud Storage is, for `gs://` components.
     pub storage: crate::util::gcs::StorageConfig,
+    /// How registries are reached and logged in to, for `oci://` components.
+    pub registry: crate::util::oci::RegistryConfig,
     /// `--allow-precompiled`: a `.cwasm` is accepted from the watched `--component` file (never
     /// from a URL or `gs://`).
     pub allow_precompiled: bool,
@@ -52,6 +55,7 @@ pub async fn fetch_initial(source: &ComponentSource, config: &WatchConfig) -> an
         ComponentSource::Gcs(object) => gcs::fetch_candidate(object, config)
             .await
             .map_err(|e| e.context(format!("cannot read the component `{object}`"))),
+        ComponentSource::Oci(reference) => oci::fetch_candidate(reference, config).await,
     }
 }
 
@@ -70,6 +74,9 @@ pub fn spawn_watcher(
         ComponentSource::File(path) => Some(tokio::spawn(file::watch(gate, path.clone(), config))),
         ComponentSource::Url(url) => Some(tokio::spawn(url::watch(gate, url.clone(), config))),
         ComponentSource::Gcs(object) => Some(tokio::spawn(gcs::watch(gate, object.clone(), config))),
+        // A digest never changes.
+        ComponentSource::Oci(reference) if reference.pinned() => None,
+        ComponentSource::Oci(reference) => Some(tokio::spawn(oci::watch(gate, reference.clone(), config))),
     }
 }
 
