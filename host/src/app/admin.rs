@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 
 use crate::app::App;
 use crate::app::answers::{
-    AdminBody, BodyDeadline, json, json_error, method_not_allowed, query_value, read_component, text,
+    AdminBody, BodyDeadline, json, json_error, method_not_allowed, query_value, read_candidate, text,
 };
 use crate::release::gate::RollbackError;
 use crate::release::store::release;
@@ -199,7 +199,7 @@ pub fn authorized<B>(req: &Request<B>, token: &str) -> bool {
 }
 
 async fn upload(app: &App, req: Request<impl AdminBody>, who: &str) -> Response<ResponseBody> {
-    let (candidate, uri) = match read_component(req, app.swap_policy.max_component_size).await {
+    let (candidate, uri) = match read_candidate(req, app.swap_policy.max_component_size, &app.oci).await {
         Ok(read) => read,
         Err(answer) => return answer,
     };

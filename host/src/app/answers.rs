@@ -1,5 +1,6 @@
 //! What the host's own endpoints share: JSON answers and errors, `405`, query values, and reading
-//! an uploaded component within `--max-component-size` and the request's deadline.
+//! an uploaded component within `--max-component-size` and the request's deadline (or pulling
+//! the one a registry reference names).
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -7,6 +8,7 @@ use http_body_util::BodyExt;
 
 use crate::release::gate::Candidate;
 use crate::serve::exchange::{ResponseBody, error_response, full};
+use crate::util::oci::{OciError, Reference, Registry, RegistryConfig};
 use crate::util::signing::SIGNATURE_HEADER;
 
 /// The `source` of an uploaded version.
@@ -93,13 +95,75 @@ pub async fn read_component(
     Ok((Candidate::new(bytes.to_vec(), UPLOAD_SOURCE.to_string(), signature), uri))
 }
 
-/// One query parameter's value, with `%3A` (`:`) decoded.
+/// One query parameter's value, percent-escapes decoded (`%3A` → `:`).
 pub fn query_value(uri: &http::Uri, name: &str) -> Option<String> {
     uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-            .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+        q.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
     })
+}
+
+/// `a%2Fb` → `a/b`; a `%` not followed by two hex digits stays as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The candidate an admin call names: with `?from=oci://…` (and no body), the component this
+/// instance pulls from that registry reference (the `echo-host-signature` header, if any, as its
+/// detached signature); else the upload ([`read_component`]).
+pub async fn read_candidate(
+    req: Request<impl AdminBody>,
+    limit: u64,
+    registry: &RegistryConfig,
+) -> Result<(Candidate, http::Uri), Response<ResponseBody>> {
+    let Some(from) = query_value(req.uri(), "from") else { return read_component(req, limit).await };
+    let headers = req.headers();
+    let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        let message = "name the component with `from` or upload it, not both";
+        return Err(json_error(StatusCode::BAD_REQUEST, "bad_request", message));
+    }
+    let reference = Reference::parse("from", &from)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, "bad_reference", &format!("{e:#}")))?;
+    let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
+    let client = Registry::new(registry)
+        .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, "registry_client", &format!("{e:#}")))?;
+    let pulled = async {
+        let digest = client.resolve(&reference).await?;
+        client.pull(&reference, &digest, limit).await
+    };
+    match pulled.await {
+        Ok(pulled) => {
+            let source = reference.at(&pulled.digest);
+            Ok((Candidate::new(pulled.bytes, source, signature), req.uri().clone()))
+        }
+        Err(error) => {
+            tracing::warn!(reference = %reference, "cannot pull `{reference}` for an admin call: {error}");
+            let status = match error {
+                OciError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                OciError::Layout { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                OciError::NotFound { .. } => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            Err(json_error(status, error.kind(), &error.to_string()))
+        }
+    }
 }
 
 pub fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

@@ -48,6 +48,8 @@ pub struct App {
     pub store: Option<Arc<Store>>,
     /// The release's canary: routing, analysis, automatic rollback and steps.
     pub rollout: Arc<Rollout>,
+    /// How the admin API reaches registries for `?from=oci://…`.
+    pub oci: crate::util::oci::RegistryConfig,
 }
 
 impl App {
@@ -83,6 +85,7 @@ impl App {
             started_at: SystemTime::now(),
             store,
             rollout,
+            oci: config.registry.clone(),
         })
     }
 

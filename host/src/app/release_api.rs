@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
-use crate::app::answers::{AdminBody, json, json_error, method_not_allowed, query_value, read_component};
+use crate::app::answers::{AdminBody, json, json_error, method_not_allowed, query_value, read_candidate};
 use crate::app::status;
 use crate::release::gate::Candidate;
 use crate::release::rollout::Weight;
@@ -24,10 +24,12 @@ pub async fn handle(
     let method = req.method().clone();
     let result = match (method, route) {
         (Method::GET | Method::HEAD, "/release") => return json(StatusCode::OK, &status::status(app).await),
-        (Method::POST, "/release") => match read_component(req, app.swap_policy.max_component_size).await {
-            Ok((candidate, uri)) => start(app, candidate, &uri, who).await,
-            Err(answer) => return answer,
-        },
+        (Method::POST, "/release") => {
+            match read_candidate(req, app.swap_policy.max_component_size, &app.oci).await {
+                Ok((candidate, uri)) => start(app, candidate, &uri, who).await,
+                Err(answer) => return answer,
+            }
+        }
         (_, "/release") => return method_not_allowed("GET, HEAD, POST"),
         (Method::POST, "/release/promote") => match (weight(req.uri(), "weight"), if_generation(req.uri())) {
             (Ok(weight), Ok(generation)) => change::promote(&app.rollout, weight, generation, who).await,

@@ -1,5 +1,5 @@
-//! `echo-host push URL FILE`: uploads a component to a running host's admin API and prints what
-//! the host answered (the release or swap, or why the candidate was rejected); with `--wait`,
+//! `echo-host push URL FILE|oci://…`: uploads a component to a running host's admin API (or, for
+//! a registry reference, has the host pull it) and prints what the host answered (the release or swap, or why the candidate was rejected); with `--wait`,
 //! then follows the fleet view until every live instance serves it. `echo-host fleet URL`
 //! prints that view as a table.
 
@@ -17,15 +17,14 @@ const WAIT_POLL: Duration = Duration::from_millis(250);
 
 pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     let token = read_token(&args.token_file)?;
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
-    let signature = read_signature(&args.file, args.signature.as_deref())?;
-    let endpoint = format!("{}/.well-known/echo-host/admin/component", args.url.trim_end_matches('/'));
+    let component = Component::read(&args.file, args.signature.as_deref())?;
+    let endpoint = format!(
+        "{}/.well-known/echo-host/admin/component{}",
+        args.url.trim_end_matches('/'),
+        component.query('?')
+    );
     let client = client(Duration::from_secs(300))?;
-    let mut request = client.put(&endpoint).bearer_auth(&token).body(bytes);
-    if let Some(signature) = signature {
-        request = request.header(SIGNATURE_HEADER, signature);
-    }
+    let request = component.attach(client.put(&endpoint).bearer_auth(&token));
     let response = request.send().await.with_context(|| format!("cannot reach `{endpoint}`"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
@@ -261,6 +260,54 @@ pub(crate) fn text(value: &Value) -> String {
         Value::String(s) => crate::util::redact::printable(s),
         other => other.to_string(),
     }
+}
+
+/// What a `push` or `release start` sends: a file's bytes (and its detached signature), or a
+/// registry reference the host pulls (`?from=oci://…`, no body).
+pub(crate) enum Component {
+    File { bytes: Vec<u8>, signature: Option<String> },
+    Reference(String),
+}
+
+impl Component {
+    /// `file` read with its signature, or an `oci://` reference checked here first.
+    pub(crate) fn read(file: &Path, signature: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(text) = file.to_str().filter(|t| t.starts_with("oci://")) {
+            crate::util::oci::Reference::parse("FILE", text)?;
+            return Ok(Self::Reference(text.to_string()));
+        }
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
+        Ok(Self::File { bytes, signature: read_signature(file, signature)? })
+    }
+
+    /// `?from=…` (`&from=…` after another parameter) for a reference; nothing for a file.
+    pub(crate) fn query(&self, separator: char) -> String {
+        match self {
+            Self::File { .. } => String::new(),
+            Self::Reference(text) => format!("{separator}from={}", encode_query_value(text)),
+        }
+    }
+
+    /// The body and signature header of a file; nothing for a reference.
+    pub(crate) fn attach(self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Self::File { bytes, signature: Some(signature) } => {
+                request.header(SIGNATURE_HEADER, signature).body(bytes)
+            }
+            Self::File { bytes, signature: None } => request.body(bytes),
+            Self::Reference(_) => request,
+        }
+    }
+}
+
+/// Every byte but letters, digits and `-._~` as `%XX`.
+fn encode_query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The detached signature to send with `file`: `signature` when given (an error when it cannot

@@ -12,8 +12,7 @@ use serde_json::Value;
 use crate::cli::config::{
     ReleaseArgs, ReleaseCommand, ReleaseHostArgs, ReleasePromoteArgs, ReleaseStartArgs,
 };
-use crate::cli::push::{client, columns, get_json, read_signature, read_token, short, text};
-use crate::util::signing::SIGNATURE_HEADER;
+use crate::cli::push::{Component, client, columns, get_json, read_token, short, text};
 use crate::versions::Weight;
 
 /// History entries `status` prints (the host keeps up to 20).
@@ -31,15 +30,10 @@ pub async fn release(args: &ReleaseArgs) -> anyhow::Result<()> {
 /// `POST release?weight=W[&steps=…&step_interval=…]` with the component (and its signature).
 async fn start(args: &ReleaseStartArgs) -> anyhow::Result<()> {
     let token = read_token(&args.host.token_file)?;
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
-    let signature = read_signature(&args.file, args.signature.as_deref())?;
-    let endpoint = format!("{}{}", endpoint(&args.host.url, ""), start_query(args));
+    let component = Component::read(&args.file, args.signature.as_deref())?;
+    let endpoint = format!("{}{}{}", endpoint(&args.host.url, ""), start_query(args), component.query('&'));
     // As long as a push: the host compiles and probes the canary before it answers.
-    let mut request = client(Duration::from_secs(300))?.post(&endpoint).bearer_auth(token).body(bytes);
-    if let Some(signature) = signature {
-        request = request.header(SIGNATURE_HEADER, signature);
-    }
+    let request = component.attach(client(Duration::from_secs(300))?.post(&endpoint).bearer_auth(token));
     answer(request, &endpoint).await
 }
 

@@ -13,7 +13,8 @@ use crate::versions::Weight;
 pub struct PushArgs {
     /// The host's base URL, e.g. `https://echo-abc-uc.a.run.app`.
     pub url: String,
-    /// The component to upload (`.wasm`).
+    /// The component to upload (`.wasm`), or an OCI reference (`oci://REGISTRY/REPOSITORY:TAG`,
+    /// or `…@sha256:DIGEST`) the host pulls and checks itself.
     pub file: PathBuf,
     /// File holding the admin token.
     #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
@@ -105,7 +106,8 @@ pub struct ReleaseHostArgs {
 pub struct ReleaseStartArgs {
     #[command(flatten)]
     pub host: ReleaseHostArgs,
-    /// The canary component to upload (`.wasm`).
+    /// The canary component to upload (`.wasm`), or an OCI reference the host pulls
+    /// (`oci://REGISTRY/REPOSITORY:TAG`).
     pub file: PathBuf,
     /// The canary's share of the requests in percent, 0 to 100 in steps of 0.1 (`0`: only
     /// requests pinned with `echo-host-version` reach it).

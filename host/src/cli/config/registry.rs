@@ -10,7 +10,7 @@ use crate::release::source::ComponentSource;
 use crate::util::gcs::StorageConfig;
 use crate::util::gcs::auth::{Credentials, TokenSource};
 use crate::util::oci::auth::{DEFAULT_GOOGLE_REGISTRIES, docker_config};
-use crate::util::oci::{Logins, RegistryConfig, Secret};
+use crate::util::oci::{Logins, Registry, RegistryConfig, Secret};
 
 #[derive(Debug, Args, Clone)]
 pub struct RegistryArgs {
@@ -92,11 +92,14 @@ impl RegistryArgs {
             None => None,
         };
         let google = self.google_registries.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
-        Ok(RegistryConfig {
+        let config = RegistryConfig {
             insecure: self.insecure_registries.clone(),
             ca_file: self.registry_ca_file.clone(),
             timeout,
             logins: Arc::new(Logins::new(explicit, docker, google.collect(), tokens)),
-        })
+        };
+        // Reads and checks `--registry-ca-file` now, before the port is bound.
+        Registry::new(&config)?;
+        Ok(config)
     }
 }

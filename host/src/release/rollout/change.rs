@@ -40,6 +40,7 @@ pub async fn start(
             bad[0], bad[1]
         )));
     }
+    let source = candidate.source.clone();
     let sha256 = release::stage(rollout.gate(), rollout.store().map(|s| &**s), candidate).await?;
     let at = now_rfc3339();
     by_hand(rollout, plan.if_generation, |manifest| {
@@ -61,6 +62,7 @@ pub async fn start(
             extra: Default::default(),
         });
         next.record(Action::CanaryStart, who, at.clone(), None);
+        next.note_source(&source);
         Ok(next)
     })
     .await

@@ -112,6 +112,9 @@ pub enum Action {
     AutoPromote,
 }
 
+/// The longest `source` a history entry keeps (a reference with its digest is far shorter).
+const MAX_SOURCE_LEN: usize = 600;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HistoryEntry {
     /// `sha256:<64 hex>`.
@@ -127,6 +130,10 @@ pub struct HistoryEntry {
     pub weight: Option<Weight>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the version this entry made stable or canary came from, when that was a registry
+    /// (`oci://REGISTRY/REPOSITORY:TAG@sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The `write_id` of the write that added this entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_id: Option<String>,
@@ -185,6 +192,14 @@ impl Manifest {
         next
     }
 
+    /// Notes on the newest history entry where its version came from, when that was a registry
+    /// (other sources, an upload or a file, say nothing the fleet can use).
+    pub fn note_source(&mut self, source: &str) {
+        if let (Some(entry), true) = (self.history.first_mut(), source.starts_with("oci://")) {
+            entry.source = Some(source.chars().take(MAX_SOURCE_LEN).collect());
+        }
+    }
+
     /// Stamps the manifest as changed by `by` and adds the history entry describing it now; both
     /// carry a new `write_id`.
     pub fn record(&mut self, action: Action, by: &str, at: String, reason: Option<String>) {
@@ -198,6 +213,7 @@ impl Manifest {
             canary: self.canary.as_ref().map(|c| c.version.clone()),
             weight: self.canary.as_ref().map(|c| c.weight),
             reason,
+            source: None,
             write_id: Some(write_id.clone()),
             extra: Map::new(),
         };

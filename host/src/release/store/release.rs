@@ -152,8 +152,10 @@ pub async fn push(
     let started = Instant::now();
     let (base, generation) = read_at(store, if_generation).await?;
     let base = seeded(store, base, generation).await?;
+    let source = candidate.source.clone();
     let sha256 = stage(gate, Some(store), candidate).await?;
-    write(store, base, generation, &sha256, who, Action::Push, started).await
+    let change = Change { sha256: &sha256, who, action: Action::Push, source: Some(&source) };
+    write(store, base, generation, change, started).await
 }
 
 /// Runs the gate on `candidate` here (kept compiled, not yet live) and, with a store, puts it
@@ -241,7 +243,8 @@ pub async fn rollback(
     if !store.has_component(&target).await? {
         return Err(ReleaseError::NotInStore(target));
     }
-    write(store, base, generation, &target, who, Action::Rollback, started).await
+    let change = Change { sha256: &target, who, action: Action::Rollback, source: None };
+    write(store, base, generation, change, started).await
 }
 
 /// Refuses a rollback by default when the newest change is a rollback made less than
@@ -302,17 +305,27 @@ fn list(shas: &[String]) -> String {
     }
 }
 
+/// A push or a rollback: the version made stable, by whom, and where it came from.
+struct Change<'a> {
+    sha256: &'a str,
+    who: &'a str,
+    action: Action,
+    source: Option<&'a str>,
+}
+
 async fn write(
     store: &Store,
     base: Option<Release>,
     generation: i64,
-    sha256: &str,
-    who: &str,
-    action: Action,
+    change: Change<'_>,
     started: Instant,
 ) -> Result<Released, ReleaseError> {
+    let Change { sha256, who, action, source } = change;
     let previous = base.as_ref().map(|r| r.manifest.stable_sha256().to_string());
-    let next = Manifest::next(base.as_ref().map(|r| &r.manifest), sha256, who, action, now_rfc3339());
+    let mut next = Manifest::next(base.as_ref().map(|r| &r.manifest), sha256, who, action, now_rfc3339());
+    if let Some(source) = source {
+        next.note_source(source);
+    }
     let written = commit(store, &next, generation).await?;
     tracing::info!(
         store = %store.location,

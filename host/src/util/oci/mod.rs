@@ -93,6 +93,19 @@ pub enum OciError {
 }
 
 impl OciError {
+    /// A word for what went wrong, for JSON answers and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Transport { .. } => "registry_unreachable",
+            Self::Status { .. } => "registry_error",
+            Self::NotFound { .. } => "registry_not_found",
+            Self::Unauthorized { .. } | Self::Token { .. } => "registry_unauthorized",
+            Self::TooLarge { .. } => "too_large",
+            Self::DigestMismatch { .. } => "digest_mismatch",
+            Self::Layout { .. } => "not_a_component",
+        }
+    }
+
     /// How long the registry asked the host to wait (`Retry-After` on a 429 or 503).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
