@@ -343,22 +343,22 @@ fn describe(response: reqwest::blocking::Response) -> String {
 // In-process servers on a thread of their own
 // ---------------------------------------------------------------------------------------------
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-type HandlerFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, String>> + Send>>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type HandlerFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, String>> + Send>>;
 
 /// An HTTP server (HTTP/1.1 and h2c) on `127.0.0.1:<free port>` running `handler` for each
 /// request, on a single-threaded runtime on its own thread, so it serves whatever the test's
 /// thread is doing (blocking on a child process, or on a runtime of its own). An `Err` from the
 /// handler closes the connection without an answer. Stopped on drop: every connection, hung
 /// ones included, is dropped with the runtime.
-struct Background {
-    addr: SocketAddr,
+pub struct Background {
+    pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Background {
-    fn start(
+    pub fn start(
         name: &str,
         refuse: impl Fn() -> bool + Send + Sync + 'static,
         handler: impl Fn(Request<Incoming>) -> HandlerFuture + Send + Sync + 'static,
@@ -415,7 +415,7 @@ impl Drop for Background {
     }
 }
 
-fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -875,7 +875,7 @@ async fn write_fault(
     }
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
+pub fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),
         "host"
