@@ -321,6 +321,24 @@ fn service_yaml_follows_the_release_store() {
 }
 
 #[test]
+fn service_oci_yaml_follows_an_artifact_registry_tag() {
+    let file = ServiceFile::read("service-oci.yaml");
+    file.check_common();
+    let component = file.env.get("ECHO_HOST_COMPONENT").expect("ECHO_HOST_COMPONENT set");
+    // The placeholders are in capitals; a real reference is lowercase.
+    let source = echo_host::cli::config::ComponentSource::parse(&component.to_ascii_lowercase()).unwrap();
+    let echo_host::cli::config::ComponentSource::Oci(reference) = source else {
+        panic!("`{component}` is not an OCI reference")
+    };
+    assert!(reference.registry.ends_with("-docker.pkg.dev"), "{component}: not Artifact Registry");
+    assert!(!reference.pinned(), "{component}: the example follows a tag");
+    // The metadata token goes to Artifact Registry by default: no login flags needed.
+    assert!(!file.env.keys().any(|k| k.starts_with("ECHO_HOST_REGISTRY_")), "{:?}", file.env);
+    assert_eq!(file.env.get("ECHO_HOST_ALLOW_PRECOMPILED").map(String::as_str), Some("false"));
+    assert!(!file.yaml.keys().any(|k| k.contains("volumes")), "no volume is needed");
+}
+
+#[test]
 fn service_fuse_yaml_polls_the_mounted_component() {
     let file = ServiceFile::read("service-fuse.yaml");
     file.check_common();
