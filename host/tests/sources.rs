@@ -275,6 +275,7 @@ async fn file_source_works_by_polling_alone_as_on_cloud_storage_fuse() {
             max_component_size: 64 << 20,
             storage: Default::default(),
             registry: Default::default(),
+            health: Default::default(),
             allow_precompiled: false,
         },
     ));

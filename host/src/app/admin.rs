@@ -290,6 +290,8 @@ fn info(app: &App) -> serde_json::Value {
             "size": component.size,
             "loaded_at": rfc3339(component.loaded_at),
             "source": component.source,
+            // The watcher's failing polls in a row and the last error, while they last.
+            "source_error": app.source_health.get(),
             "load_ms": component.load_time.as_secs_f64() * 1000.0,
             "world": component.handler.world(),
             "instances_started": match &component.handler {

@@ -50,6 +50,8 @@ pub struct App {
     pub rollout: Arc<Rollout>,
     /// How the admin API reaches registries for `?from=oci://…`.
     pub oci: crate::util::oci::RegistryConfig,
+    /// The `--component` watcher's failing polls, for `info`.
+    pub source_health: Arc<crate::release::source::health::SourceHealth>,
 }
 
 impl App {
@@ -86,6 +88,7 @@ impl App {
             store,
             rollout,
             oci: config.registry.clone(),
+            source_health: Arc::default(),
         })
     }
 

@@ -51,7 +51,8 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let component = match component {
         Some(component) => component,
         None => {
-            let candidate = source::fetch_initial(&config.component, &watch_config(config)).await?;
+            let candidate =
+                source::fetch_initial(&config.component, &watch_config(config, Arc::default())).await?;
             if let Some(store) = &store
                 && registry::Artifact::detect(candidate.bytes()) == registry::Artifact::Wasm
             {
@@ -138,13 +139,14 @@ async fn load_release_at_start(
     }
 }
 
-fn watch_config(config: &ServeConfig) -> source::WatchConfig {
+fn watch_config(config: &ServeConfig, health: Arc<source::health::SourceHealth>) -> source::WatchConfig {
     source::WatchConfig {
         poll_interval: config.poll_interval,
         fetch_timeout: config.fetch_timeout,
         max_component_size: config.swap.max_component_size,
         storage: config.storage.clone(),
         registry: config.registry.clone(),
+        health,
         allow_precompiled: config.allow_precompiled,
     }
 }
@@ -175,9 +177,11 @@ pub fn start_watching(app: &Arc<App>, config: &ServeConfig) -> Option<Watchers> 
             store.clone(),
             app.metrics.serve.clone(),
         )));
-    } else if let Some(task) =
-        source::spawn_watcher(app.gate.clone(), &config.component, watch_config(config))
-    {
+    } else if let Some(task) = source::spawn_watcher(
+        app.gate.clone(),
+        &config.component,
+        watch_config(config, app.source_health.clone()),
+    ) {
         tasks.push(task);
     }
     Some(Watchers(tasks))

@@ -88,9 +88,13 @@ pub async fn watch(gate: Arc<Gate>, object: GsObject, config: WatchConfig) {
             download(&gcs, &object, &meta, &config).await.map(|c| Some((meta.generation, c)))
         };
         match polled.await {
-            Ok(None) => failures = 0,
+            Ok(None) => {
+                failures = 0;
+                config.health.ok();
+            }
             Ok(Some((generation, candidate))) => {
                 failures = 0;
+                config.health.ok();
                 submitted = Some(generation);
                 // Logged, counted and remembered by `submit`; a transient rejection is retried.
                 let _ = retries.submit(&gate, candidate, Artifacts::WasmOnly, config.poll_interval).await;
@@ -98,6 +102,7 @@ pub async fn watch(gate: Arc<Gate>, object: GsObject, config: WatchConfig) {
             Err(error) => {
                 gate.metrics().source_errors.inc();
                 failures = failures.saturating_add(1);
+                config.health.failed(failures, format!("{error:#}"));
                 tracing::warn!(
                     object = %object,
                     failures,

@@ -8,6 +8,7 @@ mod component;
 pub use component::ComponentSource;
 pub mod file;
 pub mod gcs;
+pub mod health;
 pub mod oci;
 pub mod retry;
 pub mod url;
@@ -30,6 +31,8 @@ pub struct WatchConfig {
     pub storage: crate::util::gcs::StorageConfig,
     /// How registries are reached and logged in to, for `oci://` components.
     pub registry: crate::util::oci::RegistryConfig,
+    /// Where a watcher reports its failing polls (for `info`).
+    pub health: Arc<health::SourceHealth>,
     /// `--allow-precompiled`: a `.cwasm` is accepted from the watched `--component` file (never
     /// from a URL or `gs://`).
     pub allow_precompiled: bool,

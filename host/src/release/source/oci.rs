@@ -80,9 +80,13 @@ pub async fn watch(gate: Arc<Gate>, reference: Reference, config: WatchConfig) {
         let result: Result<_, OciError> = polled.await;
         wait = config.poll_interval;
         match result {
-            Ok(None) => failures = 0,
+            Ok(None) => {
+                failures = 0;
+                config.health.ok();
+            }
             Ok(Some((digest, candidate))) => {
                 failures = 0;
+                config.health.ok();
                 submitted = Some(digest);
                 // Logged, counted and remembered by `submit`; a transient rejection is retried.
                 let _ = retries.submit(&gate, candidate, Artifacts::WasmOnly, config.poll_interval).await;
@@ -90,6 +94,7 @@ pub async fn watch(gate: Arc<Gate>, reference: Reference, config: WatchConfig) {
             Err(error) => {
                 gate.metrics().source_errors.inc();
                 failures = failures.saturating_add(1);
+                config.health.failed(failures, error.to_string());
                 wait = super::backoff(config.poll_interval, failures)
                     .max(error.retry_after().unwrap_or_default());
                 tracing::warn!(

@@ -69,10 +69,12 @@ pub async fn watch(gate: Arc<Gate>, url: String, config: WatchConfig) {
                     tracing::info!(url = %shown, failures = state.failures, "fetching `{shown}` works again after {} failed attempts", state.failures);
                 }
                 state.failures = 0;
+                config.health.ok();
             }
             Err(error) => {
                 gate.metrics().source_errors.inc();
                 state.failures = state.failures.saturating_add(1);
+                config.health.failed(state.failures, format!("{error:#}"));
                 let next = super::backoff(config.poll_interval, state.failures);
                 tracing::warn!(
                     url = %shown,

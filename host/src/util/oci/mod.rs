@@ -88,7 +88,9 @@ pub enum OciError {
     DigestMismatch { what: String, expected: String, actual: String },
     #[error("`{what}` is {found}")]
     Layout { what: String, found: String },
-    #[error("cannot get a registry token for `{what}`: {source:#}")]
+    #[error(
+        "cannot get a registry token for `{what}`: {source:#} (check the login: `--registry-username` with `--registry-password-file`, a Docker `config.json`, or on Google Cloud `roles/artifactregistry.reader`)"
+    )]
     Token { what: String, source: anyhow::Error },
 }
 
@@ -340,10 +342,10 @@ impl Registry {
                 let basic = self.logins.basic(login).await.map_err(token_error)?;
                 Ok(basic.map(|(user, password)| basic_value(&user, &password)))
             }
-            Challenge::Bearer { realm, service, scope } => {
-                let scope = scope
-                    .clone()
-                    .unwrap_or_else(|| format!("repository:{}:pull", reference.api_repository()));
+            Challenge::Bearer { realm, service, .. } => {
+                // This repository's pull scope, whichever repository the remembered challenge
+                // was for.
+                let scope = format!("repository:{}:pull", reference.api_repository());
                 let key = (reference.registry.clone(), scope.clone());
                 let mut tokens = self.tokens.lock().await;
                 if !refresh && let Some(token) = tokens.get(&key).filter(|t| Instant::now() < t.expires_at) {
