@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod gcs;
 pub mod peers;
 pub mod static_server;
+pub mod wasmsign2_cli;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, Read, Write};
