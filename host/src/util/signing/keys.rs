@@ -183,12 +183,15 @@ fn wasmsign2_error(error: wasmsign2::WSError) -> anyhow::Error {
 
 /// A short description of bytes that are not a key: their length and how they start.
 pub(super) fn describe(bytes: &[u8]) -> String {
-    let head = &bytes[..bytes.len().min(8)];
-    match std::str::from_utf8(head) {
-        Ok(text) if text.chars().all(|c| c.is_ascii_graphic() || c == ' ') && !text.is_empty() => {
-            format!("{} bytes starting `{}`", bytes.len(), text)
-        }
-        _ if bytes.is_empty() => "an empty file".to_string(),
-        _ => format!("{} bytes starting 0x{}", bytes.len(), hex::encode(head)),
+    if bytes.is_empty() {
+        return "an empty file".to_string();
+    }
+    let head = &bytes[..bytes.len().min(16)];
+    let text = String::from_utf8_lossy(head);
+    let line = text.lines().next().unwrap_or_default().trim();
+    if !line.is_empty() && line.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        format!("{} bytes starting `{line}`", bytes.len())
+    } else {
+        format!("{} bytes starting 0x{}", bytes.len(), hex::encode(&head[..head.len().min(8)]))
     }
 }

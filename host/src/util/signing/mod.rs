@@ -333,6 +333,7 @@ mod tests {
         assert!(refused(&[0x81; 65]).contains("wasmsign2 secret key"));
         let huge = refused(&vec![b'A'; 100_000]);
         assert!(huge.contains("over 16 KiB"), "{huge}");
+        assert!(refused(b"garbage\n").contains("8 bytes starting `garbage`"));
         for message in [refused(b""), refused(b"garbage")] {
             assert!(message.contains("OpenSSH `ssh-ed25519"), "says what is expected: {message}");
         }
