@@ -1,7 +1,7 @@
 //! The `echo-host` binary: parse the command line, start logging, run the command.
 
 use clap::Parser;
-use echo_host::cli::config::{Cli, Command, ServeArgs};
+use echo_host::cli::config::{Cli, Command, ServeArgs, SignArgs, SignatureFormat};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -25,9 +25,7 @@ fn main() -> std::process::ExitCode {
                 public.display()
             );
         }),
-        Some(Command::Sign(args)) => echo_host::util::signing::sign_file(&args.key, &args.file).map(|sig| {
-            eprintln!("wrote `{}`", sig.display());
-        }),
+        Some(Command::Sign(args)) => sign(&args).map(|written| eprintln!("wrote `{}`", written.display())),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     };
@@ -36,6 +34,20 @@ fn main() -> std::process::ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `echo-host sign`: our `FILE.sig`, or the wasmsign2 format embedded or detached.
+fn sign(args: &SignArgs) -> anyhow::Result<std::path::PathBuf> {
+    use echo_host::util::signing;
+    match args.format {
+        SignatureFormat::EchoHost if args.output.is_some() || args.detached => anyhow::bail!(
+            "`--output` and `--detached` go with `--format wasmsign2`; the default format always writes `FILE.sig`"
+        ),
+        SignatureFormat::EchoHost => signing::sign_file(&args.key, &args.file),
+        SignatureFormat::Wasmsign2 => {
+            signing::sign_file_wasmsign2(&args.key, &args.file, args.output.as_deref(), args.detached)
         }
     }
 }

@@ -28,6 +28,9 @@ mod guest_limits;
 mod differential;
 // Hot swap through the admin API: auth, the validation gate, rollback, swaps under load.
 mod swap;
+// Signatures in the ecosystem's format: the real `wasmsign2` CLI (embedded, detached, OpenSSH keys)
+// against `--trusted-key`, and `echo-host sign --format wasmsign2` checked by `wasmsign2 verify`.
+mod signatures;
 // Component sources: a watched file and a polled URL, their failure modes, swaps under load.
 mod sources;
 // Sources hardened: redacted URLs, signed URLs' signatures, transient retries, FIFOs, a watched .cwasm.

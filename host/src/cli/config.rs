@@ -30,7 +30,7 @@ pub use crate::util::logging::{DEFAULT_LOG_BUFFER_LINES, LogFormat};
 pub use crate::util::units::{parse_duration, parse_size};
 pub use commands::{
     CompileArgs, FleetArgs, KeygenArgs, PushArgs, ReleaseArgs, ReleaseCommand, ReleaseHostArgs,
-    ReleasePromoteArgs, ReleaseStartArgs, SignArgs, Steps, parse_steps,
+    ReleasePromoteArgs, ReleaseStartArgs, SignArgs, SignatureFormat, Steps, parse_steps,
 };
 pub use guest::GuestArgs;
 pub use parse::parse_outbound;
@@ -108,7 +108,8 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Make an ed25519 key pair for signing components (`KEY` and `KEY.pub`).
     Keygen(KeygenArgs),
-    /// Sign a component with a private key from `keygen`, writing `FILE.sig`.
+    /// Sign a component with a private key from `keygen`, writing `FILE.sig` (or, with `--format
+    /// wasmsign2`, the format `wasmsign2` writes: embedded in a new file, or detached).
     Sign(SignArgs),
 }
 
@@ -149,9 +150,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ECHO_HOST_REQUIRE_SHA256")]
     pub require_sha256: Option<String>,
 
-    /// An ed25519 public key (from `echo-host keygen`); every new component must carry a valid
-    /// signature: `PATH.sig` beside a file, `URL.sig` beside a URL, or the `echo-host-signature`
-    /// header of an upload.
+    /// An ed25519 public key: from `echo-host keygen`, an OpenSSH `ssh-ed25519` public key
+    /// (`ssh-keygen -t ed25519`), or a wasmsign2 public key (raw, PEM or DER). Every new
+    /// component must carry a valid signature made with it: a wasmsign2 signature embedded in
+    /// the component, or a detached one (ours or wasmsign2's): `PATH.sig` beside a file,
+    /// `URL.sig` beside a URL, or the `echo-host-signature` header of an upload (there a
+    /// wasmsign2 signature is base64 of its binary).
     #[arg(long, env = "ECHO_HOST_TRUSTED_KEY")]
     pub trusted_key: Option<PathBuf>,
 

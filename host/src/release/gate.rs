@@ -82,7 +82,7 @@ pub enum Rejection {
     #[error("sha256 `{actual}` is not the pinned `--require-sha256` `{expected}`")]
     PinMismatch { expected: String, actual: String },
     #[error(
-        "no signature: `--trusted-key` requires one (`PATH.sig`, `URL.sig`, or the `echo-host-signature` header)"
+        "no signature: `--trusted-key` requires one, embedded (`wasmsign2 sign`) or detached (`PATH.sig`, `URL.sig`, or the `echo-host-signature` header)"
     )]
     MissingSignature,
     #[error("bad signature: {0:#}")]
@@ -453,8 +453,11 @@ pub fn check_policy(policy: &SwapPolicy, candidate: &Candidate) -> Result<(), Re
         return Err(Rejection::PinMismatch { expected: expected.clone(), actual: candidate.sha256.clone() });
     }
     if let Some(key) = &policy.trusted_key {
-        let signature = candidate.signature.as_deref().ok_or(Rejection::MissingSignature)?;
-        crate::util::signing::verify(key, &candidate.bytes, signature).map_err(Rejection::BadSignature)?;
+        use crate::util::signing::{Unverified, verify};
+        verify(key, &candidate.bytes, candidate.signature.as_deref()).map_err(|why| match why {
+            Unverified::Missing => Rejection::MissingSignature,
+            Unverified::Bad(error) => Rejection::BadSignature(error),
+        })?;
     }
     Ok(())
 }

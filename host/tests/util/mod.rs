@@ -7,6 +7,7 @@ pub mod gcs;
 pub mod peers;
 pub mod registry_proxy;
 pub mod static_server;
+pub mod wasmsign2_cli;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -49,11 +49,35 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// The private key from `keygen`.
-    #[arg(long)]
+    /// The private key: from `echo-host keygen`, or a wasmsign2 secret key (`wasmsign2 keygen
+    /// -k`: raw, PEM or DER).
+    #[arg(long, env = "ECHO_HOST_SIGNING_KEY")]
     pub key: PathBuf,
-    /// The component to sign; the signature is written to `FILE.sig`.
+    /// The component to sign. It is never changed.
     pub file: PathBuf,
+    /// `echo-host`: our detached signature, one line of base64, written to `FILE.sig`.
+    /// `wasmsign2`: the WebAssembly tool-conventions format (`wasmsign2 verify` checks it), the
+    /// signature embedded in a new file (see `--output`), or detached with `--detached`.
+    #[arg(long, env = "ECHO_HOST_SIGN_FORMAT", value_enum, default_value_t = SignatureFormat::EchoHost)]
+    pub format: SignatureFormat,
+    /// With `--format wasmsign2`: where to write. Embedded, the signed component (default
+    /// `NAME.signed.wasm` beside `FILE`, like `wasmsign2 sign -o`); with `--detached`, the
+    /// signature (default `FILE.sig`, like `wasmsign2 sign -S`).
+    #[arg(short, long, env = "ECHO_HOST_SIGN_OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// With `--format wasmsign2`: write a detached signature (binary, what `wasmsign2 sign -S`
+    /// writes) instead of embedding it. For the `echo-host-signature` header, send it as base64.
+    #[arg(long, env = "ECHO_HOST_SIGN_DETACHED")]
+    pub detached: bool,
+}
+
+/// The signature formats `echo-host sign` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureFormat {
+    /// One line of base64 of the ed25519 signature over the file's bytes, in `FILE.sig`.
+    EchoHost,
+    /// The WebAssembly tool-conventions signature (`Signatures.md`), as `wasmsign2` writes it.
+    Wasmsign2,
 }
 
 #[derive(Debug, Args)]
