@@ -312,12 +312,28 @@ fn encode_query_value(text: &str) -> String {
 
 /// The detached signature to send with `file`: `signature` when given (an error when it cannot
 /// be read), else `FILE.sig` when it exists, else none.
+/// Ours is base64 text and goes as it is; a binary one (wasmsign2's detached signature) goes as
+/// base64 of its bytes, since a header is text.
 pub(crate) fn read_signature(file: &Path, signature: Option<&Path>) -> anyhow::Result<Option<String>> {
     let path = signature.map_or_else(|| sibling(file, "sig"), Path::to_path_buf);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text.trim().to_string())),
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(header_value(&bytes))),
         Err(_) if signature.is_none() => Ok(None),
         Err(e) => bail!("cannot read the signature `{}`: {e}", path.display()),
+    }
+}
+
+/// A signature file's bytes as the `echo-host-signature` header's value.
+fn header_value(bytes: &[u8]) -> String {
+    let is_base64_text = |text: &str| {
+        text.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b) || b.is_ascii_whitespace())
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) if is_base64_text(text) => text.trim().to_string(),
+        _ => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        }
     }
 }
 
@@ -334,6 +350,12 @@ pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binary_signature_goes_as_base64_and_ours_as_it_is() {
+        assert_eq!(header_value(b"AAEC+/8=\n"), "AAEC+/8=");
+        assert_eq!(header_value(&[0x01, 0xff, 0x00, b'\n']), "Af8ACg==");
+    }
 
     #[test]
     fn the_table_has_a_row_per_instance_and_names_rejections() {
