@@ -126,7 +126,8 @@ def ensure_venv() -> Path:
                 started = time.monotonic()
                 log(f"creating {VENV} with oras and bcrypt from PyPI (requirements.txt, hash-pinned)")
                 shutil.rmtree(VENV, ignore_errors=True)
-                run([sys.executable, "-m", "venv", str(VENV)])
+                # The base interpreter, also when this one is a broken venv's.
+                run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(VENV)])
                 run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                      "--quiet", "--no-input", "--require-hashes", "--only-binary=:all:", "-r", str(REQUIREMENTS)])
                 (VENV / ".requirements.sha256").write_text(requirements_stamp())
