@@ -3,6 +3,7 @@
 //! manifest and layer read back through the distribution spec's Bearer flow.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
@@ -80,4 +81,23 @@ fn token_mode_serves_an_oras_push_through_the_bearer_flow() {
         http.get(&blob_url).bearer_auth(token).send().unwrap().error_for_status().unwrap().bytes().unwrap();
     assert!(blob == wasm, "the layer is the pushed component");
     assert_eq!(registry.token_requests(), before + 1, "no token request but the test's own");
+
+    // Dropping the guard leaves no registry behind.
+    let pid = registry.registry_pid();
+    assert!(running(pid), "the registry (pid {pid}) runs while its guard lives");
+    drop(registry);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(pid), "the registry (pid {pid}) still runs after its guard was dropped");
+}
+
+/// Whether process `pid` exists and is not a zombie (a killed child whose new parent has not
+/// reaped it yet).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with(['Z', 'X'])))
+        .unwrap_or(false)
 }

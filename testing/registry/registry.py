@@ -20,7 +20,8 @@ What this script owns (host/tests/util/registry.rs drives it):
   credentials (the user, or `oauth2accesstoken` with the access token as password, as Artifact
   Registry accepts the metadata server's token), signs RS256 JWTs with a certificate the registry
   trusts (`rootcertbundle`; the certificate travels in the JWT's `x5c` header), and counts the
-  token requests (`GET /requests`).
+  token requests (`GET /requests`). Tokens live `--token-ttl` seconds (`expires_in`, `exp`); the
+  registry accepts them for about 60 s past `exp` (its leeway).
 - The pusher: the `oras` Python SDK (pinned with every dependency in requirements.txt, installed
   into the venv target/tools/registry-venv on first use; this script re-executes itself there).
   `push` uploads blobs and manifests with it in the layouts the tests need, `delete` deletes a

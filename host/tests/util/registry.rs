@@ -130,6 +130,17 @@ impl Registry {
     /// Installs the registry and the pusher if needed, starts the registry in `mode` and returns
     /// once it answers `/v2/`. Panics (with the script's output) if it does not come up.
     pub fn start(mode: Mode) -> Registry {
+        Self::spawn(mode, &[])
+    }
+
+    /// [`Mode::Token`] with tokens that say they expire after `ttl` (`expires_in` and the JWT's
+    /// `exp`; the default is 300 s), for tests of a client's token cache. The registry itself
+    /// still takes a token for about 60 s past its `exp` (distribution 2.8's leeway).
+    pub fn start_token_ttl(ttl: Duration) -> Registry {
+        Self::spawn(Mode::Token, &["--token-ttl", &ttl.as_secs().max(1).to_string()])
+    }
+
+    fn spawn(mode: Mode, extra: &[&str]) -> Registry {
         let dir = tempfile::Builder::new().prefix("oci-registry-").tempdir().expect("a temporary directory");
         let stderr = dir.path().join("registry.py.stderr");
         let mut command = Command::new("python3");
@@ -137,6 +148,7 @@ impl Registry {
             .arg(script())
             .args(["serve", "--mode", mode.as_arg(), "--dir"])
             .arg(dir.path().join("registry"))
+            .args(extra)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
