@@ -60,6 +60,8 @@ mod hardening;
 mod rollout;
 // The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
 mod fuzz_corpus;
+// The OCI registry harness (distribution 2.8, oras pushes, the Bearer token flow) proves itself.
+mod registry_harness;
 // Golden files: `/metrics` and the access log byte for byte for a fixed set of requests (the
 // promise of the `host/src` layering refactor: nothing a user sees changes).
 mod golden;
