@@ -32,6 +32,7 @@ mod swap;
 // against `--trusted-key`, and `echo-host sign --format wasmsign2` checked by `wasmsign2 verify`.
 mod signatures;
 // Component sources: a watched file and a polled URL, their failure modes, swaps under load.
+mod oci;
 mod sources;
 // Sources hardened: redacted URLs, signed URLs' signatures, transient retries, FIFOs, a watched .cwasm.
 mod source_hardening;

@@ -442,6 +442,9 @@ pub struct MetadataState {
     pub refused: Vec<String>,
     /// Every token handed out, oldest first, with when.
     pub tokens: Vec<(String, Instant)>,
+    /// The token handed out every time, instead of `tok-1`, `tok-2`, … (one a registry's token
+    /// server knows, for Artifact Registry's `oauth2accesstoken` login).
+    pub fixed_token: Option<String>,
 }
 
 /// The GCE metadata server on `127.0.0.1:<free port>`, for `--metadata-host`: only requests with
@@ -497,6 +500,11 @@ impl MetadataStub {
         self.with(|s| s.token_requests)
     }
 
+    /// Hands out `token` from now on, every time.
+    pub fn hand_out(&self, token: &str) {
+        self.state.lock().unwrap().fixed_token = Some(token.to_string());
+    }
+
     pub fn refused(&self) -> Vec<String> {
         self.with(|s| s.refused.clone())
     }
@@ -512,7 +520,7 @@ fn metadata_answer(state: &Mutex<MetadataState>, request: &Request<Incoming>) ->
     let response = match (request.method().as_str(), request.uri().path()) {
         ("GET", "/computeMetadata/v1/instance/service-accounts/default/token") => {
             state.token_requests += 1;
-            let token = format!("tok-{}", state.token_requests);
+            let token = state.fixed_token.clone().unwrap_or_else(|| format!("tok-{}", state.token_requests));
             state.tokens.push((token.clone(), Instant::now()));
             let body = serde_json::json!({
                 "access_token": token,

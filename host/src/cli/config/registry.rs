@@ -97,6 +97,7 @@ impl RegistryArgs {
             ca_file: self.registry_ca_file.clone(),
             timeout,
             logins: Arc::new(Logins::new(explicit, docker, google.collect(), tokens)),
+            cache: Arc::default(),
         };
         // Reads and checks `--registry-ca-file` now, before the port is bound.
         Registry::new(&config)?;

@@ -49,6 +49,18 @@ pub struct RegistryConfig {
     /// Bounds every request, body included (`--fetch-timeout`).
     pub timeout: Duration,
     pub logins: Arc<Logins>,
+    /// What registries asked for and the tokens they gave, shared by every client made from
+    /// this config (the start-up pull, the watcher, the admin API's pulls).
+    pub cache: Arc<AuthCache>,
+}
+
+/// Bearer tokens by `(registry, scope)`, and the challenge each registry answered last (so a poll
+/// does not start with a 401).
+#[derive(Default)]
+pub struct AuthCache {
+    tokens: tokio::sync::Mutex<HashMap<(String, String), CachedToken>>,
+    challenges: std::sync::Mutex<HashMap<String, Challenge>>,
+    token_fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -63,7 +75,13 @@ impl std::fmt::Debug for RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { insecure: Vec::new(), ca_file: None, timeout: Duration::from_secs(30), logins: Arc::default() }
+        Self {
+            insecure: Vec::new(),
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+            logins: Arc::default(),
+            cache: Arc::default(),
+        }
     }
 }
 
@@ -131,16 +149,12 @@ struct CachedToken {
     expires_at: Instant,
 }
 
-/// One registry client: a connection pool, the tokens it was given, what each registry asked for.
+/// One registry client: a connection pool, the logins, the shared [`AuthCache`].
 pub struct Registry {
     http: reqwest::Client,
     insecure: Vec<String>,
     logins: Arc<Logins>,
-    /// Bearer tokens by `(registry, scope)`.
-    tokens: tokio::sync::Mutex<HashMap<(String, String), CachedToken>>,
-    /// The challenge each registry answered last, so a poll does not start with a 401.
-    challenges: std::sync::Mutex<HashMap<String, Challenge>>,
-    token_fetches: AtomicU64,
+    cache: Arc<AuthCache>,
 }
 
 impl Registry {
@@ -170,15 +184,13 @@ impl Registry {
             http,
             insecure: config.insecure.clone(),
             logins: config.logins.clone(),
-            tokens: tokio::sync::Mutex::default(),
-            challenges: std::sync::Mutex::default(),
-            token_fetches: AtomicU64::new(0),
+            cache: config.cache.clone(),
         })
     }
 
     /// Tokens fetched from registries' token services so far.
     pub fn token_fetches(&self) -> u64 {
-        self.token_fetches.load(Ordering::Relaxed)
+        self.cache.token_fetches.load(Ordering::Relaxed)
     }
 
     /// The digest `reference` names now: its own when pinned, else one `HEAD` of the tag's
@@ -288,7 +300,7 @@ impl Registry {
     ) -> Result<reqwest::Response, OciError> {
         let login = self.logins.login(&reference.registry);
         let known =
-            self.challenges.lock().unwrap_or_else(|p| p.into_inner()).get(&reference.registry).cloned();
+            self.cache.challenges.lock().unwrap_or_else(|p| p.into_inner()).get(&reference.registry).cloned();
         let mut authorization = match &known {
             Some(challenge) => self.authorization(reference, what, &login, challenge, false).await?,
             None => None,
@@ -311,7 +323,8 @@ impl Registry {
                 .and_then(|v| v.to_str().ok())
                 .and_then(auth::parse_challenge);
             let Some(challenge) = challenge else { return refused(what, &login, response) };
-            self.challenges
+            self.cache
+                .challenges
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(reference.registry.clone(), challenge.clone());
@@ -347,7 +360,7 @@ impl Registry {
                 // was for.
                 let scope = format!("repository:{}:pull", reference.api_repository());
                 let key = (reference.registry.clone(), scope.clone());
-                let mut tokens = self.tokens.lock().await;
+                let mut tokens = self.cache.tokens.lock().await;
                 if !refresh && let Some(token) = tokens.get(&key).filter(|t| Instant::now() < t.expires_at) {
                     return Ok(Some(bearer_value(&token.value)));
                 }
@@ -404,7 +417,7 @@ impl Registry {
             serde_json::from_slice(&body).context("the token service's answer is not JSON")?;
         let value =
             answer.token.or(answer.access_token).context("the token service's answer has no token")?;
-        self.token_fetches.fetch_add(1, Ordering::Relaxed);
+        self.cache.token_fetches.fetch_add(1, Ordering::Relaxed);
         // Used until 90 % of its lifetime: a poll never sends a token about to expire.
         let lifetime =
             answer.expires_in.map_or(DEFAULT_TOKEN_LIFETIME, |s| Duration::from_secs(s.min(86_400)));
