@@ -83,7 +83,15 @@ impl RegistryArgs {
             _ => None,
         };
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        let docker = docker_config(self.docker_config.as_deref(), home.as_deref())?;
+        let docker = match docker_config(self.docker_config.as_deref(), home.as_deref()) {
+            Ok(logins) => logins,
+            // A broken `~/.docker/config.json` must not stop a host that never reads a registry.
+            Err(error) if self.docker_config.is_none() && !matches!(component, ComponentSource::Oci(_)) => {
+                eprintln!("warning: registry logins from the Docker config are not used: {error:#}");
+                Default::default()
+            }
+            Err(error) => return Err(error),
+        };
         let tokens = match storage.metadata_host.as_deref() {
             Some(host) => Some(Arc::new(TokenSource::new(
                 Credentials::MetadataServer { host: host.to_string() },
@@ -102,5 +110,56 @@ impl RegistryArgs {
         // Reads and checks `--registry-ca-file` now, before the port is bound.
         Registry::new(&config)?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(docker_config: Option<PathBuf>) -> RegistryArgs {
+        RegistryArgs {
+            insecure_registries: Vec::new(),
+            registry_ca_file: None,
+            registry_username: None,
+            registry_password_file: None,
+            registry_login_host: None,
+            google_registries: vec![DEFAULT_GOOGLE_REGISTRIES.to_string()],
+            docker_config,
+        }
+    }
+
+    #[test]
+    fn a_broken_docker_config_is_an_error_when_named_or_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
+        let storage = StorageConfig::default();
+        let timeout = std::time::Duration::from_secs(5);
+        let oci = ComponentSource::parse("oci://127.0.0.1:5000/echo:v1").unwrap();
+        let error = args(Some(dir.path().into())).validate(&oci, &storage, timeout).unwrap_err();
+        assert!(format!("{error:#}").contains("config.json"), "{error:#}");
+        // Named explicitly, it is an error whatever the component.
+        assert!(
+            args(Some(dir.path().into())).validate(&ComponentSource::Builtin, &storage, timeout).is_err()
+        );
+        let missing = args(Some(dir.path().join("nowhere")));
+        assert!(missing.validate(&oci, &storage, timeout).is_ok(), "no config.json: no logins");
+    }
+
+    #[test]
+    fn a_login_names_the_registry_it_is_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "secret\n").unwrap();
+        let mut with_login = args(Some(dir.path().join("none")));
+        with_login.registry_username = Some("me".into());
+        with_login.registry_password_file = Some(password);
+        let (storage, timeout) = (StorageConfig::default(), std::time::Duration::from_secs(5));
+        let error = with_login.validate(&ComponentSource::Builtin, &storage, timeout).unwrap_err();
+        assert!(error.to_string().contains("--registry-login-host"), "{error}");
+        let oci = ComponentSource::parse("oci://127.0.0.1:5000/echo:v1").unwrap();
+        let config = with_login.validate(&oci, &storage, timeout).unwrap();
+        assert!(matches!(config.logins.login("127.0.0.1:5000"), crate::util::oci::Login::Basic { .. }));
+        assert!(matches!(config.logins.login("other.example"), crate::util::oci::Login::Anonymous));
     }
 }
