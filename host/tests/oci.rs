@@ -43,17 +43,10 @@ fn wait_line_after(host: &HostProcess, from: usize, needle: &str) -> String {
     })
 }
 
+/// A host following `reference` every 300 ms. Its registry calls get the default 30 s
+/// `--fetch-timeout`: a loaded machine's loopback registry may take seconds to answer.
 fn follow_args<'a>(reference: &'a str, insecure: &'a str) -> Vec<&'a str> {
-    vec![
-        "--component",
-        reference,
-        "--insecure-registry",
-        insecure,
-        "--poll-interval",
-        "300ms",
-        "--fetch-timeout",
-        "2s",
-    ]
+    vec!["--component", reference, "--insecure-registry", insecure, "--poll-interval", "300ms"]
 }
 
 #[test]
@@ -110,11 +103,16 @@ fn registry_faults_keep_the_old_version_serving_and_polling_recovers() {
     let via = proxy.host();
     let mut current = variant(&fleet::echo(), 10);
     registry.push("echo", "v", &current, Layout::Cncf);
-    let host = HostProcess::start(&follow_args(&format!("oci://{via}/echo:v"), &via), &[]);
+    let reference = format!("oci://{via}/echo:v");
+    let mut args = follow_args(&reference, &via);
+    // A hung registry is given up on after 5 s (the default 30 s would only make this slower).
+    args.extend(["--fetch-timeout", "5s"]);
+    let host = HostProcess::start(&args, &[]);
     assert_eq!(active(&host), sha256(&current));
 
     let faults = [
         (Fault::Status(503, None), "503"),
+        (Fault::Status(403, None), "the registry refused anonymous access (403 Forbidden)"),
         (Fault::Refuse, "cannot reach"),
         (Fault::Hang, "cannot reach"),
         (Fault::CorruptBlobs, "the registry sent bytes whose digest is"),
@@ -270,7 +268,7 @@ fn a_registry_with_a_private_ca_needs_registry_ca_file() {
     let v1 = variant(&fleet::echo(), 1);
     registry.push("echo", "v", &v1, Layout::Cncf);
     let reference = format!("oci://{}/echo:v", registry.host());
-    let base = ["--component", &reference, "--poll-interval", "0s", "--fetch-timeout", "5s"];
+    let base = ["--component", &reference, "--poll-interval", "0s"];
     let said = start_fails(&base);
     assert!(said.contains("cannot pull the component") && said.contains("cannot reach"), "{said}");
 
@@ -332,4 +330,53 @@ fn admin_from(host: &HostProcess, reference: &str) -> (u16, Value) {
     let url = host.url(&format!("{}/component", fleet::ADMIN));
     let response = http().put(&url).query(&[("from", reference)]).bearer_auth(fleet::TOKEN).send().unwrap();
     fleet::answer(response)
+}
+
+/// `input` signed by the real `wasmsign2` CLI with `secret`, the signature embedded.
+fn wasmsign2_signed(dir: &std::path::Path, name: &str, input: &[u8], secret: &std::path::Path) -> Vec<u8> {
+    let (plain, signed) = (dir.join(format!("{name}.wasm")), dir.join(format!("{name}.signed.wasm")));
+    std::fs::write(&plain, input).unwrap();
+    let output = std::process::Command::new(util::wasmsign2_cli::wasmsign2_cli())
+        .args(["sign", "-i", plain.to_str().unwrap(), "-o", signed.to_str().unwrap(), "-k"])
+        .arg(secret)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "wasmsign2 sign: {}", String::from_utf8_lossy(&output.stderr));
+    std::fs::read(signed).unwrap()
+}
+
+#[test]
+fn a_component_signed_the_wasmsign2_way_is_verified_through_the_registry() {
+    let registry = Registry::start(Mode::Plain);
+    let host_name = registry.host().to_string();
+    let dir = util::scratch_dir();
+    let keys = |name: &str| {
+        let (secret, public) = (dir.path().join(format!("{name}.sk")), dir.path().join(format!("{name}.pk")));
+        let output = std::process::Command::new(util::wasmsign2_cli::wasmsign2_cli())
+            .args(["keygen", "-k", secret.to_str().unwrap(), "-K", public.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "wasmsign2 keygen");
+        (secret, public)
+    };
+    let ((trusted, trusted_public), (other, _)) = (keys("trusted"), keys("other"));
+    let v1 = wasmsign2_signed(dir.path(), "v1", &variant(&fleet::echo(), 1), &trusted);
+    registry.push("echo", "v", &v1, Layout::Cncf);
+    let reference = format!("oci://{host_name}/echo:v");
+    let mut args = follow_args(&reference, &host_name);
+    args.extend(["--trusted-key", trusted_public.to_str().unwrap()]);
+    let host = HostProcess::start(&args, &[]);
+    assert_eq!(active(&host), sha256(&v1), "the embedded signature verifies; no .sig is fetched");
+
+    let by_other = wasmsign2_signed(dir.path(), "v2", &variant(&fleet::echo(), 2), &other);
+    let unsigned = variant(&fleet::echo(), 3);
+    for (bytes, says) in [(&by_other, "bad signature"), (&unsigned, "no signature")] {
+        let from = host.lines().len();
+        registry.push("echo", "v", bytes, Layout::Cncf);
+        wait_line_after(&host, from, says);
+        assert_eq!(active(&host), sha256(&v1), "{says}: refused, the signed version keeps serving");
+    }
+    let v4 = wasmsign2_signed(dir.path(), "v4", &variant(&fleet::echo(), 4), &trusted);
+    registry.push("echo", "v", &v4, Layout::Cncf);
+    wait_serves(&host, &v4, "the next signed push");
 }

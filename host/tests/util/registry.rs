@@ -282,7 +282,9 @@ impl Registry {
             command.arg("--ca").arg(ca);
         }
         if let (Some(username), Some(password)) = (self.username(), self.password()) {
-            command.args(["--username", username, "--password", password]);
+            // `--password=…` in one argument: a random password may start with `-`, which argparse
+            // would take for a flag.
+            command.arg(format!("--username={username}")).arg(format!("--password={password}"));
         }
         command.env("PYTHONDONTWRITEBYTECODE", "1");
         command
