@@ -56,7 +56,7 @@ impl Scope {
 }
 
 /// Why a connection was closed by the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// No complete request head (or h2 preface) within `--header-read-timeout`.
     HeaderTimeout,
