@@ -35,6 +35,19 @@ pub const H2_MAX_SEND_BUF: usize = 64 * 1024;
 /// connection buffer before its head is complete is bounded by this and `--header-read-timeout`.
 pub const H1_MAX_READ_BUF: usize = 400 * 1024;
 
+/// Fewest header fields hyper parses in an HTTP/1.1 head (see [`h1_parsed_headers`]).
+pub const H1_MIN_PARSED_HEADERS: usize = 1024;
+
+/// How many header fields hyper parses in an HTTP/1.1 head before it refuses it alone (a bare
+/// 431: no request id, no access-log line, no count). Above `--max-headers`, so that a head over
+/// that limit is parsed and answered by the host, with its headers, logged and counted, as over
+/// h2c (where hyper does not count fields at all). Twice the limit and at least
+/// [`H1_MIN_PARSED_HEADERS`]: hyper allocates that many slots per parse, and a head past it is
+/// refused by hyper the way a head past [`H1_MAX_READ_BUF`] is.
+pub fn h1_parsed_headers(max_headers: usize) -> usize {
+    max_headers.saturating_mul(2).max(H1_MIN_PARSED_HEADERS)
+}
+
 /// Serves `host` on `listener` until `shutdown` resolves, then stops accepting, lets requests in
 /// flight finish for up to `grace`, and returns.
 pub async fn run(
@@ -121,7 +134,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_headers(limits.max_headers)
+        .max_headers(h1_parsed_headers(limits.max_headers))
         .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(H1_MAX_READ_BUF));
     builder
         .http2()
@@ -145,8 +158,8 @@ async fn route(host: Arc<dyn Host>, req: Request<Incoming>, remote: SocketAddr) 
     // The client may leave while the guest runs: hyper then drops this future.
     let pending = Pending::new(exchange.clone());
     let response = if header_problem(&req, limits) {
-        // hyper counts header fields while parsing, and refuses a head past its read buffer
-        // ([`H1_MAX_READ_BUF`]); the byte limit itself, and h2c, are checked here.
+        // hyper refuses alone only a head past [`h1_parsed_headers`] fields or its read buffer
+        // ([`H1_MAX_READ_BUF`]); both limits themselves are checked here, for h2c too.
         exchange.answer(Outcome::HeadTooLarge, &active().version_header)
     } else if let Some(problem) = host_problem(&req) {
         // The guest cannot be given a request without an authority; say why, where operators look.
