@@ -309,7 +309,8 @@ impl ServeMetrics {
             | Outcome::Trapped
             | Outcome::NeverResponded
             | Outcome::ErrorCode
-            | Outcome::ClientGone => return,
+            | Outcome::ClientGone
+            | Outcome::Shutdown => return,
         };
         counter.inc();
     }

@@ -22,6 +22,7 @@ use crate::serve::exchange::{
 };
 use crate::serve::host::Host;
 use crate::serve::proxy;
+use crate::serve::serving::Serving;
 
 /// Send buffer per h2 stream (hyper's default is 400 KiB): with `--h2-max-streams` it bounds
 /// what one connection's unread responses can pin.
@@ -63,6 +64,8 @@ pub async fn run(
     let connections = Arc::new(Semaphore::new(max_connections));
     let timeouts = Timeouts { header_read: limits.header_read_timeout, idle: limits.idle_timeout };
     let drain = CancellationToken::new();
+    // Cancelled when the shutdown grace runs out: cuts every connection and h2 stream.
+    let stop = CancellationToken::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -95,8 +98,10 @@ pub async fn run(
         });
         let served = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let drain = drain.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let closed = connection::serve(served, |c| c.graceful_shutdown(), state, timeouts, drain).await;
+            let closed =
+                connection::serve(served, |c| c.graceful_shutdown(), state, timeouts, drain, &stop).await;
             if let Some(reason) = closed {
                 serving.metrics.connection_closed(reason);
                 tracing::debug!(remote = %remote, reason = ?reason, "connection closed by the host");
@@ -112,6 +117,19 @@ pub async fn run(
         grace_seconds = grace.as_secs_f64(),
         "shutting down: no longer accepting connections"
     );
+    drain_or_cut(&serving, &connections, max_connections, grace, &stop).await;
+    Ok(())
+}
+
+/// Waits up to `grace` for every connection to close (each gives its permit of `connections`
+/// back); then cuts those left with `stop`, their requests ending as `shutdown`.
+async fn drain_or_cut(
+    serving: &Serving,
+    connections: &Semaphore,
+    max_connections: usize,
+    grace: Duration,
+    stop: &CancellationToken,
+) {
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     tokio::select! {
         // Every connection gave its permit back: all closed.
@@ -119,9 +137,13 @@ pub async fn run(
         _ = tokio::time::sleep(grace) => {
             let cut = serving.metrics.in_flight.get();
             tracing::warn!(requests_cut = cut, "shutdown grace period over: cutting the requests still running");
+            // Their exchanges end as `shutdown` (503 in the access log), not `client_gone`.
+            serving.cut_for_shutdown();
+            stop.cancel();
+            // Cut connections return at once, each logging its requests: wait for that, briefly.
+            let _ = tokio::time::timeout(connection::CLOSE_GRACE, connections.acquire_many(all)).await;
         }
     }
-    Ok(())
 }
 
 fn connection_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
