@@ -410,3 +410,21 @@ fn a_request_cut_by_the_shutdown_grace_is_logged_as_shutdown() {
     assert!(cut_streaming.contains("\"outcome\":\"shutdown\""), "{cut_streaming}");
     assert!(cut_streaming.contains("\"status\":200"), "the head that went out: {cut_streaming}");
 }
+
+/// `--log-format text` into a pipe (a file, a log collector) is plain text (#32): colour codes
+/// only when stdout is a terminal.
+#[test]
+fn text_logs_into_a_pipe_have_no_colour_codes() {
+    let host = HostProcess::start(
+        &["--component", util::echo_wasm().to_str().unwrap(), "--log-format", "text"],
+        &[],
+    );
+    let response = reqwest::blocking::get(host.url("/?colour=none")).expect("GET");
+    assert_eq!(response.status(), 200);
+    let line = host
+        .wait_for_line("colour=none", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no access-log line: {:#?}", host.lines()));
+    assert!(line.contains("INFO"), "a text line with its level: {line:?}");
+    let coloured: Vec<_> = host.lines().into_iter().filter(|line| line.contains("\x1b[")).collect();
+    assert!(coloured.is_empty(), "colour codes in a piped text log: {coloured:#?}");
+}
