@@ -475,6 +475,36 @@ async fn max_headers_answers_431_over_http1() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
+/// A head over `--max-headers` is the host's to answer over HTTP/1.1 as over h2c (#32): the 431
+/// carries the request id and the component's version, has its access-log line and is counted,
+/// for a head just over the limit and for one many times over it.
+#[test]
+fn an_http1_head_over_max_headers_is_answered_logged_and_counted_by_the_host() {
+    let host = crate::util::HostProcess::start(&["--component", echo(), "--max-headers", "20"], &[]);
+    let metrics_url = host.url("/.well-known/echo-host/metrics");
+    let four_xx = "echo_host_requests_total{class=\"4xx\"}";
+    let before = crate::util::poll_metric_until(&metrics_url, four_xx, PATIENCE, |_| true);
+    for count in [21, 50, 900] {
+        let response =
+            crate::util::raw_exchange(host.addr, &request_with_headers(&numbered_headers(count)), PATIENCE);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        assert_eq!(raw_status(&response), 431, "{count} headers with --max-headers 20: {text}");
+        let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        let id = head
+            .lines()
+            .find_map(|line| line.strip_prefix("echo-host-request-id: "))
+            .unwrap_or_else(|| panic!("no request id on the 431 for {count} headers: {text}"))
+            .to_owned();
+        assert!(head.contains("\r\necho-host-component: sha256:"), "{text}");
+        let line = host
+            .wait_for_line(&format!("\"request_id\":\"{id}\""), PATIENCE)
+            .unwrap_or_else(|| panic!("no access-log line for request {id}: {:#?}", host.lines()));
+        assert!(line.contains("\"outcome\":\"head_too_large\"") && line.contains("\"status\":431"), "{line}");
+    }
+    let after = crate::util::poll_metric_until(&metrics_url, four_xx, PATIENCE, |n| n >= before + 3.0);
+    assert_eq!(after, before + 3.0, "the three 431s are counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_header_bytes_answers_431_over_http1() {
     let server = TestServer::start(&["--component", echo(), "--max-header-bytes", "8KiB"]).await;

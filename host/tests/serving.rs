@@ -368,3 +368,63 @@ fn sigterm_cuts_requests_that_outlive_the_grace_period() {
     assert!(slow.join().unwrap().is_err(), "the slow request must be cut, not answered");
     assert!(host.lines().iter().any(|l| l.contains("grace period over")), "{:#?}", host.lines());
 }
+
+/// A request the shutdown grace cuts is the server's doing (#32): its access-log line says
+/// `shutdown` with 503 (or, once its head went out, that head's status), not `client_gone` 499.
+#[test]
+fn a_request_cut_by_the_shutdown_grace_is_logged_as_shutdown() {
+    let mut host = HostProcess::start(
+        &["--component", util::misbehave_wasm().to_str().unwrap(), "--shutdown-grace", "1s"],
+        &[],
+    );
+    let waiting = host.url("/sleep?ms=30000");
+    let streaming = host.url("/stream?chunks=30&ms=1000");
+    let clients: Vec<_> = [waiting, streaming]
+        .into_iter()
+        .map(|url| std::thread::spawn(move || reqwest::blocking::get(url).and_then(|r| r.text())))
+        .collect();
+    let metrics_url = host.url("/.well-known/echo-host/metrics");
+    let in_flight =
+        util::poll_metric_until(&metrics_url, "echo_host_requests_in_flight", Duration::from_secs(20), |n| {
+            n >= 2.0
+        });
+    assert_eq!(in_flight, 2.0, "both requests in flight");
+    host.signal("TERM");
+    let status = host.wait_exit(Duration::from_secs(10)).expect("echo-host did not exit");
+    assert!(status.success(), "exit status {status}");
+    for client in clients {
+        assert!(client.join().unwrap().is_err(), "a request past the grace must be cut, not answered");
+    }
+    let lines = host.lines();
+    let access = |path: &str| {
+        lines
+            .iter()
+            .find(|line| line.contains(&format!("\"requestUrl\":\"{}", host.url(path))))
+            .unwrap_or_else(|| panic!("no access-log line for {path}: {lines:#?}"))
+            .clone()
+    };
+    let cut_waiting = access("/sleep?ms=30000");
+    assert!(cut_waiting.contains("\"outcome\":\"shutdown\""), "{cut_waiting}");
+    assert!(cut_waiting.contains("\"status\":503"), "{cut_waiting}");
+    let cut_streaming = access("/stream?chunks=30&ms=1000");
+    assert!(cut_streaming.contains("\"outcome\":\"shutdown\""), "{cut_streaming}");
+    assert!(cut_streaming.contains("\"status\":200"), "the head that went out: {cut_streaming}");
+}
+
+/// `--log-format text` into a pipe (a file, a log collector) is plain text (#32): colour codes
+/// only when stdout is a terminal.
+#[test]
+fn text_logs_into_a_pipe_have_no_colour_codes() {
+    let host = HostProcess::start(
+        &["--component", util::echo_wasm().to_str().unwrap(), "--log-format", "text"],
+        &[],
+    );
+    let response = reqwest::blocking::get(host.url("/?colour=none")).expect("GET");
+    assert_eq!(response.status(), 200);
+    let line = host
+        .wait_for_line("colour=none", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no access-log line: {:#?}", host.lines()));
+    assert!(line.contains("INFO"), "a text line with its level: {line:?}");
+    let coloured: Vec<_> = host.lines().into_iter().filter(|line| line.contains("\x1b[")).collect();
+    assert!(coloured.is_empty(), "colour codes in a piped text log: {coloured:#?}");
+}

@@ -66,3 +66,6 @@ mod registry_harness;
 // Golden files: `/metrics` and the access log byte for byte for a fixed set of requests (the
 // promise of the `host/src` layering refactor: nothing a user sees changes).
 mod golden;
+// `/metrics` read by real parsers: one family per name, `promtool check metrics`, the Python
+// OpenMetrics parser, and a real Prometheus scraping a host (#32).
+mod exposition;

@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::app::answers::{
     AdminBody, BodyDeadline, json, json_error, method_not_allowed, query_value, read_candidate, text,
 };
+use crate::app::metrics::Exposition;
 use crate::release::gate::RollbackError;
 use crate::release::store::release;
 use crate::serve::exchange::{RequestContext, ResponseBody, error_response};
@@ -43,11 +44,10 @@ pub async fn handle(app: &App, req: Request<impl AdminBody>, ctx: &RequestContex
         // Bound only after the component loaded, so answering at all means ready.
         "/health" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/info" => json(StatusCode::OK, &info(app)),
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            app.metrics.render(),
-        ),
+        "/metrics" => {
+            let format = Exposition::negotiate(req.headers().get(http::header::ACCEPT));
+            text(StatusCode::OK, format.content_type(), app.metrics.render_as(format))
+        }
         _ => error_response(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint; try {PREFIX}/health, {PREFIX}/info or {PREFIX}/metrics"),

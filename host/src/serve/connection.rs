@@ -56,7 +56,7 @@ impl Scope {
 }
 
 /// Why a connection was closed by the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// No complete request head (or h2 preface) within `--header-read-timeout`.
     HeaderTimeout,
@@ -239,19 +239,21 @@ pub fn watch(stream: TcpStream) -> (WatchedStream, Arc<ConnectionState>) {
 
 /// Drives `connection` until it ends, the host closes it (timers), an exchange cuts it, or the
 /// server drains (`drain`: graceful, requests in flight finish); `graceful_shutdown` is hyper's.
-/// Returns why the host closed it.
+/// `stop` cuts it with every h2 stream it runs (the shutdown grace ran out). Returns why the
+/// host closed it.
 pub async fn serve<C, E>(
     connection: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     state: Arc<ConnectionState>,
     timeouts: Timeouts,
     drain: CancellationToken,
+    stop: &CancellationToken,
 ) -> Option<CloseReason>
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let cut = CancellationToken::new();
+    let cut = stop.child_token();
     let scope = Scope { connection: state.clone(), cut: cut.clone() };
     SCOPE
         .scope(scope, async move {
@@ -333,7 +335,9 @@ where
             tokio::spawn(stream);
             return;
         };
-        let cut = CancellationToken::new();
+        // A child of the connection's token, cancelled only when the whole connection is cut
+        // (an HTTP/1.1 exchange's cut never meets h2 streams): the shutdown grace ran out.
+        let cut = connection.cut.child_token();
         let scope = Scope { connection: connection.connection, cut: cut.clone() };
         tokio::spawn(SCOPE.scope(scope, async move {
             tokio::select! {

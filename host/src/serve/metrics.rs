@@ -1,32 +1,125 @@
 //! What the serve layer counts ([`ServeMetrics`]): responses by class and duration, requests in
 //! flight, the limits requests hit, connections closed, unsent response bytes, instantiations.
 
-use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::serve::connection::CloseReason;
 use crate::serve::exchange::lifecycle::Outcome;
+use crate::util::metrics::register_counter_family;
 
-fn close_reason_label(reason: CloseReason) -> &'static str {
-    match reason {
-        CloseReason::HeaderTimeout => "header_timeout",
-        CloseReason::Idle => "idle",
+/// A response's status class, the `class` label of `echo_host_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    fn of(status: http::StatusCode) -> Self {
+        match status.as_u16() {
+            ..200 => Self::Informational,
+            200..300 => Self::Success,
+            300..400 => Self::Redirection,
+            400..500 => Self::ClientError,
+            _ => Self::ServerError,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Informational => "1xx",
+            Self::Success => "2xx",
+            Self::Redirection => "3xx",
+            Self::ClientError => "4xx",
+            Self::ServerError => "5xx",
+        }
     }
 }
 
-/// The `limit` labels of `echo_host_unsent_limit_total`.
-const UNSENT_LIMITS: [&str; 2] = ["connection", "total"];
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
+impl EncodeLabelValue for CloseReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::Idle => "idle",
+        })
+    }
+}
+
+/// Which unsent-bytes limit shed a connection, the `limit` label of `echo_host_unsent_limit_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnsentLimit {
+    /// `--max-unsent-per-connection`.
+    Connection,
+    /// `--max-unsent`, the whole process's.
+    Total,
+}
+
+impl UnsentLimit {
+    /// The name in the log line that reports the shed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Total => "total",
+        }
+    }
+}
+
+impl EncodeLabelValue for UnsentLimit {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: StatusClass,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: CloseReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: UnsentLimit,
+}
+
+/// The series of each labelled family, in the order `/metrics` lists them.
+const CLASSES: [ClassLabel; 5] = [
+    ClassLabel { class: StatusClass::Informational },
+    ClassLabel { class: StatusClass::Success },
+    ClassLabel { class: StatusClass::Redirection },
+    ClassLabel { class: StatusClass::ClientError },
+    ClassLabel { class: StatusClass::ServerError },
+];
+const REASONS: [ReasonLabel; 2] =
+    [ReasonLabel { reason: CloseReason::HeaderTimeout }, ReasonLabel { reason: CloseReason::Idle }];
+const LIMITS: [LimitLabel; 2] =
+    [LimitLabel { limit: UnsentLimit::Connection }, LimitLabel { limit: UnsentLimit::Total }];
 
 /// What the serve layer counts. Cheap to update from the request path (atomics only).
 #[derive(Clone)]
 pub struct ServeMetrics {
-    /// Responses by status class, indexed 1xx..5xx as 0..4.
-    responses: [Counter; 5],
+    /// Responses by status class.
+    responses: Family<ClassLabel, Counter>,
     pub request_duration: Histogram,
     pub in_flight: Gauge,
     pub traps: Counter,
@@ -36,14 +129,14 @@ pub struct ServeMetrics {
     pub write_timeouts: Counter,
     pub overloaded: Counter,
     /// Connections the host closed, by [`CloseReason`] (header timeout, idle).
-    connections_closed: [Counter; 2],
+    connections_closed: Family<ReasonLabel, Counter>,
     /// Response bytes handed to hyper and not yet written to a socket, in the whole process.
     unsent: Gauge,
     /// Responses whose head went to hyper and whose last byte no socket has taken yet.
     undelivered: Gauge,
     /// Connections shed for holding too much unsent response data: over
     /// `--max-unsent-per-connection`, or while the process was over `--max-unsent`.
-    unsent_limits: [Counter; 2],
+    unsent_limits: Family<LimitLabel, Counter>,
     pub instantiation: Histogram,
     /// `release_stale_refused`, registered by the release store's metrics: requests answered 503
     /// because the view of the release was not confirmed in time.
@@ -72,7 +165,8 @@ impl ServeMetrics {
             instantiation: Histogram::new(exponential_buckets(0.00001, 2.5, 14)),
             stale_refused,
         };
-        // In this order: `/metrics` lists them so.
+        // In this order: `/metrics` lists them so (the labelled families come later, in
+        // [`ServeMetrics::register_families`]).
         metrics.register_requests(registry);
         metrics.register_connections(registry);
         registry.register(
@@ -90,14 +184,6 @@ impl ServeMetrics {
 
     /// Responses by class and duration, requests in flight, and the limits requests hit.
     fn register_requests(&self, registry: &mut Registry) {
-        for (i, counter) in self.responses.iter().enumerate() {
-            let class = format!("{}xx", i + 1);
-            registry.sub_registry_with_label((Cow::Borrowed("class"), Cow::Owned(class))).register(
-                "requests",
-                "Responses sent, by status class",
-                counter.clone(),
-            );
-        }
         registry.register(
             "request_duration_seconds",
             "Time from request head to the end of the response body",
@@ -137,16 +223,6 @@ impl ServeMetrics {
 
     /// Connections the host closed, and the response bytes clients have not taken.
     fn register_connections(&self, registry: &mut Registry) {
-        for (reason, counter) in
-            [CloseReason::HeaderTimeout, CloseReason::Idle].iter().zip(&self.connections_closed)
-        {
-            let label = (Cow::Borrowed("reason"), Cow::Borrowed(close_reason_label(*reason)));
-            registry.sub_registry_with_label(label).register(
-                "connections_closed",
-                "Connections the host closed: no request head within `--header-read-timeout`, or idle for `--idle-timeout`",
-                counter.clone(),
-            );
-        }
         registry.register(
             "unsent_response_bytes",
             "Response bytes handed to the HTTP stack and not yet written to a socket (a client that does not read holds them)",
@@ -157,13 +233,33 @@ impl ServeMetrics {
             "Responses whose head went to the HTTP stack and whose last byte the client has not taken yet",
             self.undelivered.clone(),
         );
-        for (limit, counter) in UNSENT_LIMITS.iter().zip(&self.unsent_limits) {
-            registry.sub_registry_with_label((Cow::Borrowed("limit"), Cow::Borrowed(*limit))).register(
-                "unsent_limit",
-                "Connections closed gracefully (GOAWAY) for the response bytes their clients did not read: over `--max-unsent-per-connection`, or while the process was over `--max-unsent`",
-                counter.clone(),
-            );
-        }
+    }
+
+    /// The labelled families, one `# HELP` and `# TYPE` each: responses by status class,
+    /// connections closed by reason, connections shed by unsent limit. Registered last, after
+    /// every other layer's metrics, where `/metrics` has always listed them.
+    pub fn register_families(&self, registry: &mut Registry) {
+        register_counter_family(
+            registry,
+            "requests",
+            "Responses sent, by status class",
+            self.responses.clone(),
+            &CLASSES,
+        );
+        register_counter_family(
+            registry,
+            "connections_closed",
+            "Connections the host closed: no request head within `--header-read-timeout`, or idle for `--idle-timeout`",
+            self.connections_closed.clone(),
+            &REASONS,
+        );
+        register_counter_family(
+            registry,
+            "unsent_limit",
+            "Connections closed gracefully (GOAWAY) for the response bytes their clients did not read: over `--max-unsent-per-connection`, or while the process was over `--max-unsent`",
+            self.unsent_limits.clone(),
+            &LIMITS,
+        );
     }
 
     /// Response bytes handed to hyper.
@@ -191,11 +287,9 @@ impl ServeMetrics {
         self.unsent.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// A connection shed at an unsent limit: `"connection"` or `"total"`.
-    pub fn unsent_limit_reached(&self, limit: &str) {
-        if let Some(i) = UNSENT_LIMITS.iter().position(|l| *l == limit) {
-            self.unsent_limits[i].inc();
-        }
+    /// A connection shed at an unsent limit.
+    pub fn unsent_limit_reached(&self, limit: UnsentLimit) {
+        self.unsent_limits.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// Counts an exchange that ended: its status class, its duration, and the limit it hit.
@@ -215,32 +309,28 @@ impl ServeMetrics {
             | Outcome::Trapped
             | Outcome::NeverResponded
             | Outcome::ErrorCode
-            | Outcome::ClientGone => return,
+            | Outcome::ClientGone
+            | Outcome::Shutdown => return,
         };
         counter.inc();
     }
 
     pub fn connection_closed(&self, reason: CloseReason) {
-        let index = match reason {
-            CloseReason::HeaderTimeout => 0,
-            CloseReason::Idle => 1,
-        };
-        self.connections_closed[index].inc();
+        self.connections_closed.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn record_response(&self, status: http::StatusCode, duration: Duration) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.responses[class].inc();
+        self.responses.get_or_create(&ClassLabel { class: StatusClass::of(status) }).inc();
         self.request_duration.observe(duration.as_secs_f64());
     }
 
     /// Responses sent, of every status.
     pub fn responses_total(&self) -> u64 {
-        self.responses.iter().map(Counter::get).sum()
+        CLASSES.iter().filter_map(|labels| self.responses.get(labels)).map(|counter| counter.get()).sum()
     }
 
     /// 5xx responses sent.
     pub fn server_errors_total(&self) -> u64 {
-        self.responses[4].get()
+        self.responses.get(&ClassLabel { class: StatusClass::ServerError }).map_or(0, |counter| counter.get())
     }
 }

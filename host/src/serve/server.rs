@@ -22,6 +22,7 @@ use crate::serve::exchange::{
 };
 use crate::serve::host::Host;
 use crate::serve::proxy;
+use crate::serve::serving::Serving;
 
 /// Send buffer per h2 stream (hyper's default is 400 KiB): with `--h2-max-streams` it bounds
 /// what one connection's unread responses can pin.
@@ -34,6 +35,19 @@ pub const H2_MAX_SEND_BUF: usize = 64 * 1024;
 /// (431): by [`header_problem`] once parsed, by hyper past this size. What a client can make a
 /// connection buffer before its head is complete is bounded by this and `--header-read-timeout`.
 pub const H1_MAX_READ_BUF: usize = 400 * 1024;
+
+/// Fewest header fields hyper parses in an HTTP/1.1 head (see [`h1_parsed_headers`]).
+pub const H1_MIN_PARSED_HEADERS: usize = 1024;
+
+/// How many header fields hyper parses in an HTTP/1.1 head before it refuses it alone (a bare
+/// 431: no request id, no access-log line, no count). Above `--max-headers`, so that a head over
+/// that limit is parsed and answered by the host, with its headers, logged and counted, as over
+/// h2c (where hyper does not count fields at all). Twice the limit and at least
+/// [`H1_MIN_PARSED_HEADERS`]: hyper allocates that many slots per parse, and a head past it is
+/// refused by hyper the way a head past [`H1_MAX_READ_BUF`] is.
+pub fn h1_parsed_headers(max_headers: usize) -> usize {
+    max_headers.saturating_mul(2).max(H1_MIN_PARSED_HEADERS)
+}
 
 /// Serves `host` on `listener` until `shutdown` resolves, then stops accepting, lets requests in
 /// flight finish for up to `grace`, and returns.
@@ -50,6 +64,8 @@ pub async fn run(
     let connections = Arc::new(Semaphore::new(max_connections));
     let timeouts = Timeouts { header_read: limits.header_read_timeout, idle: limits.idle_timeout };
     let drain = CancellationToken::new();
+    // Cancelled when the shutdown grace runs out: cuts every connection and h2 stream.
+    let stop = CancellationToken::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -82,8 +98,10 @@ pub async fn run(
         });
         let served = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let drain = drain.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let closed = connection::serve(served, |c| c.graceful_shutdown(), state, timeouts, drain).await;
+            let closed =
+                connection::serve(served, |c| c.graceful_shutdown(), state, timeouts, drain, &stop).await;
             if let Some(reason) = closed {
                 serving.metrics.connection_closed(reason);
                 tracing::debug!(remote = %remote, reason = ?reason, "connection closed by the host");
@@ -99,6 +117,19 @@ pub async fn run(
         grace_seconds = grace.as_secs_f64(),
         "shutting down: no longer accepting connections"
     );
+    drain_or_cut(&serving, &connections, max_connections, grace, &stop).await;
+    Ok(())
+}
+
+/// Waits up to `grace` for every connection to close (each gives its permit of `connections`
+/// back); then cuts those left with `stop`, their requests ending as `shutdown`.
+async fn drain_or_cut(
+    serving: &Serving,
+    connections: &Semaphore,
+    max_connections: usize,
+    grace: Duration,
+    stop: &CancellationToken,
+) {
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     tokio::select! {
         // Every connection gave its permit back: all closed.
@@ -106,9 +137,13 @@ pub async fn run(
         _ = tokio::time::sleep(grace) => {
             let cut = serving.metrics.in_flight.get();
             tracing::warn!(requests_cut = cut, "shutdown grace period over: cutting the requests still running");
+            // Their exchanges end as `shutdown` (503 in the access log), not `client_gone`.
+            serving.cut_for_shutdown();
+            stop.cancel();
+            // Cut connections return at once, each logging its requests: wait for that, briefly.
+            let _ = tokio::time::timeout(connection::CLOSE_GRACE, connections.acquire_many(all)).await;
         }
     }
-    Ok(())
 }
 
 fn connection_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
@@ -121,7 +156,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_headers(limits.max_headers)
+        .max_headers(h1_parsed_headers(limits.max_headers))
         .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).max(H1_MAX_READ_BUF));
     builder
         .http2()
@@ -145,8 +180,8 @@ async fn route(host: Arc<dyn Host>, req: Request<Incoming>, remote: SocketAddr) 
     // The client may leave while the guest runs: hyper then drops this future.
     let pending = Pending::new(exchange.clone());
     let response = if header_problem(&req, limits) {
-        // hyper counts header fields while parsing, and refuses a head past its read buffer
-        // ([`H1_MAX_READ_BUF`]); the byte limit itself, and h2c, are checked here.
+        // hyper refuses alone only a head past [`h1_parsed_headers`] fields or its read buffer
+        // ([`H1_MAX_READ_BUF`]); both limits themselves are checked here, for h2c too.
         exchange.answer(Outcome::HeadTooLarge, &active().version_header)
     } else if let Some(problem) = host_problem(&req) {
         // The guest cannot be given a request without an authority; say why, where operators look.

@@ -2,7 +2,7 @@
 //! limits, the serve metrics, the `--concurrency` permits ([`Permit`]) and request ids.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +21,12 @@ pub struct Serving {
     /// For trace names in logs (`GOOGLE_CLOUD_PROJECT`).
     project_id: Option<String>,
     request_ids: RequestIds,
+    /// Set when the shutdown grace ran out: the requests still in flight are being cut by the
+    /// server, so a request path or body dropped from now on ends as [`Outcome::Shutdown`], not
+    /// as a client that went away.
+    ///
+    /// [`Outcome::Shutdown`]: crate::serve::exchange::Outcome::Shutdown
+    shutdown_cut: AtomicBool,
 }
 
 impl Serving {
@@ -31,6 +37,7 @@ impl Serving {
             metrics,
             project_id,
             request_ids: RequestIds::new(),
+            shutdown_cut: AtomicBool::new(false),
         }
     }
 
@@ -49,6 +56,16 @@ impl Serving {
 
     pub fn next_request_id(&self) -> String {
         self.request_ids.next()
+    }
+
+    /// The shutdown grace ran out: what is still in flight is cut by the server.
+    pub fn cut_for_shutdown(&self) {
+        self.shutdown_cut.store(true, Ordering::Release);
+    }
+
+    /// Whether the server is cutting the requests still in flight at shutdown.
+    pub fn is_cut_for_shutdown(&self) -> bool {
+        self.shutdown_cut.load(Ordering::Acquire)
     }
 
     /// A `--concurrency` permit, if one is free.

@@ -2,6 +2,7 @@
 //! bounded queue of [`log_writer`].
 
 use std::fmt;
+use std::io::IsTerminal as _;
 
 use clap::ValueEnum;
 use serde_json::{Map, Value};
@@ -38,7 +39,8 @@ pub fn init_logging_buffered(format: LogFormat, buffer_lines: usize) {
     // A second init (tests start several servers in one process) keeps the first logger.
     let _ = match format {
         LogFormat::Json => builder.event_format(CloudLoggingFormat).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        // Colours only for a terminal: a file or a pipe gets plain text.
+        LogFormat::Text => builder.with_target(false).with_ansi(std::io::stdout().is_terminal()).try_init(),
     };
 }
 

@@ -5,6 +5,7 @@
 pub mod fleet;
 pub mod gcs;
 pub mod peers;
+pub mod prometheus;
 pub mod registry;
 pub mod registry_proxy;
 pub mod static_server;

@@ -52,6 +52,7 @@ impl Exchange {
             Outcome::Trapped => "the component failed while handling the request".into(),
             Outcome::NeverResponded => "the component did not produce a response".into(),
             Outcome::ErrorCode => "the component reported an error".into(),
+            Outcome::Shutdown => "the server shut down before the response was complete".into(),
             Outcome::Responded | Outcome::WriteStalled | Outcome::ClientGone => outcome.name().into(),
         }
     }

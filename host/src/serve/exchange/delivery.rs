@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::{Exchange, Outcome};
 use crate::serve::connection::Scope;
+use crate::serve::metrics::UnsentLimit;
 
 /// What one undelivered response counts against `--max-unsent` besides its bytes: about what its
 /// h2 stream, request head and exchange hold (measured: ~30 KiB a stream with 6 KB of request
@@ -124,7 +125,7 @@ impl Exchange {
         self: &Arc<Self>,
         version: &http::HeaderValue,
     ) -> http::Response<super::ResponseBody> {
-        self.shed_connection("total", self.unsent_held(), self.limits().max_unsent);
+        self.shed_connection(UnsentLimit::Total, self.unsent_held(), self.limits().max_unsent);
         let response = self.answer(Outcome::Overloaded, version);
         if let Some(scope) = &self.scope {
             scope.cut();
@@ -145,16 +146,16 @@ impl Exchange {
         self.serving.metrics.unsent_added(len);
         let on_connection = scope.connection.unsent_added(len);
         if on_connection > limits.max_unsent_per_connection {
-            self.shed_connection("connection", on_connection, limits.max_unsent_per_connection);
+            self.shed_connection(UnsentLimit::Connection, on_connection, limits.max_unsent_per_connection);
         } else if self.over_unsent_limit() {
-            self.shed_connection("total", self.unsent_held(), limits.max_unsent);
+            self.shed_connection(UnsentLimit::Total, self.unsent_held(), limits.max_unsent);
         }
         Bytes::from_owner(HeldFrame { data, exchange: self.clone() })
     }
 
     /// Closes this exchange's connection gracefully (h2: GOAWAY, new streams refused; HTTP/1.1:
     /// no further request), counted and logged once per connection.
-    fn shed_connection(&self, limit: &'static str, held: u64, max: u64) {
+    fn shed_connection(&self, limit: UnsentLimit, held: u64, max: u64) {
         let Some(scope) = &self.scope else { return };
         if scope.connection.shed() {
             self.serving.metrics.unsent_limit_reached(limit);
@@ -163,7 +164,8 @@ impl Exchange {
                 remote_ip = %self.ctx.remote_ip,
                 held_bytes = held,
                 limit_bytes = max,
-                "the connection holds too many response bytes its client has not read ({limit} limit): closing it gracefully"
+                "the connection holds too many response bytes its client has not read ({} limit): closing it gracefully",
+                limit.name()
             );
         }
     }

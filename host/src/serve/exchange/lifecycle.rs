@@ -38,6 +38,8 @@ pub enum Outcome {
     WriteStalled,
     /// The client went away (connection closed, stream reset) before the response ended.
     ClientGone,
+    /// The server cut it: still in flight when the shutdown grace (`--shutdown-grace`) ran out.
+    Shutdown,
 }
 
 impl Outcome {
@@ -57,7 +59,8 @@ impl Outcome {
     pub fn status(self) -> StatusCode {
         match self {
             Self::Responded => StatusCode::OK,
-            Self::Overloaded | Self::ReleaseUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
+            // Nobody reads a shutdown's answer either; 503 says the server, not the client, ended it.
+            Self::Overloaded | Self::ReleaseUnconfirmed | Self::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadHost(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -87,6 +90,7 @@ impl Outcome {
             Self::ErrorCode => "error_code",
             Self::WriteStalled => "write_stalled",
             Self::ClientGone => "client_gone",
+            Self::Shutdown => "shutdown",
         }
     }
 
@@ -275,6 +279,14 @@ mod tests {
         let mut life = Lifecycle::new();
         assert_eq!(life.fault(Outcome::ClientGone), Action::Answer(Outcome::ClientGone.status()));
         assert_eq!(life.finish(), Some((Outcome::ClientGone, StatusCode::from_u16(499).unwrap())));
+    }
+
+    #[test]
+    fn a_request_cut_at_shutdown_is_logged_with_503_shutdown() {
+        let mut life = Lifecycle::new();
+        assert_eq!(life.fault(Outcome::Shutdown), Action::Answer(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(life.finish(), Some((Outcome::Shutdown, StatusCode::SERVICE_UNAVAILABLE)));
+        assert_eq!(Outcome::Shutdown.name(), "shutdown");
     }
 
     #[test]

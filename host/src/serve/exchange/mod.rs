@@ -275,6 +275,11 @@ impl Exchange {
     /// A fault, from wherever it was seen. Before the head the request path answers it (and the
     /// guest stops now); after it the response is cut and the exchange finishes.
     pub fn fault(&self, outcome: Outcome) -> Action {
+        // Past the shutdown grace the server drops its connections: not the client's doing.
+        let outcome = match outcome {
+            Outcome::ClientGone if self.serving.is_cut_for_shutdown() => Outcome::Shutdown,
+            outcome => outcome,
+        };
         let (action, permit) = {
             let mut state = self.state();
             let action = state.lifecycle.fault(outcome);
