@@ -59,6 +59,27 @@ fn flags_past_their_range_fail_the_start_naming_the_flag() {
     }
 }
 
+/// `--max-memory 64KiB` is inside the flag's range but below what the echo component's memory
+/// starts at: the start fails naming the flag and a value that works (was wasmtime's "module
+/// memory does not fit in pooling allocator requirements … exceeds the limit of 0x10000 bytes").
+#[tokio::test]
+async fn a_max_memory_below_the_components_memory_names_the_flag_and_the_size_needed() {
+    let error = util::TestServer::try_start(&["--max-memory", "64KiB"]).await.err().expect("it started");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the component's memory starts at ")
+            && error.contains("more than `--max-memory` (64 KiB) allows: set `--max-memory` (or `ECHO_HOST_MAX_MEMORY`) to at least `"),
+        "{error}"
+    );
+    // The floor it names is the real one: the component loads with it, and not with less.
+    let at_least = error.split("to at least `").nth(1).and_then(|r| r.split('`').next()).unwrap();
+    let server = util::TestServer::try_start(&["--max-memory", at_least]).await;
+    assert!(server.is_ok(), "--max-memory {at_least}: {:#}", server.err().unwrap());
+    let below = (echo_host::util::units::parse_size(at_least).unwrap() - 64 * 1024).to_string();
+    let error = util::TestServer::try_start(&["--max-memory", &below]).await.err().expect("it started below");
+    assert!(format!("{error:#}").contains(&format!("to at least `{at_least}`")), "{error:#}");
+}
+
 /// Without an authority in the URI, a request needs exactly one `Host` of visible ASCII; the
 /// host answers 400 with the reason (never a 500 from the guest path) and logs it at info.
 #[test]

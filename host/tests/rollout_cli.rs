@@ -38,11 +38,18 @@ fn release_start_status_promote_abort() {
     let canary = util::misbehave_wasm().to_str().unwrap();
     let version = format!("sha256:{}", &hex::encode(Sha256::digest(std::fs::read(canary).unwrap()))[..12]);
 
+    // By default a few lines: what changed, the weights, where the release lives.
     let (ok, stdout, stderr) = release(&["start", &url, canary, "--weight", "10", "--token-file", token]);
     assert!(ok, "start failed:\n{stdout}\n{stderr}");
-    let started = json(&stdout);
-    assert_eq!(started["canary"]["version"], version.as_str(), "{stdout}");
-    assert_eq!(started["canary"]["weight"], 10.0, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], format!("canary {version} started at 10%"), "{stdout}");
+    assert!(
+        lines[1].starts_with("weights  stable sha256:")
+            && lines[1].contains(&format!("90%, canary {version} 10%")),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "release  on this instance only (the host has no `--store`)", "{stdout}");
 
     let (ok, table, stderr) = release(&["status", &url, "--token-file", token]);
     assert!(ok, "status failed:\n{table}\n{stderr}");
@@ -55,11 +62,14 @@ fn release_start_status_promote_abort() {
     let (ok, stdout, stderr) = release(&["start", &url, canary, "--weight", "20", "--token-file", token]);
     assert!(!ok && stderr.contains("canary_running"), "a second start:\n{stdout}\n{stderr}");
 
-    let (ok, stdout, stderr) = release(&["promote", &url, "--weight", "50", "--token-file", token]);
+    // `--json` (or its env var) prints the host's answer whole, for scripts.
+    let (ok, stdout, stderr) = release(&["promote", &url, "--weight", "50", "--token-file", token, "--json"]);
     assert!(ok, "promote failed:\n{stdout}\n{stderr}");
     assert_eq!(json(&stdout)["canary"]["weight"], 50.0, "{stdout}");
+    let (ok, stdout, _) = release(&["status", &url, "--token-file", token, "--json"]);
+    assert!(ok && json(&stdout)["canary"]["version"] == version.as_str(), "{stdout}");
 
-    let (ok, stdout, stderr) = release(&["abort", &url, "--token-file", token]);
+    let (ok, stdout, stderr) = release(&["abort", &url, "--token-file", token, "--json"]);
     assert!(ok, "abort failed:\n{stdout}\n{stderr}");
     let aborted = json(&stdout);
     assert!(aborted["canary"].is_null(), "{stdout}");
@@ -71,4 +81,44 @@ fn release_start_status_promote_abort() {
     // A bad weight never reaches the host.
     let (ok, _, stderr) = release(&["promote", &url, "--weight", "50.55", "--token-file", token]);
     assert!(!ok && stderr.contains("`50.55` is not a weight"), "{stderr}");
+}
+
+/// The CLI's errors say what to do: a URL without a scheme, a host without the admin API.
+#[test]
+fn cli_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let token = token_file.to_str().unwrap();
+    let component = util::echo_wasm().to_str().unwrap();
+    // No scheme: refused before anything is sent, naming what to write (was reqwest's
+    // "builder error … URL scheme is not allowed").
+    for args in [
+        &["push", "localhost:8080", component, "--token-file", token][..],
+        &["fleet", "localhost:8080", "--token-file", token][..],
+        &["release", "status", "localhost:8080", "--token-file", token][..],
+    ] {
+        let (status, _, stderr) = run_cli(args, CLI_TIMEOUT);
+        assert!(!status.success(), "{args:?}");
+        assert!(
+            stderr.contains("`localhost:8080` has no scheme: write `http://localhost:8080`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A host without the admin API (was "404 Not Found, not JSON: expected ident …").
+    let host = HostProcess::start(&["--log-format", "text"], &[]);
+    let url = host.url("");
+    for args in [
+        &["push", &url, component, "--token-file", token][..],
+        &["release", "status", &url, "--token-file", token][..],
+        &["release", "abort", &url, "--token-file", token][..],
+    ] {
+        let (status, stdout, stderr) = run_cli(args, CLI_TIMEOUT);
+        assert!(!status.success(), "{args:?}");
+        assert!(
+            stderr.contains("answered 404 Not Found: that host has no admin API. Start it with `--admin-token-file FILE` (or the token in `ECHO_HOST_ADMIN_TOKEN`)"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    }
 }

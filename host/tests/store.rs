@@ -94,6 +94,7 @@ fn gs_source_downloads_only_new_generations_and_checks_them() {
     assert_eq!(info(&http, &host)["store"], Value::Null);
     let (status, body) = get_json(&http, &host.url(&format!("{ADMIN}/fleet")));
     assert_eq!((status, body["kind"].as_str()), (404, Some("no_store")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("start every instance with `--store gs://"), "{body}");
 
     let of_object = |s: &crate::util::gcs::Seen| s.object().as_deref() == Some(object);
     let downloads = || proxy.seen().into_iter().filter(|s| of_object(s) && s.is_media()).collect::<Vec<_>>();

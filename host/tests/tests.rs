@@ -4,6 +4,9 @@
 // Shared helpers: the built components, free ports, peer servers (`wasmtime serve`, Flask).
 mod util;
 
+// Docs that cannot drift: links and anchors resolve, the flag table is `--help`, JSON samples have
+// a real run's keys.
+mod docs;
 // The host's layers point one way: no upward import, no circle, `App` only in the composition root.
 mod layers;
 // The echo component itself: its imports stay in the proxy world, its size, `wit/deps` drift.

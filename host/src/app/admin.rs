@@ -252,7 +252,7 @@ async fn fleet(app: &App) -> Response<ResponseBody> {
         return json_error(
             StatusCode::NOT_FOUND,
             "no_store",
-            "this host has no `--store`: there is no fleet view, each instance swaps on its own",
+            "this host has no `--store`: there is no fleet view, each instance swaps on its own (start every instance with `--store gs://BUCKET/PREFIX/` for one)",
         );
     };
     match crate::release::store::heartbeat::fleet(store).await {

@@ -5,3 +5,4 @@ pub mod compile;
 pub mod config;
 pub mod push;
 pub mod release_cli;
+pub mod release_summary;

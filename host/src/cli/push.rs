@@ -25,13 +25,17 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     );
     let client = client(Duration::from_secs(300))?;
     let request = component.attach(client.put(&endpoint).bearer_auth(&token));
-    let response = request.send().await.with_context(|| format!("cannot reach `{endpoint}`"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach `{endpoint}`: is echo-host running at that URL?"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    println!("{}", body.trim_end());
     if !status.is_success() {
-        bail!("the host answered {status}");
+        print_json(&body);
+        return Err(host_error(status, &body, &endpoint));
     }
+    println!("{}", body.trim_end());
     if !args.wait {
         return Ok(());
     }
@@ -150,15 +154,40 @@ pub(crate) async fn get_json(client: &reqwest::Client, endpoint: &str, token: &s
         .bearer_auth(token)
         .send()
         .await
-        .with_context(|| format!("cannot reach `{endpoint}`"))?;
+        .with_context(|| format!("cannot reach `{endpoint}`: is echo-host running at that URL?"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    let view: Value =
-        serde_json::from_str(&body).with_context(|| format!("`{endpoint}` answered {status}, not JSON"))?;
     if !status.is_success() {
-        bail!("`{endpoint}` answered {status}: {}", text(&view["error"]));
+        return Err(host_error(status, &body, endpoint));
     }
-    Ok(view)
+    serde_json::from_str(&body).with_context(|| format!("`{endpoint}` answered {status}, not JSON"))
+}
+
+/// Prints an error answer that is the admin API's JSON (a rejection's details, a `409`'s
+/// manifest) for scripts; anything else (a `404` page) only goes into the error.
+pub(crate) fn print_json(body: &str) {
+    if serde_json::from_str::<Value>(body).is_ok() {
+        println!("{}", body.trim_end());
+    }
+}
+
+/// What an admin call's error answer means, and what to do about it: a `404` that is not the
+/// admin API's own JSON is a host without the admin API (or not echo-host at all); a `401` is the
+/// wrong token; otherwise the host's error and its kind.
+pub(crate) fn host_error(status: reqwest::StatusCode, body: &str, endpoint: &str) -> anyhow::Error {
+    let error: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let message = error["error"].as_str().map(crate::util::redact::printable);
+    match (status.as_u16(), message, error["kind"].as_str()) {
+        (404, None, _) => anyhow::anyhow!(
+            "`{endpoint}` answered {status}: that host has no admin API. Start it with `--admin-token-file FILE` (or the token in `ECHO_HOST_ADMIN_TOKEN`), or check the URL"
+        ),
+        (401, _, _) => anyhow::anyhow!(
+            "`{endpoint}` answered {status}: the token in `--token-file` is not this host's admin token (its `--admin-token-file` or `ECHO_HOST_ADMIN_TOKEN`)"
+        ),
+        (_, Some(message), Some(kind)) => anyhow::anyhow!("the host answered {status} ({kind}): {message}"),
+        (_, Some(message), None) => anyhow::anyhow!("the host answered {status}: {message}"),
+        (_, None, _) => anyhow::anyhow!("`{endpoint}` answered {status}, not the admin API's JSON"),
+    }
 }
 
 /// The fleet view as text: a header line, then one row per live instance.
@@ -338,8 +367,9 @@ fn header_value(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file `{}`", path.display()))?;
+    let token = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read the token file `{}` (`--token-file`: the host's admin token)", path.display())
+    })?;
     Ok(token.trim().to_string())
 }
 
@@ -350,6 +380,28 @@ pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host without the admin API answers `404 not found` in plain text: the error says how to
+    /// enable it, not that the answer was not JSON. A wrong token names the token file.
+    #[test]
+    fn admin_errors_say_what_to_do() {
+        let endpoint = "http://h/.well-known/echo-host/admin/release";
+        let error = host_error(reqwest::StatusCode::NOT_FOUND, "not found\n", endpoint).to_string();
+        assert_eq!(
+            error,
+            "`http://h/.well-known/echo-host/admin/release` answered 404 Not Found: that host has no admin API. Start it with `--admin-token-file FILE` (or the token in `ECHO_HOST_ADMIN_TOKEN`), or check the URL"
+        );
+        let body = r#"{"error":"missing or wrong `Authorization: Bearer` token","kind":"unauthorized"}"#;
+        let error = host_error(reqwest::StatusCode::UNAUTHORIZED, body, endpoint).to_string();
+        assert!(
+            error.contains("401 Unauthorized: the token in `--token-file` is not this host's admin token"),
+            "{error}"
+        );
+        // The admin API's own 404 (an unknown version) is passed on as it is.
+        let body = r#"{"error":"no kept version `sha256:ab`","kind":"not_found"}"#;
+        let error = host_error(reqwest::StatusCode::NOT_FOUND, body, endpoint).to_string();
+        assert_eq!(error, "the host answered 404 Not Found (not_found): no kept version `sha256:ab`");
+    }
 
     #[test]
     fn a_binary_signature_goes_as_base64_and_ours_as_it_is() {

@@ -1,18 +1,21 @@
 //! `echo-host release start|promote|abort|status URL`: a canary release through a running host's
-//! admin API (`/.well-known/echo-host/admin/release`). `start`, `promote` and `abort` print the
-//! host's answer (the release's status JSON, or its error) and fail on an error; `status` prints
-//! the release as tables: the versions and weights, per-version failures over the analysis window,
+//! admin API (`/.well-known/echo-host/admin/release`). `start`, `promote` and `abort` print a
+//! few lines saying what changed (`release_summary`; with `--json`, the host's answer as it is)
+//! and fail on the host's error; `status` prints the release as tables: the versions and weights, per-version failures over the analysis window,
 //! on this instance and fleet-wide, the instances, the last automatic decision and the history.
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 
 use crate::cli::config::{
     ReleaseArgs, ReleaseCommand, ReleaseHostArgs, ReleasePromoteArgs, ReleaseStartArgs,
 };
-use crate::cli::push::{Component, client, columns, get_json, read_token, short, text};
+use crate::cli::push::{
+    Component, client, columns, get_json, host_error, print_json, read_token, short, text,
+};
+use crate::cli::release_summary::{Action, summary};
 use crate::versions::Weight;
 
 /// History entries `status` prints (the host keeps up to 20).
@@ -34,7 +37,7 @@ async fn start(args: &ReleaseStartArgs) -> anyhow::Result<()> {
     let endpoint = format!("{}{}{}", endpoint(&args.host.url, ""), start_query(args), component.query('&'));
     // As long as a push: the host compiles and probes the canary before it answers.
     let request = component.attach(client(Duration::from_secs(300))?.post(&endpoint).bearer_auth(token));
-    answer(request, &endpoint).await
+    answer(request, &endpoint, Action::Start, args.host.json).await
 }
 
 /// `POST release/promote[?weight=W]`, on the release generation read first.
@@ -45,7 +48,7 @@ async fn promote(args: &ReleasePromoteArgs) -> anyhow::Result<()> {
         args.weight.map(|w| format!("weight={}", query_weight(w))).into_iter().collect();
     query.extend(if_generation(&client, &args.host.url, &token).await?);
     let endpoint = with_query(endpoint(&args.host.url, "/promote"), &query);
-    answer(client.post(&endpoint).bearer_auth(token), &endpoint).await
+    answer(client.post(&endpoint).bearer_auth(token), &endpoint, Action::Promote, args.host.json).await
 }
 
 /// `POST release/abort`, on the release generation read first.
@@ -54,7 +57,7 @@ async fn abort(args: &ReleaseHostArgs) -> anyhow::Result<()> {
     let client = client(Duration::from_secs(60))?;
     let query: Vec<String> = if_generation(&client, &args.url, &token).await?.into_iter().collect();
     let endpoint = with_query(endpoint(&args.url, "/abort"), &query);
-    answer(client.post(&endpoint).bearer_auth(token), &endpoint).await
+    answer(client.post(&endpoint).bearer_auth(token), &endpoint, Action::Abort, args.json).await
 }
 
 /// `if_generation=G` for the release generation the host reports now (none without a store), so
@@ -73,7 +76,11 @@ async fn status(args: &ReleaseHostArgs) -> anyhow::Result<()> {
     let token = read_token(&args.token_file)?;
     let endpoint = endpoint(&args.url, "");
     let view = get_json(&client(Duration::from_secs(30))?, &endpoint, &token).await?;
-    print!("{}", table(&view));
+    if args.json {
+        println!("{view}");
+    } else {
+        print!("{}", table(&view));
+    }
     Ok(())
 }
 
@@ -102,20 +109,31 @@ fn query_weight(weight: Weight) -> String {
     }
 }
 
-/// Sends `request`, prints the host's answer, and fails with the host's error when it is one.
-async fn answer(request: reqwest::RequestBuilder, endpoint: &str) -> anyhow::Result<()> {
-    let response = request.send().await.with_context(|| format!("cannot reach `{endpoint}`"))?;
+/// Sends `request` and prints what `action` changed (with `json`, the host's answer as it is);
+/// fails with the host's error when it is one (its JSON printed as well, for scripts).
+async fn answer(
+    request: reqwest::RequestBuilder,
+    endpoint: &str,
+    action: Action,
+    json: bool,
+) -> anyhow::Result<()> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach `{endpoint}`: is echo-host running at that URL?"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    println!("{}", body.trim_end());
     if !status.is_success() {
-        let error: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        match (error["error"].as_str(), error["kind"].as_str()) {
-            (Some(message), Some(kind)) => bail!("the host answered {status} ({kind}): {message}"),
-            (Some(message), None) => bail!("the host answered {status}: {message}"),
-            _ => bail!("the host answered {status}"),
-        }
+        print_json(&body);
+        return Err(host_error(status, &body, endpoint));
     }
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let view: Value = serde_json::from_str(&body)
+        .with_context(|| format!("`{endpoint}` answered {status}, not the admin API's JSON"))?;
+    print!("{}", summary(action, &view));
     Ok(())
 }
 
@@ -440,7 +458,7 @@ mod tests {
             "http://h:1/.well-known/echo-host/admin/release/promote"
         );
 
-        let manual = match parse(&["start", "u", "c.wasm", "--weight", "12.5%", "--token-file", "t"]) {
+        let manual = match parse(&["start", "http://u", "c.wasm", "--weight", "12.5%", "--token-file", "t"]) {
             Ok(ReleaseCommand::Start(start)) => start,
             other => panic!("{other:?}"),
         };
@@ -449,22 +467,32 @@ mod tests {
 
     #[test]
     fn bad_flags_fail_before_anything_is_sent() {
-        let error = parse(&["start", "u", "c.wasm", "--weight", "150", "--token-file", "t"]).unwrap_err();
-        assert!(error.contains("`150` is not a weight: a percent from 0 to 100"), "{error}");
-        let error = parse(&["start", "u", "c.wasm", "--token-file", "t"]).unwrap_err();
-        assert!(error.contains("--weight"), "{error}");
         let error =
-            parse(&["start", "u", "c.wasm", "--weight", "1", "--step-interval", "5s", "--token-file", "t"])
-                .unwrap_err();
+            parse(&["start", "http://u", "c.wasm", "--weight", "150", "--token-file", "t"]).unwrap_err();
+        assert!(error.contains("`150` is not a weight: a percent from 0 to 100"), "{error}");
+        let error = parse(&["start", "http://u", "c.wasm", "--token-file", "t"]).unwrap_err();
+        assert!(error.contains("--weight"), "{error}");
+        let error = parse(&[
+            "start",
+            "http://u",
+            "c.wasm",
+            "--weight",
+            "1",
+            "--step-interval",
+            "5s",
+            "--token-file",
+            "t",
+        ])
+        .unwrap_err();
         assert!(error.contains("--steps"), "{error}");
-        let error = parse(&["promote", "u", "--weight", "5.55", "--token-file", "t"]).unwrap_err();
+        let error = parse(&["promote", "http://u", "--weight", "5.55", "--token-file", "t"]).unwrap_err();
         assert!(error.contains("at most one decimal"), "{error}");
         assert!(matches!(
-            parse(&["promote", "u", "--token-file", "t"]),
+            parse(&["promote", "http://u", "--token-file", "t"]),
             Ok(ReleaseCommand::Promote(ReleasePromoteArgs { weight: None, .. }))
         ));
-        assert!(matches!(parse(&["abort", "u", "--token-file", "t"]), Ok(ReleaseCommand::Abort(_))));
-        assert!(matches!(parse(&["status", "u", "--token-file", "t"]), Ok(ReleaseCommand::Status(_))));
+        assert!(matches!(parse(&["abort", "http://u", "--token-file", "t"]), Ok(ReleaseCommand::Abort(_))));
+        assert!(matches!(parse(&["status", "http://u", "--token-file", "t"]), Ok(ReleaseCommand::Status(_))));
     }
 
     /// A status JSON as the contract shows it: a canary at 10 % on a fleet of two, rolled back.

@@ -224,9 +224,9 @@ impl Runtime {
         if !is_component(bytes) {
             bail!("not a wasm component (no `\\0asm` component header)");
         }
-        let component = Component::new(self.engine(), bytes);
+        let component = Component::new(self.engine(), bytes).map_err(anyhow::Error::from);
         release_free_heap();
-        Ok(component?)
+        component.map_err(|e| explain_memory_floor(e, self.limits().max_memory_bytes))
     }
 
     /// Loads a `.cwasm` made by `echo-host compile`.
@@ -236,7 +236,8 @@ impl Runtime {
     /// this same host (see `--allow-precompiled`).
     pub unsafe fn deserialize(&self, bytes: &[u8]) -> anyhow::Result<Component> {
         // SAFETY: the caller vouches for the bytes; wasmtime checks the engine compatibility.
-        Ok(unsafe { Component::deserialize(self.engine(), bytes) }?)
+        let component = unsafe { Component::deserialize(self.engine(), bytes) };
+        component.map_err(|e| explain_memory_floor(e.into(), self.limits().max_memory_bytes))
     }
 
     /// Links a component against the host's imports and finds which wasi:http world it serves:
@@ -387,5 +388,57 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What wasmtime's pooling allocator says when a component's memory starts larger than a slot
+/// (`memory has a minimum byte size of N which exceeds the limit of …`) names neither the flag
+/// nor a value that works: this adds both. Other errors pass unchanged.
+fn explain_memory_floor(error: anyhow::Error, max_memory: u64) -> anyhow::Error {
+    const NEEDLE: &str = "memory has a minimum byte size of ";
+    let text = format!("{error:#}");
+    let needed = text.split_once(NEEDLE).and_then(|(_, rest)| {
+        rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|digits| digits.parse::<u64>().ok())
+    });
+    let Some(needed) = needed else { return error };
+    use crate::util::units::format_size;
+    error.context(format!(
+        "the component's memory starts at {}, more than `--max-memory` ({}) allows: set `--max-memory` (or `ECHO_HOST_MAX_MEMORY`) to at least `{}`, plus what its requests allocate (the default is `128MiB`)",
+        format_size(needed),
+        format_size(max_memory),
+        size_flag(needed)
+    ))
+}
+
+/// `bytes` as a flag value that is at least as large: `2MiB`, `1088KiB`, `1000`.
+fn size_flag(bytes: u64) -> String {
+    match bytes {
+        b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b => format!("{}KiB", b.div_ceil(1 << 10)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component whose memory starts above `--max-memory` is refused with the flag and a value
+    /// that works, whatever wasmtime wrapped around its own message.
+    #[test]
+    fn a_memory_too_small_names_the_flag_and_the_size_needed() {
+        let wasmtime = anyhow::anyhow!(
+            "memory has a minimum byte size of 1114112 which exceeds the limit of 0x10000 bytes"
+        )
+        .context("module memory does not fit in pooling allocator requirements");
+        let error = format!("{:#}", explain_memory_floor(wasmtime, 64 << 10));
+        assert!(
+            error.starts_with(
+                "the component's memory starts at 1.1 MiB, more than `--max-memory` (64 KiB) allows: set `--max-memory` (or `ECHO_HOST_MAX_MEMORY`) to at least `1088KiB`, plus what its requests allocate (the default is `128MiB`): module memory"
+            ),
+            "{error}"
+        );
+        let other = format!("{:#}", explain_memory_floor(anyhow::anyhow!("bad magic"), 64 << 10));
+        assert_eq!(other, "bad magic");
+        assert_eq!((size_flag(2 << 20), size_flag(1000)), ("2MiB".to_string(), "1KiB".to_string()));
     }
 }

@@ -12,6 +12,7 @@ use crate::versions::Weight;
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// The host's base URL, e.g. `https://echo-abc-uc.a.run.app`.
+    #[arg(value_parser = parse_host_url)]
     pub url: String,
     /// The component to upload (`.wasm`), or an OCI reference (`oci://REGISTRY/REPOSITORY:TAG`,
     /// or `…@sha256:DIGEST`) the host pulls and checks itself.
@@ -35,6 +36,7 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 pub struct FleetArgs {
     /// The base URL of any instance, e.g. `https://echo-abc-uc.a.run.app`.
+    #[arg(value_parser = parse_host_url)]
     pub url: String,
     /// File holding the admin token.
     #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
@@ -120,10 +122,15 @@ pub enum ReleaseCommand {
 pub struct ReleaseHostArgs {
     /// The base URL of the host (with a release store: any instance), e.g.
     /// `https://echo-abc-uc.a.run.app`.
+    #[arg(value_parser = parse_host_url)]
     pub url: String,
     /// File holding the admin token.
     #[arg(long, env = "ECHO_HOST_ADMIN_TOKEN_FILE")]
     pub token_file: PathBuf,
+    /// Print the host's answer (the release's status JSON) as it is, for scripts, instead of a
+    /// few lines (`start`, `promote`, `abort`) or tables (`status`).
+    #[arg(long, env = "ECHO_HOST_RELEASE_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +167,24 @@ pub struct ReleasePromoteArgs {
     pub weight: Option<Weight>,
 }
 
+/// A host's base URL for `push`, `fleet` and `release`: `http://` or `https://` and a host. Without
+/// a scheme (`localhost:8080`) the error says what to write instead.
+pub fn parse_host_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(text.to_string()),
+        Some(_) => Err(format!("`{text}` names no host (e.g. `http://localhost:8080`)")),
+        None if text.contains("://") => Err(format!(
+            "`{text}` is not an `http://` or `https://` URL: the host's admin API speaks HTTP (e.g. `https://echo-abc-uc.a.run.app`)"
+        )),
+        None => Err(format!(
+            "`{text}` has no scheme: write `http://{text}` (or `https://{text}` for a TLS endpoint such as Cloud Run)"
+        )),
+    }
+}
+
 /// The weights of `--steps`, increasing, each over 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steps(pub Vec<Weight>);
@@ -181,4 +206,22 @@ pub fn parse_steps(text: &str) -> Result<Steps, String> {
         steps.push(step);
     }
     Ok(Steps(steps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_host_url;
+
+    /// `push localhost:8080 …` says what to write instead of reqwest's "URL scheme is not allowed".
+    #[test]
+    fn a_host_url_without_a_scheme_says_what_to_write() {
+        assert_eq!(parse_host_url("http://localhost:8080").as_deref(), Ok("http://localhost:8080"));
+        assert_eq!(parse_host_url("HTTPS://h/").as_deref(), Ok("HTTPS://h/"));
+        assert_eq!(
+            parse_host_url("localhost:8080").unwrap_err(),
+            "`localhost:8080` has no scheme: write `http://localhost:8080` (or `https://localhost:8080` for a TLS endpoint such as Cloud Run)"
+        );
+        assert!(parse_host_url("ftp://h").unwrap_err().contains("not an `http://` or `https://` URL"));
+        assert!(parse_host_url("http://").unwrap_err().contains("names no host"));
+    }
 }

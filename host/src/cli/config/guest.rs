@@ -4,7 +4,7 @@
 use clap::Args;
 
 use super::parse_size;
-use super::range::check;
+use super::range::{check, check_size};
 use crate::engine::limits::GuestLimits;
 
 /// `wasmtime serve` allows 1M entries (`-Smax-resources`); a request of our components holds a
@@ -78,14 +78,12 @@ impl GuestLimits {
     pub fn validate(&self) -> anyhow::Result<()> {
         let ((low, high), value) = (RESOURCES_RANGE, self.max_resources);
         check("--max-guest-resources", value, low, high)?;
-        for (flag, value, (low, high)) in [
-            ("--max-guest-header-bytes", self.max_header_bytes, HEADER_BYTES_RANGE),
-            ("--max-guest-log-lines", self.max_log_lines, LOG_LINES_RANGE),
-            ("--max-guest-log-bytes", self.max_log_bytes, LOG_BYTES_RANGE),
-        ] {
-            check(flag, value, low, high)?;
-        }
-        Ok(())
+        let (low, high) = HEADER_BYTES_RANGE;
+        check_size("--max-guest-header-bytes", self.max_header_bytes, low, high)?;
+        let (low, high) = LOG_LINES_RANGE;
+        check("--max-guest-log-lines", self.max_log_lines, low, high)?;
+        let (low, high) = LOG_BYTES_RANGE;
+        check_size("--max-guest-log-bytes", self.max_log_bytes, low, high)
     }
 }
 
@@ -141,12 +139,12 @@ mod tests {
         let error = guest(&["--max-guest-resources", "18446744073709551615"]).unwrap_err().to_string();
         assert!(error.starts_with("`--max-guest-resources` must be between 64 and 1000000"), "{error}");
         let error = guest(&["--max-guest-header-bytes", "100"]).unwrap_err().to_string();
-        assert_eq!(error, "`--max-guest-header-bytes` must be between 1024 and 16777216, not 100");
+        assert_eq!(error, "`--max-guest-header-bytes` must be between 1 KiB and 16 MiB, not 100 bytes");
         let error = guest(&["--max-guest-header-bytes", "1GiB"]).unwrap_err().to_string();
         assert!(error.starts_with("`--max-guest-header-bytes` must be between"), "{error}");
         let error = guest(&["--max-guest-log-lines", "20000000"]).unwrap_err().to_string();
         assert_eq!(error, "`--max-guest-log-lines` must be between 0 and 10000000, not 20000000");
         let error = guest(&["--max-guest-log-bytes", "2GiB"]).unwrap_err().to_string();
-        assert!(error.starts_with("`--max-guest-log-bytes` must be between 0 and 1073741824"), "{error}");
+        assert_eq!(error, "`--max-guest-log-bytes` must be between 0 bytes and 1 GiB, not 2 GiB");
     }
 }

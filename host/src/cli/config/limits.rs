@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::range::{MAX_BYTES, MAX_TIME, MIN_TIME, check, check_or_off};
+use super::range::{MAX_BYTES, MAX_TIME, MIN_TIME, check, check_or_off, check_size};
 use super::{Cli, ServeArgs};
 use crate::engine::limits::Limits;
 
@@ -46,12 +46,12 @@ impl Limits {
         check_or_off("--h2-keepalive-interval", self.h2_keepalive_interval.unwrap_or_default())?;
         check("--h2-max-streams", self.h2_max_streams, 1, MAX_H2_STREAMS)?;
         // At least one wasm page; at most what a 32-bit wasm memory can address.
-        check("--max-memory", self.max_memory_bytes, 64 << 10, 4 << 30)?;
-        check("--max-body", self.max_body_bytes, 0, MAX_BYTES)?;
+        check_size("--max-memory", self.max_memory_bytes, 64 << 10, 4 << 30)?;
+        check_size("--max-body", self.max_body_bytes, 0, MAX_BYTES)?;
         check("--max-headers", self.max_headers, 1, MAX_HEADERS)?;
-        check("--max-header-bytes", self.max_header_bytes, 1 << 10, MAX_HEADER_BYTES)?;
-        check("--max-unsent-per-connection", self.max_unsent_per_connection, 64 << 10, MAX_BYTES)?;
-        check("--max-unsent", self.max_unsent, 1 << 20, MAX_BYTES)?;
+        check_size("--max-header-bytes", self.max_header_bytes, 1 << 10, MAX_HEADER_BYTES)?;
+        check_size("--max-unsent-per-connection", self.max_unsent_per_connection, 64 << 10, MAX_BYTES)?;
+        check_size("--max-unsent", self.max_unsent, 1 << 20, MAX_BYTES)?;
         self.guest.validate()
     }
 }

@@ -11,6 +11,13 @@ use crate::engine::outbound::OutboundRule;
 /// `HOST`, `HOST:PORT`, `[IPV6]`, `[IPV6]:PORT` or a bare IPv6 address (any port).
 pub fn parse_outbound(text: &str) -> Result<OutboundRule, String> {
     let text = text.trim();
+    if let Some((_, rest)) = text.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        return Err(format!(
+            "`{text}` is a URL: give its host, `{host}` (or `HOST:PORT`), without scheme or path"
+        ));
+    }
     if text.is_empty() || text.contains('/') || text.contains('@') {
         return Err(format!("`{text}` is not `HOST` or `HOST:PORT`"));
     }
@@ -83,7 +90,10 @@ mod tests {
         let one_port = parse_outbound("127.0.0.1:9000").unwrap();
         assert!(one_port.allows("127.0.0.1", 9000));
         assert!(!one_port.allows("127.0.0.1", 9001));
-        assert!(parse_outbound("http://x").is_err());
+        assert_eq!(
+            parse_outbound("https://api.example.com:8443/v1").unwrap_err(),
+            "`https://api.example.com:8443/v1` is a URL: give its host, `api.example.com:8443` (or `HOST:PORT`), without scheme or path"
+        );
         assert!(parse_outbound("x:notaport").is_err());
         // IPv6: bracketed with a port, bracketed or bare without one, in any spelling.
         let v6 = parse_outbound("[::1]:9000").unwrap();

@@ -25,6 +25,17 @@ pub(super) fn check<T: PartialOrd + Debug>(flag: &str, value: T, low: T, high: T
     Ok(())
 }
 
+/// A size flag: like [`check`], with the range and the value printed as sizes (`64 KiB`, not
+/// `65536`).
+pub(super) fn check_size(flag: &str, value: u64, low: u64, high: u64) -> anyhow::Result<()> {
+    use crate::util::units::format_size;
+    if value < low || value > high {
+        let (low, high, value) = (format_size(low), format_size(high), format_size(value));
+        bail!("`{flag}` must be between {low} and {high}, not {value}");
+    }
+    Ok(())
+}
+
 /// A duration flag where `0s` turns the feature off: `0s`, or within `MIN_TIME..=MAX_TIME`.
 pub(super) fn check_or_off(flag: &str, value: Duration) -> anyhow::Result<()> {
     if value.is_zero() {
@@ -46,7 +57,7 @@ impl ServeArgs {
         // Each kept version holds its compiled code (and, for p3, its idle instances).
         check("--keep-versions", self.keep_versions, 1, MAX_KEEP_VERSIONS)?;
         // A component is read into memory whole before it is checked.
-        check("--max-component-size", self.max_component_size, 1, MAX_COMPONENT_SIZE)?;
+        check_size("--max-component-size", self.max_component_size, 1, MAX_COMPONENT_SIZE)?;
         check("--log-buffer-lines", self.log_buffer_lines, 1, MAX_LOG_BUFFER_LINES)?;
         debug_assert!(MAX_SETTLE_TIME <= MAX_TIME);
         Ok(())
@@ -80,6 +91,17 @@ mod tests {
         assert!(check_or_off("--t", Duration::from_secs(1)).is_ok());
         let err = check_or_off("--t", MAX_TIME + Duration::from_nanos(1)).unwrap_err().to_string();
         assert!(err.contains("`--t` must be `0s` (off)"), "{err}");
+    }
+
+    /// Byte ranges read as the flags are written, not as raw byte counts.
+    #[test]
+    fn size_ranges_print_as_sizes() {
+        let err = args(&["--max-memory", "8GiB"]).validate().map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err, "`--max-memory` must be between 64 KiB and 4 GiB, not 8 GiB");
+        let err = args(&["--max-component-size", "0"]).validate().map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err, "`--max-component-size` must be between 1 byte and 4 GiB, not 0 bytes");
+        let err = args(&["--max-body", "2TiB"]).validate().map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err, "`--max-body` must be between 0 bytes and 1 TiB, not 2 TiB");
     }
 
     /// Every numeric flag refuses a value past its range with an error naming it, before the port

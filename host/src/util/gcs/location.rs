@@ -19,7 +19,7 @@ pub struct GsPrefix {
 
 fn split(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
     let Some(rest) = text.strip_prefix("gs://") else {
-        bail!("`{flag}` `{text}` is not a `gs://BUCKET/...` location");
+        bail!("`{flag}` `{text}` is not a `gs://BUCKET/...` location (e.g. `gs://my-bucket/echo/`)");
     };
     let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
     // Cloud Storage's naming rules, simplified: 3-222 characters of a-z 0-9 - _ . (63 between dots).
@@ -99,6 +99,11 @@ mod tests {
             let error = GsPrefix::parse("--store", bad).unwrap_err();
             assert!(error.to_string().contains("--store"), "{bad}: {error}");
         }
+        let error = GsPrefix::parse("--store", "my-bucket/echo").unwrap_err().to_string();
+        assert!(
+            error.ends_with("is not a `gs://BUCKET/...` location (e.g. `gs://my-bucket/echo/`)"),
+            "{error}"
+        );
         assert!(GsObject::parse("--component", "gs://bucket/").is_err());
         assert!(GsObject::parse("--component", "gs://bucket/dir/").is_err());
     }

@@ -27,7 +27,7 @@ const PRIVATE_FORMATS: &str = "an `echo-host keygen` private key (one line of ba
 
 /// Reads `--trusted-key`: any of [`PUBLIC_FORMATS`], recognised by its content.
 pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
-    let bytes = read_key_file(path, "public key")?;
+    let bytes = read_key_file(path, "`--trusted-key` public key")?;
     parse_public_key(&bytes).with_context(|| {
         format!("`{}` is not an ed25519 public key echo-host reads; give {PUBLIC_FORMATS}", path.display())
     })
@@ -35,7 +35,7 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
 
 /// Reads `echo-host sign --key`: any of [`PRIVATE_FORMATS`], recognised by its content.
 pub fn read_private_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let bytes = read_key_file(path, "private key")?;
+    let bytes = read_key_file(path, "`--key` private key")?;
     parse_private_key(&bytes).with_context(|| {
         format!("`{}` is not an ed25519 private key echo-host reads; give {PRIVATE_FORMATS}", path.display())
     })
@@ -193,5 +193,22 @@ pub(super) fn describe(bytes: &[u8]) -> String {
         format!("{} bytes starting `{line}`", bytes.len())
     } else {
         format!("{} bytes starting 0x{}", bytes.len(), hex::encode(&head[..head.len().min(8)]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing key file names the flag it was given with.
+    #[test]
+    fn a_missing_key_names_its_flag() {
+        let error = format!("{:#}", read_public_key(Path::new("/nonexistent/k.pub")).unwrap_err());
+        assert!(
+            error.starts_with("cannot read the `--trusted-key` public key `/nonexistent/k.pub`: "),
+            "{error}"
+        );
+        let error = format!("{:#}", read_private_key(Path::new("/nonexistent/k")).unwrap_err());
+        assert!(error.starts_with("cannot read the `--key` private key `/nonexistent/k`: "), "{error}");
     }
 }
