@@ -5,9 +5,9 @@
 //! Lowest first; a module imports only from its own layer (without a circle) or an earlier one,
 //! which `tests/layers.rs` checks. A lower layer that must call up takes a trait the upper one
 //! implements; only the composition root ([`app`]) names [`app::App`].
-//! - [`util`]: time formatting, units, redaction, signatures, the Cloud Storage client, stdout
-//!   logging through a bounded queue, process-wide counters, the stop signal of the process, and
-//!   how old a remote view may grow ([`util::freshness`]).
+//! - [`util`]: time formatting, units, redaction, signatures, the Cloud Storage and OCI registry
+//!   clients, stdout logging through a bounded queue, process-wide counters, the stop signal of
+//!   the process, and how old a remote view may grow ([`util::freshness`]).
 //! - [`engine`]: the wasmtime engine and linker ([`engine::runtime`]), the store state of a
 //!   request ([`engine::state`]), limits, the stop signal of a guest, the p3 instance pool,
 //!   guest budgets (headers, logs) and the outbound allowlist.

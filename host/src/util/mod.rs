@@ -1,6 +1,7 @@
 //! Layer 0, `util`: what every layer may use and that knows nothing of the host: time formatting,
-//! backoff, redaction, signatures, the Cloud Storage client, stdout logging, the stop signal of the
-//! process, and how old a remote view may grow ([`freshness`]).
+//! backoff, redaction, signatures, the Cloud Storage client, the OCI registry client ([`oci`]),
+//! stdout logging, the stop signal of the process, and how old a remote view may grow
+//! ([`freshness`]).
 
 pub mod backoff;
 pub mod freshness;
