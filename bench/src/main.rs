@@ -10,7 +10,8 @@
 //!   with the container image, memory, streaming, swap, scaling), each alternating between servers
 //!   for `--rounds` rounds; the fleet (three echo-hosts on one release store, pushes); and canary
 //!   releases (a 50/50 split's cost, a failing canary's automatic rollback across the fleet);
-//!   the wake-up of a frozen instance on a store (bounded staleness's added latency and cost).
+//!   the wake-up of a frozen instance on a store (bounded staleness's added latency and cost),
+//!   and a fleet following a tag in an OCI registry (tag moved → every instance serving it).
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.
 //! - [`http1`]: response parsing and a blocking client; [`procfs`]: `/proc` and affinity.
 //! - [`samples`], [`report`], [`chart`]: per-round values, the markdown, the PNG.
@@ -39,7 +40,7 @@ use crate::sections::Opts;
 const USAGE: &str =
     "usage: echo-bench soak [--duration 30m] [--no-build]   (the soak: echo-bench soak --help)
        echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,p3,cold,memory,stream,swap,scaling,fleet,canary,wake] [--out DIR]
+                  [--only throughput,p3,cold,memory,stream,swap,scaling,fleet,canary,wake,oci] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
@@ -56,8 +57,8 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 10] =
-    ["throughput", "p3", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary", "wake"];
+const SECTIONS: [&str; 11] =
+    ["throughput", "p3", "cold", "memory", "stream", "swap", "scaling", "fleet", "canary", "wake", "oci"];
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -157,6 +158,7 @@ fn run() -> anyhow::Result<()> {
             "fleet" => sections::fleet(&paths, &opts, &mut samples)?,
             "canary" => sections::canary(&paths, &opts, &mut samples)?,
             "wake" => sections::wake(&paths, &opts, &mut samples)?,
+            "oci" => sections::oci(&paths, &opts, &mut samples)?,
             _ => unreachable!("sections are checked"),
         }
         eprintln!("[bench] {section} took {:.0} s", section_started.elapsed().as_secs_f64());
@@ -188,6 +190,7 @@ fn run() -> anyhow::Result<()> {
         container,
     };
     let markdown = sections::with_wake_table(report::render(&samples, &meta), &samples);
+    let markdown = sections::with_oci_table(markdown, &samples);
     println!("{markdown}");
     std::fs::create_dir_all(&paths.results)?;
     let png = paths.results.join("bench.png");

@@ -113,7 +113,8 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
 /// What the chosen sections run besides echo-host.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet, canary and wake.
+    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet, canary, wake and
+    /// oci.
     pub peers: bool,
     /// The Flask venv: the throughput and cold-start sections (the others leave Flask out).
     pub flask: bool,
@@ -125,7 +126,8 @@ pub struct Needs {
 
 impl Needs {
     pub fn of(sections: &[String]) -> Needs {
-        let peers = sections.iter().any(|s| !["swap", "fleet", "canary", "wake"].contains(&s.as_str()));
+        let peers =
+            sections.iter().any(|s| !["swap", "fleet", "canary", "wake", "oci"].contains(&s.as_str()));
         Needs {
             peers,
             flask: sections.iter().any(|s| s == "throughput" || s == "cold"),

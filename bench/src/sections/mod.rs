@@ -14,6 +14,8 @@
 //!   to one, until every one serves it.
 //! - [`canary`]: requests/s with a 50/50 canary split, and a failing canary's first failure to
 //!   every instance of a fleet back on stable.
+//! - [`oci`]: three instances following one tag in a registry on loopback: tag moved, until
+//!   every one serves it; a 10 MiB component's start-up pulled by digest against from a file.
 //! - [`wake`]: the first request's added latency after a frozen instance on a store wakes up
 //!   (bounded staleness), and the staleness check's cost on a busy instance.
 
@@ -22,6 +24,7 @@ mod cold;
 mod docker_run;
 mod fleet;
 mod memory;
+mod oci;
 mod p3;
 mod scaling;
 mod stream;
@@ -39,6 +42,7 @@ pub use cold::{
 pub use docker_run::ContainerOutcome;
 pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label};
 pub use memory::memory;
+pub use oci::{oci, with_oci_table};
 pub use p3::{P3_IDLE_TIMEOUT, P3_MAX_CONCURRENT, P3_MAX_REQUESTS, p3};
 pub use scaling::scaling;
 pub use stream::streaming;
@@ -48,6 +52,7 @@ pub use wake::{wake, with_wake_table};
 
 use std::time::Duration;
 
+use crate::report::group_thousands;
 use crate::samples::Samples;
 use crate::servers::{Server, Spec};
 use crate::setup::Paths;
@@ -135,4 +140,24 @@ fn order<T>(items: &[T], round: usize) -> Vec<&T> {
         order.reverse();
     }
     order
+}
+
+/// Shared by the sections' own tables: a duration, a count, a sample's range.
+pub(super) fn ms(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.2} ms"),
+        _ => "–".into(),
+    }
+}
+
+pub(super) fn count(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => group_thousands(v.round() as i64),
+        _ => "–".into(),
+    }
+}
+
+pub(super) fn range(s: &Samples, metric: &str, server: &str) -> (Option<f64>, Option<f64>) {
+    let values = s.get(metric, server).unwrap_or_default().iter().copied().filter(|v| v.is_finite());
+    (values.clone().reduce(f64::min), values.reduce(f64::max))
 }

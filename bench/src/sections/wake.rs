@@ -22,7 +22,6 @@ use super::swap::upload_request;
 use super::throughput::closed_loop;
 use super::*;
 use crate::http1::{self, Client};
-use crate::report::group_thousands;
 use crate::wrk;
 
 /// Wake-ups per kind of connection (and as many idle periods without the freeze).
@@ -205,30 +204,11 @@ fn counter(metrics: &str, name: &str) -> Option<f64> {
     })
 }
 
-fn ms(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => format!("{v:.2} ms"),
-        _ => "–".into(),
-    }
-}
-
-fn count(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => group_thousands(v.round() as i64),
-        _ => "–".into(),
-    }
-}
-
 fn percent(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => format!("{:.1}%", a / b * 100.0),
         _ => "–".into(),
     }
-}
-
-fn range(s: &Samples, metric: &str, server: &str) -> (Option<f64>, Option<f64>) {
-    let values = s.get(metric, server).unwrap_or_default().iter().copied().filter(|v| v.is_finite());
-    (values.clone().reduce(f64::min), values.reduce(f64::max))
 }
 
 /// The section's table (empty when it did not run), placed before the report's targets.
