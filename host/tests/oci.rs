@@ -228,6 +228,9 @@ fn bearer_tokens_come_from_a_docker_config_or_the_metadata_server_and_are_reused
         let n = proxy.seen().len() - polls;
         if n >= 10 { Ok(()) } else { Err(format!("{n}")) }
     });
+    // An unchanged tag costs one `HEAD` of its manifest per poll, nothing else.
+    let idle: Vec<_> = proxy.seen().into_iter().skip(polls).collect();
+    assert!(idle.iter().all(|s| s.method == "HEAD" && s.path == "/v2/echo/manifests/v"), "{idle:?}");
     let tokens = registry.token_requests() - before;
     assert_eq!(tokens, 1, "one token, reused across the pull and every poll");
     assert!(
