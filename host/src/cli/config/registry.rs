@@ -93,10 +93,9 @@ impl RegistryArgs {
             Err(error) => return Err(error),
         };
         let tokens = match storage.metadata_host.as_deref() {
-            Some(host) => Some(Arc::new(TokenSource::new(
-                Credentials::MetadataServer { host: host.to_string() },
-                timeout,
-            )?)),
+            Some(host) => {
+                Some(TokenSource::shared(&Credentials::MetadataServer { host: host.to_string() }, timeout)?)
+            }
             None => None,
         };
         let google = self.google_registries.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());

@@ -1,7 +1,10 @@
-//! Credentials for Cloud Storage: none (an emulator), or the instance's service account through
-//! the metadata server, its access token cached and refreshed ahead of its expiry.
+//! Credentials for Cloud Storage (and Google's registries): none (an emulator), or the instance's
+//! service account through the metadata server, its access token cached and refreshed ahead of its
+//! expiry, one cache per metadata server in the process ([`TokenSource::shared`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -61,6 +64,22 @@ impl TokenSource {
             .build()
             .context("cannot build the metadata server client")?;
         Ok(Self { credentials, http, cached: tokio::sync::Mutex::new(None), fetched: AtomicU64::new(0) })
+    }
+
+    /// The process's one token source for `credentials`: the release store, a `gs://` source and
+    /// the registries' `oauth2accesstoken` logins share one cached token per metadata server.
+    pub fn shared(credentials: &Credentials, timeout: Duration) -> anyhow::Result<Arc<Self>> {
+        let Credentials::MetadataServer { host } = credentials else {
+            return Ok(Arc::new(Self::new(credentials.clone(), timeout)?));
+        };
+        static SOURCES: OnceLock<Mutex<HashMap<String, Arc<TokenSource>>>> = OnceLock::new();
+        let mut sources = SOURCES.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(source) = sources.get(host) {
+            return Ok(source.clone());
+        }
+        let source = Arc::new(Self::new(credentials.clone(), timeout)?);
+        sources.insert(host.clone(), source.clone());
+        Ok(source)
     }
 
     pub fn has_tokens(&self) -> bool {
@@ -167,5 +186,17 @@ mod tests {
         };
         assert!(short.fresh(now));
         assert!(!short.fresh(now + Duration::from_millis(2100)));
+    }
+
+    #[test]
+    fn one_token_source_per_metadata_server() {
+        let timeout = Duration::from_secs(5);
+        let server = |host: &str| Credentials::MetadataServer { host: host.into() };
+        let a = TokenSource::shared(&server("shared-test-a:1"), timeout).unwrap();
+        let again = TokenSource::shared(&server("shared-test-a:1"), timeout).unwrap();
+        let b = TokenSource::shared(&server("shared-test-b:1"), timeout).unwrap();
+        assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &b));
+        let none = TokenSource::shared(&Credentials::Anonymous, timeout).unwrap();
+        assert!(!none.has_tokens());
     }
 }

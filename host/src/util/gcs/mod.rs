@@ -108,7 +108,7 @@ const MAX_IDLE_CONNECTIONS: usize = 16;
 pub struct Gcs {
     http: reqwest::Client,
     endpoint: String,
-    auth: auth::TokenSource,
+    auth: std::sync::Arc<auth::TokenSource>,
 }
 
 impl Gcs {
@@ -122,7 +122,7 @@ impl Gcs {
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .build()
             .context("cannot build the Cloud Storage HTTP client")?;
-        let auth = auth::TokenSource::new(config.credentials.clone(), timeout)?;
+        let auth = auth::TokenSource::shared(&config.credentials, timeout)?;
         Ok(Self { http, endpoint: config.endpoint.trim_end_matches('/').to_string(), auth })
     }
 
