@@ -68,15 +68,20 @@ pub(super) fn parse_public_key(bytes: &[u8]) -> anyhow::Result<VerifyingKey> {
         Some(&WASMSIGN2_SECRET_KEY_ID) if bytes.len() == 65 => {
             bail!("found a wasmsign2 secret key: give its public key (`wasmsign2 keygen -K`) instead")
         }
+        // DER starts with 0x30 (a SEQUENCE), which is also `0`: base64 text may start with it.
         Some(0x30) => {
-            let key = wasmsign2::PublicKey::from_der(bytes).map_err(|_| {
-                anyhow::anyhow!("found {}, not an ed25519 public key in DER", describe(bytes))
-            })?;
-            return verifying_key(&key);
+            if let Ok(key) = wasmsign2::PublicKey::from_der(bytes) {
+                return verifying_key(&key);
+            }
         }
         _ => {}
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("found {}", describe(bytes)))?.trim();
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| match bytes.first() {
+            Some(0x30) => anyhow::anyhow!("found {}, not an ed25519 public key in DER", describe(bytes)),
+            _ => anyhow::anyhow!("found {}", describe(bytes)),
+        })?
+        .trim();
     if text.contains("PRIVATE KEY-----") {
         bail!("found a private key: give the public key (`KEY.pub`) instead");
     }
@@ -137,23 +142,26 @@ fn ssh_string<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 fn parse_private_key(bytes: &[u8]) -> anyhow::Result<SigningKey> {
-    let secret =
-        match bytes.first() {
-            Some(&WASMSIGN2_SECRET_KEY_ID) if bytes.len() == 65 => {
-                Some(wasmsign2::SecretKey::from_bytes(bytes).map_err(wasmsign2_error)?)
-            }
-            Some(&WASMSIGN2_PUBLIC_KEY_ID) if bytes.len() == 33 => {
-                bail!("found a wasmsign2 public key: signing needs the secret key (`wasmsign2 keygen -k`)")
-            }
-            Some(0x30) => Some(wasmsign2::SecretKey::from_der(bytes).map_err(|_| {
-                anyhow::anyhow!("found {}, not an ed25519 secret key in DER", describe(bytes))
-            })?),
-            _ => None,
-        };
+    let secret = match bytes.first() {
+        Some(&WASMSIGN2_SECRET_KEY_ID) if bytes.len() == 65 => {
+            Some(wasmsign2::SecretKey::from_bytes(bytes).map_err(wasmsign2_error)?)
+        }
+        Some(&WASMSIGN2_PUBLIC_KEY_ID) if bytes.len() == 33 => {
+            bail!("found a wasmsign2 public key: signing needs the secret key (`wasmsign2 keygen -k`)")
+        }
+        // DER starts with 0x30, which is also `0`: base64 text may start with it.
+        Some(0x30) => wasmsign2::SecretKey::from_der(bytes).ok(),
+        _ => None,
+    };
     if let Some(secret) = secret {
         return Ok(signing_key(&secret));
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("found {}", describe(bytes)))?.trim();
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| match bytes.first() {
+            Some(0x30) => anyhow::anyhow!("found {}, not an ed25519 secret key in DER", describe(bytes)),
+            _ => anyhow::anyhow!("found {}", describe(bytes)),
+        })?
+        .trim();
     if text.contains("OPENSSH PRIVATE KEY") || text.starts_with("ssh-") {
         bail!("found an OpenSSH key, which `echo-host sign` does not read: sign with `wasmsign2 sign --ssh`");
     }
@@ -201,6 +209,26 @@ mod tests {
     use super::*;
 
     /// A missing key file names the flag it was given with.
+    #[test]
+    fn base64_keys_that_start_with_a_zero_are_not_taken_for_der() {
+        // `0` is 0x30, DER's first byte: about one key in 64 from `echo-host keygen` starts so.
+        let (seed, key) = (0u8..=255)
+            .map(|n| [n; 32])
+            .map(|seed| (seed, SigningKey::from_bytes(&seed)))
+            .find(|(_, key)| BASE64.encode(key.verifying_key().as_bytes()).starts_with('0'))
+            .expect("a public key whose base64 starts with `0`");
+        let public = BASE64.encode(key.verifying_key().as_bytes()) + "\n";
+        assert_eq!(parse_public_key(public.as_bytes()).unwrap(), key.verifying_key());
+        let mut zero_seed = seed;
+        zero_seed[0] = 0xd0; // base64 `0…`
+        let private = BASE64.encode(zero_seed) + "\n";
+        assert!(private.starts_with('0'));
+        assert_eq!(parse_private_key(private.as_bytes()).unwrap().to_bytes(), zero_seed);
+        // Real DER that is not a key still says so.
+        let error = parse_public_key(&[0x30, 0x03, 0x02, 0x01, 0xff]).unwrap_err();
+        assert!(error.to_string().contains("DER"), "{error}");
+    }
+
     #[test]
     fn a_missing_key_names_its_flag() {
         let error = format!("{:#}", read_public_key(Path::new("/nonexistent/k.pub")).unwrap_err());
