@@ -272,7 +272,7 @@ async fn pins_and_signatures_gate_every_candidate() {
     let (status, body) =
         upload(&signed, misbehave.clone(), &[("echo-host-signature", misbehave_sig.trim())]).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serving_version(&signed).await, sha12(&misbehave));
+    assert_eq!(serving_version(&signed).await, sha12(&misbehave), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,10 @@ async fn run(gate: Arc<Gate>, path: PathBuf, config: WatchConfig, inotify: bool)
         tracing::info!(path = %path.display(), "watching the component file `{}` by polling every {:?}", path.display(), config.poll_interval);
         None
     };
-    let mut state = WatchState::default();
+    // The version loaded from this file at start: the first read finding it is not a change, even
+    // if an admin upload replaced the active version meanwhile.
+    let mut state =
+        WatchState { started_with: Some(gate.versions().active().sha256.clone()), ..Default::default() };
     loop {
         let next = round(&gate, &path, &sig_path, &config, &mut state).await;
         // Logged and counted by `submit`; a transient rejection stays pending.
@@ -140,6 +143,8 @@ struct WatchState {
     retries: Retries,
     /// The problem last logged at warn (missing file, unreadable), so it is logged once.
     problem: Option<String>,
+    /// The active version when watching began, until the first complete read.
+    started_with: Option<String>,
 }
 
 enum Next {
@@ -207,6 +212,11 @@ async fn check(
     state.last_seen = Some(before);
     state.retries.clear();
     let candidate = snapshot.candidate(path);
+    let started_with = state.started_with.take();
+    if started_with.as_deref() == Some(candidate.sha256()) {
+        tracing::debug!(path = %path.display(), "the component file holds the version the host started with");
+        return Ok(Next::Wait);
+    }
     if candidate.sha256() == gate.versions().active().sha256 {
         tracing::debug!(path = %path.display(), "the component file holds the active version");
         return Ok(Next::Wait);
