@@ -405,11 +405,20 @@ async fn url_source_swaps_with_conditional_requests_and_survives_a_misbehaving_s
         origin.set(&components.echo, None, mode);
         until(&format!("two {mode:?} answers"), || async { origin.with(|s| s.misbehaved) >= 2 }).await;
         assert_eq!(components.serving(&client, &server).await, Which::Misbehave, "{mode:?}");
+        // `info` names the failing polls while they last.
+        until(&format!("the {mode:?} failure in info"), || async {
+            info(&server).await["component"]["source_error"]["failures"].as_u64() >= Some(1)
+        })
+        .await;
         // Back to the active bytes: the validators from the last good fetch still give 304s.
         let seen = origin.with(|s| s.not_modified);
         origin.set(&components.misbehave, None, Mode::Normal);
         until(&format!("a 304 after {mode:?}"), || async { origin.with(|s| s.not_modified) > seen }).await;
         assert_eq!(components.serving(&client, &server).await, Which::Misbehave, "{mode:?}");
+        until(&format!("info's source_error cleared after {mode:?}"), || async {
+            info(&server).await["component"]["source_error"].is_null()
+        })
+        .await;
     }
     load.finish().await;
     // Failed fetches never reached the gate (a truncated body included), and each was counted.
