@@ -25,12 +25,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     );
     let client = client(Duration::from_secs(300))?;
     let request = component.attach(client.put(&endpoint).bearer_auth(&token));
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach `{endpoint}`: is echo-host running at that URL?"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let (status, body) = send(request, &endpoint).await?;
     if !status.is_success() {
         print_json(&body);
         return Err(host_error(status, &body, &endpoint));
@@ -147,16 +142,23 @@ async fn read_fleet(client: &reqwest::Client, url: &str, token: &str) -> anyhow:
     get_json(client, &endpoint, token).await
 }
 
-/// `GET endpoint` with the admin token: its JSON, or an error naming the host's answer.
-pub(crate) async fn get_json(client: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<Value> {
-    let response = client
-        .get(endpoint)
-        .bearer_auth(token)
+/// Sends an admin request to `endpoint`: the status and body of the host's answer, or an error
+/// asking whether echo-host runs there.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    endpoint: &str,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach `{endpoint}`: is echo-host running at that URL?"))?;
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    Ok((status, response.text().await.unwrap_or_default()))
+}
+
+/// `GET endpoint` with the admin token: its JSON, or an error naming the host's answer.
+pub(crate) async fn get_json(client: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<Value> {
+    let (status, body) = send(client.get(endpoint).bearer_auth(token), endpoint).await?;
     if !status.is_success() {
         return Err(host_error(status, &body, endpoint));
     }

@@ -13,7 +13,7 @@ use crate::cli::config::{
     ReleaseArgs, ReleaseCommand, ReleaseHostArgs, ReleasePromoteArgs, ReleaseStartArgs,
 };
 use crate::cli::push::{
-    Component, client, columns, get_json, host_error, print_json, read_token, short, text,
+    Component, client, columns, get_json, host_error, print_json, read_token, send, short, text,
 };
 use crate::cli::release_summary::{Action, summary};
 use crate::versions::Weight;
@@ -117,12 +117,7 @@ async fn answer(
     action: Action,
     json: bool,
 ) -> anyhow::Result<()> {
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach `{endpoint}`: is echo-host running at that URL?"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let (status, body) = send(request, endpoint).await?;
     if !status.is_success() {
         print_json(&body);
         return Err(host_error(status, &body, endpoint));
