@@ -122,6 +122,8 @@ pub struct Needs {
     pub wrk: bool,
     /// fake-gcs-server: the fleet, canary and wake sections.
     pub fake_gcs: bool,
+    /// valgrind (callgrind) and strace: the counts section.
+    pub counters: bool,
 }
 
 impl Needs {
@@ -133,6 +135,7 @@ impl Needs {
             flask: sections.iter().any(|s| s == "throughput" || s == "cold"),
             wrk: peers || sections.iter().any(|s| s == "canary" || s == "wake"),
             fake_gcs: sections.iter().any(|s| ["fleet", "canary", "wake"].contains(&s.as_str())),
+            counters: sections.iter().any(|s| s == "counts"),
         }
     }
 }
@@ -182,7 +185,26 @@ pub fn prepare(paths: &mut Paths, build: bool, needs: Needs) -> anyhow::Result<(
     if needs.fake_gcs {
         ensure_fake_gcs(paths)?;
     }
+    if needs.counters {
+        ensure_debian_tool("valgrind", "valgrind")?;
+        ensure_debian_tool("callgrind_control", "valgrind")?;
+        ensure_debian_tool("strace", "strace")?;
+    }
     Ok(())
+}
+
+/// Installs Debian's `package` when `program` is not on the `PATH`.
+fn ensure_debian_tool(program: &str, package: &str) -> anyhow::Result<()> {
+    let found = Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if found.is_ok() {
+        return Ok(());
+    }
+    progress(&format!("installing {package}: apt-get update && apt-get install -y {package}"));
+    run(Command::new("apt-get").arg("update").stdout(Stdio::null()), "apt-get update")?;
+    run(
+        Command::new("apt-get").args(["install", "-y", package]).stdout(Stdio::null()),
+        &format!("apt-get install {package}"),
+    )
 }
 
 fn ensure_wasmtime(paths: &Paths) -> anyhow::Result<()> {

@@ -16,11 +16,14 @@
 //!   every instance of a fleet back on stable.
 //! - [`oci`]: three instances following one tag in a registry on loopback: tag moved, until
 //!   every one serves it; a 10 MiB component's start-up pulled by digest against from a file.
+//! - [`counts`]: instructions, allocations (callgrind) and syscalls (strace) per GET, counts
+//!   that do not drift, for echo-host and its peers.
 //! - [`wake`]: the first request's added latency after a frozen instance on a store wakes up
 //!   (bounded staleness), and the staleness check's cost on a busy instance.
 
 mod canary;
 mod cold;
+mod counts;
 mod docker_run;
 mod fleet;
 mod memory;
@@ -39,6 +42,7 @@ pub use canary::{
 pub use cold::{
     COLD_CONTAINER, COLD_CWASM, COLD_WASM, COLD_WASMTIME_CACHE, COLD_WASMTIME_NOCACHE, cold_start,
 };
+pub use counts::{counts, with_counts_table};
 pub use docker_run::ContainerOutcome;
 pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label};
 pub use memory::memory;
