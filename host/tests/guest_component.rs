@@ -9,6 +9,8 @@ use std::process::Command;
 
 use wasmparser::{Parser, Payload};
 
+use crate::util;
+
 /// Built by `host/build.rs` (`--profile guest-release`).
 const ECHO_GUEST_WASM: &str = env!("ECHO_GUEST_WASM");
 /// The p3 echo, also built by `host/build.rs`.
@@ -130,6 +132,25 @@ fn import_check_flags_imports_outside_the_proxy_world() {
     }
 }
 
+/// p2 components run on the engine without component-model concurrency (`Flavor::P2`, no guest
+/// task per host call: 12% fewer instructions per request, README "Benchmarks"); p3 components
+/// and anything unrecognised on the other.
+#[test]
+fn each_world_is_sent_to_its_engine() {
+    use echo_host::engine::runtime::Flavor;
+    for (wasm, flavor) in [
+        (util::echo_wasm(), Flavor::P2),
+        (util::misbehave_wasm(), Flavor::P2),
+        (util::echo_p3_wasm(), Flavor::P3),
+        (util::misbehave_p3_wasm(), Flavor::P3),
+    ] {
+        assert_eq!(Flavor::of(&read(wasm)), flavor, "{}", wasm.display());
+    }
+    assert_eq!(Flavor::of(b"not wasm"), Flavor::P3);
+    // A core module exporting the name is not a p2 component.
+    assert_eq!(Flavor::of(b"\0asm\x01\0\0\0"), Flavor::P3);
+}
+
 #[test]
 fn echo_guest_is_small() {
     let size = std::fs::metadata(ECHO_GUEST_WASM)
@@ -214,7 +235,7 @@ fn component_imports(wasm: &[u8]) -> Vec<String> {
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentImportSection(section) if depth == 0 => {
                 for import in section {
-                    imports.push(import.expect("malformed import").name.0.to_string());
+                    imports.push(import.expect("malformed import").name.name.to_string());
                 }
             }
             _ => {}

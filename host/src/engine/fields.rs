@@ -10,6 +10,7 @@ use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi_http::{FieldMap, WasiHttpView};
 
 use crate::engine::header_budget::ENTRY_OVERHEAD;
+use crate::engine::runtime::Flavor;
 use crate::engine::state::RequestState;
 
 /// wasi:http 0.2 as wasmtime's wasi-http links it (older 0.2 imports resolve to it).
@@ -26,11 +27,14 @@ fn clone_cost(state: &mut RequestState, fields: &Resource<FieldMap>) -> wasmtime
     }))
 }
 
-/// Replaces the `fields` functions of both wasi:http worlds with budgeted ones. Call after
+/// Replaces the `fields` functions of `flavor`'s wasi:http worlds with budgeted ones. Call after
 /// wasi-http's own `add_to_linker`s.
-pub fn add_to_linker(linker: &mut Linker<RequestState>) -> anyhow::Result<()> {
+pub fn add_to_linker(linker: &mut Linker<RequestState>, flavor: Flavor) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
-    let result = add_p2(linker).and_then(|()| add_p3(linker));
+    let result = match flavor {
+        Flavor::P2 => add_p2(linker),
+        Flavor::P3 => add_p2(linker).and_then(|()| add_p3(linker)),
+    };
     linker.allow_shadowing(false);
     result.map_err(anyhow::Error::from).context("failed to add the guest header budget to the linker")
 }

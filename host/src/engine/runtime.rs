@@ -76,17 +76,60 @@ pub enum World {
     P3(ServicePre<RequestState>),
 }
 
-/// The engine, linker and guest settings shared by every request and every component version.
+/// Which engine a component runs on. wasmtime's component-model concurrency (async functions,
+/// streams, futures) is what a p3 component needs, and for a p2 component it only costs: every
+/// host call goes through the async path (a guest task made and dropped per call). So p2
+/// components get an engine without it, and each flavor its own linker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `wasi:http/proxy@0.2` components: no component-model concurrency.
+    P2,
+    /// `wasi:http/service@0.3` components, and anything that is not a p2 component (the
+    /// engine that accepts every feature gives the clearest refusal).
+    P3,
+}
+
+/// The export that makes a component p2 (any 0.2 patch version).
+const P2_HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
+
+impl Flavor {
+    /// The engine `bytes` (a component, not yet validated) should compile on: [`Flavor::P2`]
+    /// when it exports `wasi:http/incoming-handler@0.2.*`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut depth = 0usize;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            match payload {
+                Ok(wasmparser::Payload::Version { .. }) => depth += 1,
+                Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+                Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 1 => {
+                    let p2 =
+                        exports.into_iter().flatten().any(|e| e.name.name.starts_with(P2_HANDLER_EXPORT));
+                    if p2 {
+                        return Self::P2;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Self::P3
+    }
+}
+
+/// The engines, linkers and guest settings shared by every request and every component version.
 pub struct Runtime {
-    linker: Linker<RequestState>,
+    p2_linker: Linker<RequestState>,
+    p3_linker: Linker<RequestState>,
     stores: Arc<Stores>,
     _epoch_ticker: EpochTicker,
 }
 
-/// Makes the stores instances run in: the engine and what every guest gets (limits, environment,
-/// log, outbound rules). Shared with the reused-instance pools, which make stores of their own.
+/// Makes the stores instances run in: the engines and what every guest gets (limits,
+/// environment, log, outbound rules). Shared with the reused-instance pools, which make stores
+/// of their own.
 pub struct Stores {
-    engine: Engine,
+    p2: Engine,
+    p3: Engine,
     config: RuntimeConfig,
     outbound: Arc<[OutboundRule]>,
 }
@@ -121,15 +164,19 @@ pub fn portable_code(config: &mut Config) {
     let _ = config;
 }
 
-/// The `Config` both `serve` and `compile` use: precompiled components only load into an engine
-/// built from the same settings, so there must be exactly one place that makes it.
-pub fn engine_config(limits: &Limits) -> anyhow::Result<Config> {
+/// The `Config` both `serve` and `compile` use for `flavor`: precompiled components only load
+/// into an engine built from the same settings, so there must be exactly one place that makes it.
+pub fn engine_config(limits: &Limits, flavor: Flavor) -> anyhow::Result<Config> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.max_wasm_stack(DEFAULT_MAX_WASM_STACK);
     config.memory_init_cow(true);
-    // WASI 0.3 (`wasi:http/service`): async component functions, streams and futures.
-    config.wasm_component_model_async(true);
+    match flavor {
+        // No guest task per host call: measured below in the README's "Benchmarks".
+        Flavor::P2 => config.concurrency_support(false),
+        // WASI 0.3 (`wasi:http/service`): async component functions, streams and futures.
+        Flavor::P3 => config.wasm_component_model_async(true),
+    };
     config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
     // Bounds checks in code, no guard pages: with signal-based traps and guard pages, every
     // instantiation re-protects (mprotect) the pages the previous request grew, and a slot's
@@ -166,40 +213,33 @@ pub fn engine_config(limits: &Limits) -> anyhow::Result<Config> {
         .table_keep_resident(64 * 1024)
         .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Reserve a slot's `--max-memory`, not wasmtime's default 4 GiB per memory: the code checks
+    // bounds explicitly (no guard region to reserve), and a memory never outgrows the limit. The
+    // pool then takes `--max-memory` of address space per memory slot instead of 4 GiB, which
+    // also lets the host start under valgrind.
+    config.memory_reservation(limits.max_memory_bytes);
     Ok(config)
 }
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config.limits)?)
-            .map_err(anyhow::Error::from)
-            .context("failed to create the wasm engine")?;
-        let mut linker = Linker::new(&engine);
-        // Full WASI p2 so components built with std (which import `wasi:cli/environment`,
-        // `wasi:filesystem`, ...) link; the context below grants no preopens and no sockets.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("failed to add WASI to the linker")?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("failed to add wasi:http to the linker")?;
-        // And WASI 0.3 for `wasi:http/service` components, with the same grants.
-        wasmtime_wasi::p3::add_to_linker(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("failed to add WASI 0.3 to the linker")?;
-        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("failed to add wasi:http 0.3 to the linker")?;
-        fields::add_to_linker(&mut linker)?;
+        let engine = |flavor: Flavor| -> anyhow::Result<Engine> {
+            Engine::new(&engine_config(&config.limits, flavor)?)
+                .map_err(anyhow::Error::from)
+                .context("failed to create the wasm engine")
+        };
+        let (p2, p3) = (engine(Flavor::P2)?, engine(Flavor::P3)?);
         Ok(Self {
-            _epoch_ticker: EpochTicker::start(engine.clone()),
-            linker,
-            stores: Arc::new(Stores { outbound: config.allow_outbound.clone().into(), engine, config }),
+            _epoch_ticker: EpochTicker::start(vec![p2.clone(), p3.clone()]),
+            p2_linker: linker(&p2, Flavor::P2)?,
+            p3_linker: linker(&p3, Flavor::P3)?,
+            stores: Arc::new(Stores { outbound: config.allow_outbound.clone().into(), p2, p3, config }),
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.stores.engine
+    /// The engine of `flavor`.
+    pub fn engine(&self, flavor: Flavor) -> &Engine {
+        self.stores.engine(flavor)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -224,7 +264,13 @@ impl Runtime {
         if !is_component(bytes) {
             bail!("not a wasm component (no `\\0asm` component header)");
         }
-        let component = Component::new(self.engine(), bytes).map_err(anyhow::Error::from);
+        // A p2 component that uses component-model concurrency anyway needs the p3 engine.
+        let component = match Flavor::of(bytes) {
+            Flavor::P2 => Component::new(self.engine(Flavor::P2), bytes)
+                .or_else(|_| Component::new(self.engine(Flavor::P3), bytes)),
+            Flavor::P3 => Component::new(self.engine(Flavor::P3), bytes),
+        }
+        .map_err(anyhow::Error::from);
         release_free_heap();
         component.map_err(|e| explain_memory_floor(e, self.limits().max_memory_bytes))
     }
@@ -235,16 +281,24 @@ impl Runtime {
     /// The bytes are native code that runs unchecked: they must come from a trusted build of
     /// this same host (see `--allow-precompiled`).
     pub unsafe fn deserialize(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        // SAFETY: the caller vouches for the bytes; wasmtime checks the engine compatibility.
-        let component = unsafe { Component::deserialize(self.engine(), bytes) };
+        // SAFETY: the caller vouches for the bytes; wasmtime checks the engine compatibility
+        // (a `.cwasm` names no flavor: the one whose settings it was made with accepts it).
+        let component = unsafe {
+            Component::deserialize(self.engine(Flavor::P2), bytes)
+                .or_else(|_| Component::deserialize(self.engine(Flavor::P3), bytes))
+        };
         component.map_err(|e| explain_memory_floor(e.into(), self.limits().max_memory_bytes))
     }
 
     /// Links a component against the host's imports and finds which wasi:http world it serves:
     /// it exports `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`.
     pub fn pre_instantiate(&self, component: &Component) -> anyhow::Result<World> {
-        let pre = self
-            .linker
+        let linker = if Engine::same(component.engine(), self.engine(Flavor::P2)) {
+            &self.p2_linker
+        } else {
+            &self.p3_linker
+        };
+        let pre = linker
             .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .context("the component imports something this host does not provide")?;
@@ -275,7 +329,7 @@ impl Stores {
     /// A store for one request's fresh instance: yields to the executor at each epoch tick and
     /// traps once `stop` is past.
     pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
-        let mut store = self.store(request_id);
+        let mut store = self.store(Flavor::P2, request_id);
         // Each tick, give the thread back to the executor; past the stop, trap.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -284,22 +338,25 @@ impl Stores {
         store
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub fn engine(&self, flavor: Flavor) -> &Engine {
+        match flavor {
+            Flavor::P2 => &self.p2,
+            Flavor::P3 => &self.p3,
+        }
     }
 
     /// A store for a reused (p3) instance, named `label` in the guest's log lines: its guest
     /// gives the thread back every epoch tick and is never interrupted by the epoch; the pool
     /// retires an instance that overstays (see `reuse`).
     pub fn reused_store(&self, label: &str) -> Store<RequestState> {
-        let mut store = self.store(label);
+        let mut store = self.store(Flavor::P3, label);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store
     }
 
     /// A store with the guest's limits, environment, log and outbound rules.
-    fn store(&self, label: &str) -> Store<RequestState> {
+    fn store(&self, flavor: Flavor, label: &str) -> Store<RequestState> {
         let limits = &self.config.limits;
         let guest = &limits.guest;
         let log_budget = LogBudget::new(label, guest.max_log_lines, guest.max_log_bytes);
@@ -327,10 +384,33 @@ impl Stores {
                 .build(),
             outbound: OutboundPolicy::new(self.outbound.clone(), label),
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(self.engine(flavor), state);
         store.limiter(|state| &mut state.limits);
         store
     }
+}
+
+/// `flavor`'s linker: full WASI p2 (components built with std import `wasi:cli/environment`,
+/// `wasi:filesystem`, ...; the context grants no preopens and no sockets) and wasi:http, and for
+/// p3 WASI 0.3 and its wasi:http with the same grants.
+fn linker(engine: &Engine, flavor: Flavor) -> anyhow::Result<Linker<RequestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("failed to add WASI to the linker")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("failed to add wasi:http to the linker")?;
+    if flavor == Flavor::P3 {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add WASI 0.3 to the linker")?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to add wasi:http 0.3 to the linker")?;
+    }
+    fields::add_to_linker(&mut linker, flavor)?;
+    Ok(linker)
 }
 
 /// Hands the heap memory a compile freed back to the OS. glibc keeps it in the arenas of the
@@ -363,13 +443,13 @@ pub fn is_component(bytes: &[u8]) -> bool {
     bytes.starts_with(&COMPONENT_HEADER)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread until dropped.
+/// Advances the engines' epochs every [`EPOCH_TICK`] on its own thread until dropped.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
@@ -377,7 +457,7 @@ impl EpochTicker {
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    engines.iter().for_each(Engine::increment_epoch);
                 }
             })
             .expect("failed to spawn the epoch thread");
