@@ -25,6 +25,9 @@ mod hostile;
 mod unread;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
+// Every guest failure is one ERROR log line naming its cause: trap, no response, deadline, memory,
+// error code, in both worlds.
+mod failure_logs;
 // Guest resource limits: resource-table entries, header bytes, log lines, in both worlds.
 mod guest_limits;
 // echo-host and `wasmtime serve` on the same component: same status, type and body.

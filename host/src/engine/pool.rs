@@ -11,11 +11,12 @@
 //! dropped by the pool.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
@@ -24,6 +25,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
+use crate::engine::memory::MemoryWatch;
 use crate::engine::runtime::{RequestState, Reuse, Stores};
 use crate::engine::stop::StopSignal;
 
@@ -32,6 +34,40 @@ use crate::engine::stop::StopSignal;
 pub trait PoolRequest: Send + Sync + 'static {
     fn id(&self) -> &str;
     fn stop(&self) -> &Arc<StopSignal>;
+    /// The instance that takes the request: what its memories reach, and why it failed.
+    fn on_instance(&self, instance: &Arc<InstanceRecord>);
+}
+
+/// What the requests of one reused instance may learn of it: its memories, and the error it
+/// ended with when it failed. A trap ends every request on the instance with wasmtime's
+/// `TrapOrPanicError` (no cause), and the instance's own error arrives just after.
+pub struct InstanceRecord {
+    pub memory: Arc<MemoryWatch>,
+    failure: OnceLock<String>,
+    failed: Notify,
+}
+
+impl InstanceRecord {
+    fn new(memory: Arc<MemoryWatch>) -> Self {
+        Self { memory, failure: OnceLock::new(), failed: Notify::new() }
+    }
+
+    /// The error the instance failed with, waiting up to `patience` for it to be reported.
+    pub async fn failure(&self, patience: Duration) -> Option<String> {
+        let reported = self.failed.notified();
+        tokio::pin!(reported);
+        reported.as_mut().enable();
+        if let Some(failure) = self.failure.get() {
+            return Some(failure.clone());
+        }
+        let _ = tokio::time::timeout(patience, reported).await;
+        self.failure.get().cloned()
+    }
+
+    fn failed(&self, error: &wasmtime::Error) {
+        let _ = self.failure.set(format!("{error:#}"));
+        self.failed.notify_waiters();
+    }
 }
 
 /// A request as the pool holds it.
@@ -92,6 +128,7 @@ impl HandlerState for PoolState {
         let service = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
             .await
             .map_err(|_| wasmtime::format_err!("the instance did not start within {:?}", self.timeout))??;
+        let record = Arc::new(InstanceRecord::new(store.data().memory().clone()));
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),
@@ -101,7 +138,7 @@ impl HandlerState for PoolState {
                 busy_timeout: self.timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
             },
-            state: InstancePolicy { label, reuse: self.reuse },
+            state: InstancePolicy { label, reuse: self.reuse, record },
         })
     }
 }
@@ -133,6 +170,7 @@ impl WorkerExpiration for Expiry {
 struct InstancePolicy {
     label: String,
     reuse: Reuse,
+    record: Arc<InstanceRecord>,
 }
 
 impl WorkerState for InstancePolicy {
@@ -156,6 +194,7 @@ impl WorkerState for InstancePolicy {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().start_request();
+        caller.on_instance(&self.record);
         tracing::debug!(request_id = %caller.id(), instance = %self.label, "request passed to a reused instance");
         let stop = caller.stop().clone();
         Box::pin(async move { stop.reached().await })
@@ -170,6 +209,7 @@ impl WorkerState for InstancePolicy {
                 tracing::debug!(instance = %self.label, "reused instance dropped with its runtime")
             }
             Err(error) => {
+                self.record.failed(&error);
                 tracing::warn!(instance = %self.label, error = format!("{error:#}"), "reused instance retired after a failure")
             }
         }

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use wasmtime::UpdateDeadline;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -19,6 +19,7 @@ use crate::engine::fields;
 use crate::engine::guest_log::{GuestLog, LogBudget};
 use crate::engine::header_budget::HeaderBudget;
 use crate::engine::limits::Limits;
+use crate::engine::memory::MemoryLimiter;
 use crate::engine::outbound::OutboundPolicy;
 use crate::engine::outbound::OutboundRule;
 pub use crate::engine::state::RequestState;
@@ -322,13 +323,11 @@ impl Stores {
             table,
             header_budget: HeaderBudget::new(guest.header_bytes()),
             log_budget,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
-                .build(),
+            memory: MemoryLimiter::new(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX)),
             outbound: OutboundPolicy::new(self.outbound.clone(), label),
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.memory);
         store
     }
 }

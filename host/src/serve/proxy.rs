@@ -90,7 +90,7 @@ where
             .and_then(|incoming| Ok((incoming, http.new_response_outparam(sender)?)))
     };
     let (incoming, outparam) = resources.map_err(|error| {
-        tracing::error!(request_id = %exchange.ctx.id, error = format!("{error:#}"), "cannot pass the request to the component");
+        exchange.guest_failed(format!("the host could not pass the request to the component: {error:#}"));
         exchange.fault(Outcome::Trapped);
         Outcome::Trapped
     })?;
@@ -107,7 +107,7 @@ where
     match response {
         Ok(Ok(response)) => peek_first_frame(exchange, response).await,
         Ok(Err(code)) => {
-            tracing::error!(request_id = %exchange.ctx.id, error_code = ?code, "the component answered with an error code");
+            exchange.guest_failed(format!("the component answered with error code `{code:?}`"));
             Err(decided(exchange, Outcome::ErrorCode))
         }
         // The outparam was dropped with the store: the guest ended without a response.
@@ -128,7 +128,8 @@ async fn guest_task(
     outparam: Resource<HostResponseOutparam>,
 ) {
     let mut supervising = true;
-    let end = {
+    // `None`: stopped while it waited.
+    let result = {
         let guest = async {
             let instantiating = tokio::time::Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -139,23 +140,32 @@ async fn guest_task(
         loop {
             tokio::select! {
                 biased;
-                result = &mut guest => break match result {
-                    Ok(()) => GuestEnd::Returned,
-                    Err(_) if exchange.stop.interrupted() => stopped(&exchange),
-                    Err(error) => {
-                        exchange.serving().metrics.traps.inc();
-                        tracing::error!(request_id = %exchange.ctx.id, error = format!("{error:#}"), "the component failed");
-                        GuestEnd::Trapped
-                    }
-                },
+                result = &mut guest => break Some(result),
                 // A guest waiting (on a body, a timer, an outbound request) past its stop; the
                 // epoch callback stops one that computes.
-                () = exchange.stop.reached() => break stopped(&exchange),
+                () = exchange.stop.reached() => break None,
                 () = exchange.supervise(), if supervising => supervising = false,
             }
         }
     };
+    let end = match result {
+        Some(Ok(())) => GuestEnd::Returned,
+        Some(Err(error)) if !exchange.stop.interrupted() => {
+            exchange.serving().metrics.traps.inc();
+            exchange.guest_failed(exchange.cause_of(
+                "the component trapped",
+                &error,
+                Some(store.data().memory().as_ref()),
+            ));
+            GuestEnd::Trapped
+        }
+        Some(Err(_)) | None => stopped(&exchange),
+    };
     match end {
+        // The request's ERROR line says so when the deadline ended the request itself.
+        GuestEnd::TimedOut if exchange.outcome() == Some(Outcome::TimedOut) => {
+            tracing::debug!(request_id = %exchange.ctx.id, "the component was stopped at the request deadline")
+        }
         GuestEnd::TimedOut => {
             tracing::warn!(request_id = %exchange.ctx.id, "the component was stopped at the request deadline")
         }
@@ -198,11 +208,15 @@ pub async fn probe(
     match result {
         Ok((response, _)) => Ok(response.status()),
         Err(Outcome::TimedOut) => anyhow::bail!("no response within {:?}", probe.timeout),
-        Err(Outcome::Trapped) => {
-            anyhow::bail!("the component failed (see the log line of request `{}`)", exchange.ctx.id)
-        }
+        Err(Outcome::Trapped) => match exchange.failure_cause() {
+            Some(cause) => anyhow::bail!("{cause}"),
+            None => anyhow::bail!("the component failed"),
+        },
         Err(Outcome::NeverResponded) => anyhow::bail!("the component returned without a response"),
-        Err(Outcome::ErrorCode) => anyhow::bail!("the component answered with an error code"),
+        Err(Outcome::ErrorCode) => match exchange.failure_cause() {
+            Some(cause) => anyhow::bail!("{cause}"),
+            None => anyhow::bail!("the component answered with an error code"),
+        },
         Err(other) => anyhow::bail!("the probe ended with `{}`", other.name()),
     }
 }

@@ -210,6 +210,10 @@ impl Body for ExchangeBody {
                     Some(GuestEnd::TimedOut) => Outcome::TimedOut,
                     _ => Outcome::Trapped,
                 };
+                if outcome == Outcome::Trapped {
+                    let what = "the component's response body failed";
+                    this.exchange.guest_failed(this.exchange.cause_of(what, &error, None));
+                }
                 let cut = this.cut(outcome);
                 Poll::Ready(Some(Err(error.context(cut))))
             }

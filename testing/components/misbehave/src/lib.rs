@@ -17,6 +17,7 @@
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
 //! | `/recurse` | unbounded recursion: a stack overflow trap |
 //! | `/never-respond` | returns without ever setting a response |
+//! | `/error-code` | sets the response to the error code `internal-error("misbehave: deliberate error code")` |
 //! | `/set-twice` | sets a response (200, nothing written yet), then sets the same outparam again: traps |
 //! | `/sleep?ms=N` | waits N ms on a monotonic-clock pollable, then 200 `slept N ms` |
 //! | `/stream?chunks=N&ms=M` | 200 at once, then lines `chunk 0\n` .. `chunk N-1\n`, one every M ms (defaults 5, 100) |
@@ -40,8 +41,8 @@ use exports::wasi::http::incoming_handler::Guest;
 use wasi::clocks::monotonic_clock;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
-    ResponseOutparam, Scheme,
+    ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
+    OutgoingResponse, ResponseOutparam, Scheme,
 };
 use wasi::io::streams::{OutputStream, StreamError};
 
@@ -94,6 +95,10 @@ impl Guest for Misbehave {
             }
             // Dropping the outparam unset is exactly the misbehaviour: the host must answer by itself.
             "/never-respond" => drop(out),
+            "/error-code" => ResponseOutparam::set(
+                out,
+                Err(ErrorCode::InternalError(Some("misbehave: deliberate error code".into()))),
+            ),
             "/set-twice" => set_twice(out),
             "/stream" => match (number(query, "chunks", 5), number(query, "ms", 100)) {
                 (Ok(chunks), Ok(ms)) => stream(out, chunks, ms),
