@@ -65,6 +65,8 @@ mod p3;
 mod hardening;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.
 mod rollout;
+// A canary judged on latency: a slow one rolled back fleet-wide, one as slow as stable promoted.
+mod rollout_latency;
 // The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
 mod fuzz_corpus;
 // The OCI registry harness (distribution 2.8, oras pushes, the Bearer token flow) proves itself.
