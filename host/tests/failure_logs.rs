@@ -146,7 +146,12 @@ fn check(component: &std::path::Path, cases: &[Case], ok_path: &str) {
     for (id, case) in &failed {
         let mine: Vec<&&Value> = errors.iter().filter(|l| l["request_id"] == id.as_str()).collect();
         let all: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == id.as_str()).collect();
-        assert_eq!(mine.len(), 1, "{}: one ERROR line for request {id}, got {mine:?}; its lines: {all:?}", case.path);
+        assert_eq!(
+            mine.len(),
+            1,
+            "{}: one ERROR line for request {id}, got {mine:?}; its lines: {all:?}",
+            case.path
+        );
         let line = mine[0];
         eprintln!("{}: {}", case.path, line["message"]);
         assert_eq!(line["outcome"], case.outcome, "{}: {line}", case.path);

@@ -67,6 +67,8 @@ mod hardening;
 mod rollout;
 // A canary judged on latency: a slow one rolled back fleet-wide, one as slow as stable promoted.
 mod rollout_latency;
+// What a version costs: guest CPU per request, instantiation, peak memory, p2 and p3.
+mod version_cost;
 // The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
 mod fuzz_corpus;
 // The OCI registry harness (distribution 2.8, oras pushes, the Bearer token flow) proves itself.

@@ -112,6 +112,7 @@ fn version_row(
         },
         "totals": totals,
         "fleet": fleet.get(component.version()).copied().unwrap_or(totals),
+        "cost": component.cost.summary(),
     })
 }
 

@@ -276,6 +276,9 @@ fn versions_table(view: &Value) -> String {
         "WEIGHT",
         "WINDOW-FAILED",
         "WINDOW-P95",
+        "CPU/REQ",
+        "INSTANTIATE",
+        "MEMORY",
         "TOTAL-FAILED",
         "5XX/TRAPS/TIMEOUTS",
         "FLEET-FAILED",
@@ -289,6 +292,11 @@ fn versions_table(view: &Value) -> String {
             percent(&v["weight"]),
             failed(window["failures"].as_u64(), window["requests"].as_u64()),
             window["p95_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+            v["cost"]["cpu_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+            v["cost"]["instantiation_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+            v["cost"]["memory_bytes"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), crate::util::units::format_size),
             failed(failures(&v["totals"]), v["totals"]["requests"].as_u64()),
             kinds(&v["totals"]),
             failed(failures(&v["fleet"]), v["fleet"]["requests"].as_u64()),

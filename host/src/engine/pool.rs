@@ -70,6 +70,14 @@ impl InstanceRecord {
     }
 }
 
+/// Where a pool reports what its instances cost: the version's histograms.
+pub trait InstanceCost: Send + Sync + 'static {
+    /// An instance started in `seconds`.
+    fn instantiated(&self, seconds: f64);
+    /// An instance was retired having reached `peak_bytes` of linear memory.
+    fn retired(&self, peak_bytes: usize);
+}
+
 /// A request as the pool holds it.
 pub type Caller = Arc<dyn PoolRequest>;
 
@@ -84,8 +92,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(pre: ServicePre<RequestState>, stores: Arc<Stores>, reuse: Reuse, timeout: Duration) -> Self {
-        let state = PoolState { pre, stores, reuse, timeout, next_instance: AtomicU64::new(0) };
+    pub fn new(
+        pre: ServicePre<RequestState>,
+        stores: Arc<Stores>,
+        reuse: Reuse,
+        timeout: Duration,
+        cost: Arc<dyn InstanceCost>,
+    ) -> Self {
+        let state = PoolState { pre, stores, reuse, timeout, cost, next_instance: AtomicU64::new(0) };
         Self { handler: ProxyHandler::new(state) }
     }
 
@@ -112,6 +126,7 @@ struct PoolState {
     /// `--request-timeout`: how long an instance may work on its newest request, or on what it
     /// does after its last response, before it is dropped.
     timeout: Duration,
+    cost: Arc<dyn InstanceCost>,
     next_instance: AtomicU64,
 }
 
@@ -124,10 +139,12 @@ impl HandlerState for PoolState {
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let label = format!("instance-{id}");
         let mut store = self.stores.reused_store(&label);
+        let started = Instant::now();
         // The epoch only makes the guest yield: bound a start-up that never ends here.
         let service = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
             .await
             .map_err(|_| wasmtime::format_err!("the instance did not start within {:?}", self.timeout))??;
+        self.cost.instantiated(started.elapsed().as_secs_f64());
         let record = Arc::new(InstanceRecord::new(store.data().memory().clone()));
         Ok(Instance {
             store,
@@ -138,7 +155,7 @@ impl HandlerState for PoolState {
                 busy_timeout: self.timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
             },
-            state: InstancePolicy { label, reuse: self.reuse, record },
+            state: InstancePolicy { label, reuse: self.reuse, record, cost: self.cost.clone() },
         })
     }
 }
@@ -171,6 +188,7 @@ struct InstancePolicy {
     label: String,
     reuse: Reuse,
     record: Arc<InstanceRecord>,
+    cost: Arc<dyn InstanceCost>,
 }
 
 impl WorkerState for InstancePolicy {
@@ -201,6 +219,7 @@ impl WorkerState for InstancePolicy {
     }
 
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
+        self.cost.retired(store.data().memory().peak_bytes());
         match result {
             Ok(()) => tracing::debug!(instance = %self.label, "reused instance retired"),
             // What wasmtime reports when the instance's task is dropped rather than ended: the

@@ -21,6 +21,8 @@ use crate::engine::runtime::RequestState;
 use crate::serve::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseBody};
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::serve::serving::Serving;
+use crate::util::timed::Timed;
+use crate::versions::cost::VersionCost;
 use crate::versions::registry::{ActiveComponent, Handler};
 
 /// `--swap-probe`: a request the candidate must answer with 2xx.
@@ -44,6 +46,8 @@ where
 {
     let limit = exchange.limits().max_body_bytes;
     let req = req.map(|body| RequestBody::new(body, limit, exchange.clone()));
+    // A client's request counts for the version's cost (a probe's does not).
+    component.cost.bind(&exchange.serving().cost, component.version());
     match run_guest(exchange, component, req).await {
         Ok((response, first)) => exchange.respond(response, first, &component.version_header),
         Err(outcome) => exchange.answer(outcome, &component.version_header),
@@ -62,7 +66,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     match &component.handler {
-        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, req).await,
+        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, &component.cost, req).await,
         Handler::Reused(pool) => crate::serve::reuse::run_guest(exchange, pool, req).await,
     }
 }
@@ -71,6 +75,7 @@ where
 async fn run_fresh_instance<B>(
     exchange: &Arc<Exchange>,
     pre: &ProxyPre<RequestState>,
+    cost: &Arc<VersionCost>,
     req: Request<B>,
 ) -> Result<GuestResponse, Outcome>
 where
@@ -95,7 +100,8 @@ where
         Outcome::Trapped
     })?;
     exchange.guest_started();
-    tokio::spawn(guest_task(exchange.clone(), store, pre.clone(), incoming, outparam));
+    let task = GuestTask { exchange: exchange.clone(), pre: pre.clone(), cost: cost.clone() };
+    tokio::spawn(guest_task(task, store, incoming, outparam));
 
     let deadline = exchange.deadline;
     let response = tokio::select! {
@@ -118,26 +124,41 @@ where
     }
 }
 
-/// Runs the guest until it returns or must stop, while supervising the response; then reports
-/// how it ended, drops its store (its instance goes back to the pool) and supervises on.
-async fn guest_task(
+/// What a p2 guest's task needs besides its store: its exchange, its component, and the
+/// version's cost histograms (bound when it is a client's request).
+struct GuestTask {
     exchange: Arc<Exchange>,
-    mut store: Store<RequestState>,
     pre: ProxyPre<RequestState>,
+    cost: Arc<VersionCost>,
+}
+
+/// Runs the guest until it returns or must stop, while supervising the response; then reports
+/// how it ended and what it cost, drops its store (its instance goes back to the pool) and
+/// supervises on.
+async fn guest_task(
+    task: GuestTask,
+    mut store: Store<RequestState>,
     incoming: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
 ) {
+    let GuestTask { exchange, pre, cost } = task;
+    let cost = cost.handles();
     let mut supervising = true;
     // `None`: stopped while it waited.
-    let result = {
+    let (result, busy) = {
         let guest = async {
             let instantiating = tokio::time::Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
-            exchange.serving().metrics.instantiation.observe(instantiating.elapsed().as_secs_f64());
+            let seconds = instantiating.elapsed().as_secs_f64();
+            exchange.serving().metrics.instantiation.observe(seconds);
+            if let Some(cost) = cost {
+                cost.instantiation.observe(seconds);
+            }
             proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
         };
         tokio::pin!(guest);
-        loop {
+        let mut guest = Timed::new(guest);
+        let result = loop {
             tokio::select! {
                 biased;
                 result = &mut guest => break Some(result),
@@ -146,8 +167,13 @@ async fn guest_task(
                 () = exchange.stop.reached() => break None,
                 () = exchange.supervise(), if supervising => supervising = false,
             }
-        }
+        };
+        (result, guest.busy())
     };
+    if let Some(cost) = cost {
+        cost.cpu.observe(busy.as_secs_f64());
+        cost.memory.observe(store.data().memory().peak_bytes() as f64);
+    }
     let end = match result {
         Some(Ok(())) => GuestEnd::Returned,
         Some(Err(error)) if !exchange.stop.interrupted() => {
