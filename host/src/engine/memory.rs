@@ -3,8 +3,9 @@
 //! it refused. A refused growth is why an instance that traps right after it failed ("out of
 //! memory"); the peak is what the version costs in memory.
 //!
-//! A reused (p3) instance's requests read the same record through a [`MemoryWatch`]: any of them
-//! may see the instance trap.
+//! A reused (p3) instance's requests read the same record through a shared [`MemoryWatch`]: any
+//! of them may see the instance trap. A p2 store is one request: its record stays in the store
+//! (no allocation per request).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,17 +35,41 @@ impl MemoryWatch {
 pub struct MemoryLimiter {
     /// Largest size of one linear memory, in bytes.
     limit: usize,
-    watch: Arc<MemoryWatch>,
+    watch: Watch,
+}
+
+enum Watch {
+    /// A p2 store's: read when the request's guest ended.
+    Own(MemoryWatch),
+    /// A reused instance's: read by its requests too.
+    Shared(Arc<MemoryWatch>),
 }
 
 impl MemoryLimiter {
+    /// For a store of one request.
     pub fn new(limit: usize) -> Self {
-        Self { limit, watch: Arc::default() }
+        Self { limit, watch: Watch::Own(MemoryWatch::default()) }
     }
 
-    /// The record, to read after the instance ended or from one of its requests.
-    pub fn watch(&self) -> &Arc<MemoryWatch> {
-        &self.watch
+    /// For a store whose record its requests share.
+    pub fn shared(limit: usize) -> Self {
+        Self { limit, watch: Watch::Shared(Arc::default()) }
+    }
+
+    /// The record, to read after the instance ended.
+    pub fn watch(&self) -> &MemoryWatch {
+        match &self.watch {
+            Watch::Own(watch) => watch,
+            Watch::Shared(watch) => watch,
+        }
+    }
+
+    /// The record its requests share ([`Self::shared`] only).
+    pub fn shared_watch(&self) -> Option<&Arc<MemoryWatch>> {
+        match &self.watch {
+            Watch::Own(_) => None,
+            Watch::Shared(watch) => Some(watch),
+        }
     }
 }
 
@@ -56,10 +81,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allow = desired <= self.limit && maximum.is_none_or(|max| desired <= max);
+        let watch = self.watch();
         if allow {
-            self.watch.bytes.fetch_add(desired.saturating_sub(current), Ordering::Relaxed);
+            watch.bytes.fetch_add(desired.saturating_sub(current), Ordering::Relaxed);
         } else {
-            let _ = self.watch.refused.compare_exchange(0, desired, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = watch.refused.compare_exchange(0, desired, Ordering::Relaxed, Ordering::Relaxed);
         }
         Ok(allow)
     }
@@ -93,5 +119,9 @@ mod tests {
         assert!(!limiter.memory_growing(0, 2 << 20, Some(1 << 20)).unwrap(), "over its own maximum");
         assert_eq!(limiter.watch().refused(), Some(5 << 20), "the first refusal");
         assert_eq!(limiter.watch().peak_bytes(), (3 << 20) + (64 << 10), "refusals take nothing");
+        assert!(limiter.shared_watch().is_none());
+        let mut shared = MemoryLimiter::shared(4 << 20);
+        assert!(shared.memory_growing(0, 1 << 20, None).unwrap());
+        assert_eq!(shared.shared_watch().unwrap().peak_bytes(), 1 << 20);
     }
 }

@@ -145,7 +145,8 @@ impl HandlerState for PoolState {
             .await
             .map_err(|_| wasmtime::format_err!("the instance did not start within {:?}", self.timeout))??;
         self.cost.instantiated(started.elapsed().as_secs_f64());
-        let record = Arc::new(InstanceRecord::new(store.data().memory().clone()));
+        let memory = store.data().shared_memory().cloned().unwrap_or_default();
+        let record = Arc::new(InstanceRecord::new(memory));
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),

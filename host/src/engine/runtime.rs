@@ -276,7 +276,7 @@ impl Stores {
     /// A store for one request's fresh instance: yields to the executor at each epoch tick and
     /// traps once `stop` is past.
     pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
-        let mut store = self.store(request_id);
+        let mut store = self.store(request_id, MemoryLimiter::new(self.max_memory()));
         // Each tick, give the thread back to the executor; past the stop, trap.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -293,14 +293,19 @@ impl Stores {
     /// gives the thread back every epoch tick and is never interrupted by the epoch; the pool
     /// retires an instance that overstays (see `reuse`).
     pub fn reused_store(&self, label: &str) -> Store<RequestState> {
-        let mut store = self.store(label);
+        let mut store = self.store(label, MemoryLimiter::shared(self.max_memory()));
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store
     }
 
     /// A store with the guest's limits, environment, log and outbound rules.
-    fn store(&self, label: &str) -> Store<RequestState> {
+    /// `--max-memory`, per linear memory.
+    fn max_memory(&self) -> usize {
+        usize::try_from(self.config.limits.max_memory_bytes).unwrap_or(usize::MAX)
+    }
+
+    fn store(&self, label: &str, memory: MemoryLimiter) -> Store<RequestState> {
         let limits = &self.config.limits;
         let guest = &limits.guest;
         let log_budget = LogBudget::new(label, guest.max_log_lines, guest.max_log_bytes);
@@ -323,7 +328,7 @@ impl Stores {
             table,
             header_budget: HeaderBudget::new(guest.header_bytes()),
             log_budget,
-            memory: MemoryLimiter::new(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX)),
+            memory,
             outbound: OutboundPolicy::new(self.outbound.clone(), label),
         };
         let mut store = Store::new(&self.engine, state);

@@ -36,8 +36,13 @@ impl RequestState {
     }
 
     /// What the instance's memories reached, and the growth refused (an out-of-memory trap).
-    pub fn memory(&self) -> &Arc<MemoryWatch> {
+    pub fn memory(&self) -> &MemoryWatch {
         self.memory.watch()
+    }
+
+    /// The same, shared with the requests of a reused instance.
+    pub fn shared_memory(&self) -> Option<&Arc<MemoryWatch>> {
+        self.memory.shared_watch()
     }
 
     pub(crate) fn header_budget(&mut self) -> &mut HeaderBudget {

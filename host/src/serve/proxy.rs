@@ -181,7 +181,7 @@ async fn guest_task(
             exchange.guest_failed(exchange.cause_of(
                 "the component trapped",
                 &error,
-                Some(store.data().memory().as_ref()),
+                Some(store.data().memory()),
             ));
             GuestEnd::Trapped
         }
