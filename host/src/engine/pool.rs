@@ -11,7 +11,7 @@
 //! dropped by the pool.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,29 +44,33 @@ pub trait PoolRequest: Send + Sync + 'static {
 pub struct InstanceRecord {
     pub memory: Arc<MemoryWatch>,
     failure: OnceLock<String>,
-    failed: Notify,
+    /// Set (after `failure`, when it failed) once the instance is gone.
+    ended: AtomicBool,
+    ending: Notify,
 }
 
 impl InstanceRecord {
     fn new(memory: Arc<MemoryWatch>) -> Self {
-        Self { memory, failure: OnceLock::new(), failed: Notify::new() }
+        Self { memory, failure: OnceLock::new(), ended: AtomicBool::new(false), ending: Notify::new() }
     }
 
-    /// The error the instance failed with, waiting up to `patience` for it to be reported.
+    /// The error the instance failed with, waiting up to `patience` for it to end.
     pub async fn failure(&self, patience: Duration) -> Option<String> {
-        let reported = self.failed.notified();
-        tokio::pin!(reported);
-        reported.as_mut().enable();
-        if let Some(failure) = self.failure.get() {
-            return Some(failure.clone());
+        let ending = self.ending.notified();
+        tokio::pin!(ending);
+        ending.as_mut().enable();
+        if !self.ended.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(patience, ending).await;
         }
-        let _ = tokio::time::timeout(patience, reported).await;
         self.failure.get().cloned()
     }
 
-    fn failed(&self, error: &wasmtime::Error) {
-        let _ = self.failure.set(format!("{error:#}"));
-        self.failed.notify_waiters();
+    fn ended(&self, error: Option<&wasmtime::Error>) {
+        if let Some(error) = error {
+            let _ = self.failure.set(format!("{error:#}"));
+        }
+        self.ended.store(true, Ordering::Release);
+        self.ending.notify_waiters();
     }
 }
 
@@ -221,6 +225,7 @@ impl WorkerState for InstancePolicy {
 
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
         self.cost.retired(store.data().memory().peak_bytes());
+        self.record.ended(result.as_ref().err());
         match result {
             Ok(()) => tracing::debug!(instance = %self.label, "reused instance retired"),
             // What wasmtime reports when the instance's task is dropped rather than ended: the
@@ -229,7 +234,6 @@ impl WorkerState for InstancePolicy {
                 tracing::debug!(instance = %self.label, "reused instance dropped with its runtime")
             }
             Err(error) => {
-                self.record.failed(&error);
                 tracing::warn!(instance = %self.label, error = format!("{error:#}"), "reused instance retired after a failure")
             }
         }

@@ -73,11 +73,12 @@ async fn failure(exchange: &Exchange, error: &wasmtime::Error) -> Outcome {
         Some(failed) => format!("the component failed to start: {:#}", failed.error),
         // Every request on an instance that failed gets this; the instance's own error follows.
         None if error.downcast_ref::<TrapOrPanicError>().is_some() => {
-            match exchange.instance().map(|i| i.failure(INSTANCE_ERROR_WAIT)) {
-                Some(waiting) => match waiting.await {
-                    Some(failure) => exchange.cause_of("the component trapped", &failure, None),
-                    None => exchange.cause_of("the component trapped", error, None),
-                },
+            let instance_error = match exchange.instance() {
+                Some(instance) => instance.failure(INSTANCE_ERROR_WAIT).await,
+                None => None,
+            };
+            match instance_error {
+                Some(failure) => exchange.cause_of("the component trapped", &failure, None),
                 None => exchange.cause_of("the component trapped", error, None),
             }
         }
