@@ -1,6 +1,7 @@
 //! Every guest failure is one ERROR log line naming its cause (issue #31): a trap, a guest that
 //! returns without a response, the request deadline (before the head and while streaming), the
-//! memory limit and a `wasi:http` error code, for a p2 and a p3 component. The real binary logs
+//! memory limit and a `wasi:http` error code, for a p2 and a p3 component; and a p2 guest that
+//! traps after its response was complete. The real binary logs
 //! JSON on stdout; the test reads every line once the host has stopped (SIGTERM: every request
 //! and guest done, every line written), so a second line would be seen.
 
@@ -56,6 +57,13 @@ const P2: &[Case] = &[
         status: 500,
         outcome: "error_code",
         cause: &["error code", "misbehave: deliberate error code"],
+    },
+    // The response was complete 300 ms before the trap: the request did not fail, its guest did.
+    Case {
+        path: "/finish-then-trap?ms=300",
+        status: 200,
+        outcome: "responded",
+        cause: &["the component trapped", "unreachable"],
     },
 ];
 
@@ -133,6 +141,14 @@ fn check(component: &std::path::Path, cases: &[Case], ok_path: &str) {
         healthy.push(ok.headers()["echo-host-request-id"].to_str().unwrap().to_string());
     }
     let version = util::fleet::version(&std::fs::read(component).unwrap());
+    // A guest still running after its response (the trap after `finish`) holds its permit until
+    // it ends; a stop would not wait for it.
+    let metrics = host.url("/.well-known/echo-host/metrics");
+    let in_flight =
+        util::poll_metric_until(&metrics, "echo_host_requests_in_flight", Duration::from_secs(30), |n| {
+            n == 0.0
+        });
+    assert_eq!(in_flight, 0.0, "a guest is still running");
     host.signal("TERM");
     let status = host.wait_exit(Duration::from_secs(30)).expect("the host exits on SIGTERM");
     assert!(status.success(), "{status}");

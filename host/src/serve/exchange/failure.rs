@@ -111,14 +111,12 @@ impl Exchange {
 
     fn log_failure(&self, outcome: Outcome, cause: &str) {
         let version = self.served.get().map(|(component, _)| component.version());
-        tracing::error!(
-            request_id = %self.ctx.id,
-            outcome = outcome.name(),
-            version,
-            cause,
-            "request {} failed ({}): {cause}",
-            self.ctx.id,
-            outcome.name()
-        );
+        let id = &self.ctx.id;
+        let what = if outcome.is_guest_failure() {
+            format!("request {id} failed ({})", outcome.name())
+        } else {
+            format!("the component of request {id} failed after the request ended ({})", outcome.name())
+        };
+        tracing::error!(request_id = %id, outcome = outcome.name(), version, cause, "{what}: {cause}");
     }
 }

@@ -11,6 +11,7 @@
 //! | `/loop` | busy loop forever, never yielding: only epoch interruption stops it |
 //! | `/loop-after-response` | 200 with a streaming body, writes `started\n`, then busy loops |
 //! | `/finish-then-loop` | 200 `finished\n`, the body finished (`OutgoingBody::finish`), then busy loops (any method, `HEAD` too) |
+//! | `/finish-then-trap?ms=N` | 200 `finished\n`, the body finished, then waits N ms and executes `unreachable` |
 //! | `/finish-then-sleep?ms=N` | 200 `finished\n`, the body finished, then waits N ms on a monotonic-clock pollable |
 //! | `/read-body` | reads the whole request body (blocking reads), then 200 `read N bytes`; 500 `body error` if reading fails |
 //! | `/alloc` | allocates 1 MiB blocks forever until the memory limit makes it trap |
@@ -82,6 +83,15 @@ impl Guest for Misbehave {
                 Ok(ms) => {
                     respond(out, 200, b"finished\n");
                     sleep_ms(ms);
+                }
+                Err(bad) => respond(out, 400, bad.as_bytes()),
+            },
+            // A guest that fails after its response was complete (within `--after-response-grace`).
+            "/finish-then-trap" => match number(query, "ms", 0) {
+                Ok(ms) => {
+                    respond(out, 200, b"finished\n");
+                    sleep_ms(ms);
+                    trap()
                 }
                 Err(bad) => respond(out, 400, bad.as_bytes()),
             },
