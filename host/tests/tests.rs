@@ -25,6 +25,9 @@ mod hostile;
 mod unread;
 // A bad guest never takes the host down: traps, panics, no response, denied fs/env/outbound.
 mod guest_failures;
+// Every guest failure is one ERROR log line naming its cause: trap, no response, deadline, memory,
+// error code, in both worlds.
+mod failure_logs;
 // Guest resource limits: resource-table entries, header bytes, log lines, in both worlds.
 mod guest_limits;
 // echo-host and `wasmtime serve` on the same component: same status, type and body.
@@ -62,6 +65,10 @@ mod p3;
 mod hardening;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.
 mod rollout;
+// A canary judged on latency: a slow one rolled back fleet-wide, one as slow as stable promoted.
+mod rollout_latency;
+// What a version costs: guest CPU per request, instantiation, peak memory, p2 and p3.
+mod version_cost;
 // The fuzz targets' committed corpora (fuzz/corpus/host_*) replayed through their checks.
 mod fuzz_corpus;
 // The OCI registry harness (distribution 2.8, oras pushes, the Bearer token flow) proves itself.

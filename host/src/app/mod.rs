@@ -65,7 +65,12 @@ impl App {
         project_id: Option<String>,
     ) -> Arc<Self> {
         let registry = Arc::new(registry);
-        let serving = Arc::new(Serving::new(runtime.stores().clone(), metrics.serve.clone(), project_id));
+        let serving = Arc::new(Serving::new(
+            runtime.stores().clone(),
+            metrics.serve.clone(),
+            metrics.versions.cost.clone(),
+            project_id,
+        ));
         let gate = Arc::new(Gate::new(
             runtime.clone(),
             registry.clone(),

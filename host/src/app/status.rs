@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::release::rollout::analysis::LATENCY_QUANTILE;
 use crate::release::store::heartbeat;
 use crate::versions::metrics::Totals;
 use crate::versions::registry::ActiveComponent;
@@ -94,7 +95,9 @@ fn version_row(
     weight: f64,
     fleet: &std::collections::BTreeMap<String, Totals>,
 ) -> Value {
-    let window = component.window.counts(app.rollout.thresholds.window);
+    let span = app.rollout.thresholds.window;
+    let window = component.window.counts(span);
+    let p95 = component.window.latencies(span).quantile(LATENCY_QUANTILE);
     let totals = app.metrics.versions.totals(component.version());
     json!({
         "sha256": component.sha256,
@@ -105,9 +108,11 @@ fn version_row(
             "requests": window.requests,
             "failures": window.failures,
             "failure_rate": (window.rate() * 1000.0).round() / 10.0,
+            "p95_ms": p95.map(|s| (s * 10_000.0).round() / 10.0),
         },
         "totals": totals,
         "fleet": fleet.get(component.version()).copied().unwrap_or(totals),
+        "cost": component.cost.summary(),
     })
 }
 

@@ -203,6 +203,14 @@ fn release_lines(view: &Value) -> String {
         percent(&thresholds["max_failure_rate"]),
         number(&thresholds["failure_ratio"])
     ));
+    if thresholds["max_latency_ratio"].as_f64().is_some_and(|r| r > 0.0) {
+        out.push_str(&format!(
+            "         or at least {} timed requests of both, canary p95 latency over {}x stable's and over {}\n",
+            text(&thresholds["min_requests"]),
+            number(&thresholds["max_latency_ratio"]),
+            millis(&thresholds["latency_floor_ms"])
+        ));
+    }
     out
 }
 
@@ -267,6 +275,10 @@ fn versions_table(view: &Value) -> String {
         "ROLE",
         "WEIGHT",
         "WINDOW-FAILED",
+        "WINDOW-P95",
+        "CPU/REQ",
+        "INSTANTIATE",
+        "MEMORY",
         "TOTAL-FAILED",
         "5XX/TRAPS/TIMEOUTS",
         "FLEET-FAILED",
@@ -279,6 +291,12 @@ fn versions_table(view: &Value) -> String {
             text(&v["role"]),
             percent(&v["weight"]),
             failed(window["failures"].as_u64(), window["requests"].as_u64()),
+            window["p95_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+            v["cost"]["cpu_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+            v["cost"]["instantiation_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+            v["cost"]["memory_bytes"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), crate::util::units::format_size),
             failed(failures(&v["totals"]), v["totals"]["requests"].as_u64()),
             kinds(&v["totals"]),
             failed(failures(&v["fleet"]), v["fleet"]["requests"].as_u64()),

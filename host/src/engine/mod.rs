@@ -6,6 +6,7 @@ pub mod fields;
 pub mod guest_log;
 pub mod header_budget;
 pub mod limits;
+pub mod memory;
 pub mod outbound;
 pub mod pool;
 pub mod runtime;

@@ -11,11 +11,12 @@
 //! dropped by the pool.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
@@ -24,6 +25,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
+use crate::engine::memory::MemoryWatch;
 use crate::engine::runtime::{RequestState, Reuse, Stores};
 use crate::engine::stop::StopSignal;
 
@@ -32,6 +34,52 @@ use crate::engine::stop::StopSignal;
 pub trait PoolRequest: Send + Sync + 'static {
     fn id(&self) -> &str;
     fn stop(&self) -> &Arc<StopSignal>;
+    /// The instance that takes the request: what its memories reach, and why it failed.
+    fn on_instance(&self, instance: &Arc<InstanceRecord>);
+}
+
+/// What the requests of one reused instance may learn of it: its memories, and the error it
+/// ended with when it failed. A trap ends every request on the instance with wasmtime's
+/// `TrapOrPanicError` (no cause), and the instance's own error arrives just after.
+pub struct InstanceRecord {
+    pub memory: Arc<MemoryWatch>,
+    failure: OnceLock<String>,
+    /// Set (after `failure`, when it failed) once the instance is gone.
+    ended: AtomicBool,
+    ending: Notify,
+}
+
+impl InstanceRecord {
+    fn new(memory: Arc<MemoryWatch>) -> Self {
+        Self { memory, failure: OnceLock::new(), ended: AtomicBool::new(false), ending: Notify::new() }
+    }
+
+    /// The error the instance failed with, waiting up to `patience` for it to end.
+    pub async fn failure(&self, patience: Duration) -> Option<String> {
+        let ending = self.ending.notified();
+        tokio::pin!(ending);
+        ending.as_mut().enable();
+        if !self.ended.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(patience, ending).await;
+        }
+        self.failure.get().cloned()
+    }
+
+    fn ended(&self, error: Option<&wasmtime::Error>) {
+        if let Some(error) = error {
+            let _ = self.failure.set(format!("{error:#}"));
+        }
+        self.ended.store(true, Ordering::Release);
+        self.ending.notify_waiters();
+    }
+}
+
+/// Where a pool reports what its instances cost: the version's histograms.
+pub trait InstanceCost: Send + Sync + 'static {
+    /// An instance started in `seconds`.
+    fn instantiated(&self, seconds: f64);
+    /// An instance was retired having reached `peak_bytes` of linear memory.
+    fn retired(&self, peak_bytes: usize);
 }
 
 /// A request as the pool holds it.
@@ -48,8 +96,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(pre: ServicePre<RequestState>, stores: Arc<Stores>, reuse: Reuse, timeout: Duration) -> Self {
-        let state = PoolState { pre, stores, reuse, timeout, next_instance: AtomicU64::new(0) };
+    pub fn new(
+        pre: ServicePre<RequestState>,
+        stores: Arc<Stores>,
+        reuse: Reuse,
+        timeout: Duration,
+        cost: Arc<dyn InstanceCost>,
+    ) -> Self {
+        let state = PoolState { pre, stores, reuse, timeout, cost, next_instance: AtomicU64::new(0) };
         Self { handler: ProxyHandler::new(state) }
     }
 
@@ -76,6 +130,7 @@ struct PoolState {
     /// `--request-timeout`: how long an instance may work on its newest request, or on what it
     /// does after its last response, before it is dropped.
     timeout: Duration,
+    cost: Arc<dyn InstanceCost>,
     next_instance: AtomicU64,
 }
 
@@ -88,10 +143,14 @@ impl HandlerState for PoolState {
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let label = format!("instance-{id}");
         let mut store = self.stores.reused_store(&label);
+        let started = Instant::now();
         // The epoch only makes the guest yield: bound a start-up that never ends here.
         let service = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
             .await
             .map_err(|_| wasmtime::format_err!("the instance did not start within {:?}", self.timeout))??;
+        self.cost.instantiated(started.elapsed().as_secs_f64());
+        let memory = store.data().shared_memory().cloned().unwrap_or_default();
+        let record = Arc::new(InstanceRecord::new(memory));
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),
@@ -101,7 +160,7 @@ impl HandlerState for PoolState {
                 busy_timeout: self.timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
             },
-            state: InstancePolicy { label, reuse: self.reuse },
+            state: InstancePolicy { label, reuse: self.reuse, record, cost: self.cost.clone() },
         })
     }
 }
@@ -133,6 +192,8 @@ impl WorkerExpiration for Expiry {
 struct InstancePolicy {
     label: String,
     reuse: Reuse,
+    record: Arc<InstanceRecord>,
+    cost: Arc<dyn InstanceCost>,
 }
 
 impl WorkerState for InstancePolicy {
@@ -156,12 +217,15 @@ impl WorkerState for InstancePolicy {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().start_request();
+        caller.on_instance(&self.record);
         tracing::debug!(request_id = %caller.id(), instance = %self.label, "request passed to a reused instance");
         let stop = caller.stop().clone();
         Box::pin(async move { stop.reached().await })
     }
 
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
+        self.cost.retired(store.data().memory().peak_bytes());
+        self.record.ended(result.as_ref().err());
         match result {
             Ok(()) => tracing::debug!(instance = %self.label, "reused instance retired"),
             // What wasmtime reports when the instance's task is dropped rather than ended: the

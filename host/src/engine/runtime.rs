@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use wasmtime::UpdateDeadline;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -19,6 +19,7 @@ use crate::engine::fields;
 use crate::engine::guest_log::{GuestLog, LogBudget};
 use crate::engine::header_budget::HeaderBudget;
 use crate::engine::limits::Limits;
+use crate::engine::memory::MemoryLimiter;
 use crate::engine::outbound::OutboundPolicy;
 use crate::engine::outbound::OutboundRule;
 pub use crate::engine::state::RequestState;
@@ -329,7 +330,7 @@ impl Stores {
     /// A store for one request's fresh instance: yields to the executor at each epoch tick and
     /// traps once `stop` is past.
     pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
-        let mut store = self.store(Flavor::P2, request_id);
+        let mut store = self.store(Flavor::P2, request_id, MemoryLimiter::new(self.max_memory()));
         // Each tick, give the thread back to the executor; past the stop, trap.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -349,14 +350,19 @@ impl Stores {
     /// gives the thread back every epoch tick and is never interrupted by the epoch; the pool
     /// retires an instance that overstays (see `reuse`).
     pub fn reused_store(&self, label: &str) -> Store<RequestState> {
-        let mut store = self.store(Flavor::P3, label);
+        let mut store = self.store(Flavor::P3, label, MemoryLimiter::shared(self.max_memory()));
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store
     }
 
+    /// `--max-memory`, per linear memory.
+    fn max_memory(&self) -> usize {
+        usize::try_from(self.config.limits.max_memory_bytes).unwrap_or(usize::MAX)
+    }
+
     /// A store with the guest's limits, environment, log and outbound rules.
-    fn store(&self, flavor: Flavor, label: &str) -> Store<RequestState> {
+    fn store(&self, flavor: Flavor, label: &str, memory: MemoryLimiter) -> Store<RequestState> {
         let limits = &self.config.limits;
         let guest = &limits.guest;
         let log_budget = LogBudget::new(label, guest.max_log_lines, guest.max_log_bytes);
@@ -379,13 +385,11 @@ impl Stores {
             table,
             header_budget: HeaderBudget::new(guest.header_bytes()),
             log_budget,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
-                .build(),
+            memory,
             outbound: OutboundPolicy::new(self.outbound.clone(), label),
         };
         let mut store = Store::new(self.engine(flavor), state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.memory);
         store
     }
 }

@@ -4,13 +4,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::guest_log::LogBudget;
 use crate::engine::header_budget::HeaderBudget;
+use crate::engine::memory::{MemoryLimiter, MemoryWatch};
 use crate::engine::outbound::OutboundPolicy;
 
 /// Everything one request's `Store` holds.
@@ -22,7 +22,8 @@ pub struct RequestState {
     pub(crate) header_budget: HeaderBudget,
     /// What the guest may still log; shared with its stdout and stderr.
     pub(crate) log_budget: Arc<Mutex<LogBudget>>,
-    pub(crate) limits: StoreLimits,
+    /// `--max-memory`, and what the guest's memories reached and were refused.
+    pub(crate) memory: MemoryLimiter,
     pub(crate) outbound: OutboundPolicy,
 }
 
@@ -32,6 +33,16 @@ impl RequestState {
     pub fn start_request(&mut self) {
         self.header_budget.refill();
         self.log_budget.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).refill();
+    }
+
+    /// What the instance's memories reached, and the growth refused (an out-of-memory trap).
+    pub fn memory(&self) -> &MemoryWatch {
+        self.memory.watch()
+    }
+
+    /// The same, shared with the requests of a reused instance.
+    pub fn shared_memory(&self) -> Option<&Arc<MemoryWatch>> {
+        self.memory.shared_watch()
     }
 
     pub(crate) fn header_budget(&mut self) -> &mut HeaderBudget {

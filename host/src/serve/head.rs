@@ -53,11 +53,14 @@ where
             _ => None,
         },
         Some(Err(error)) => {
-            tracing::debug!(request_id = %exchange.ctx.id, error = %error, "the response body failed before its first byte");
             let outcome = match exchange.guest_end() {
                 Some(GuestEnd::TimedOut) => Outcome::TimedOut,
                 _ => Outcome::Trapped,
             };
+            if outcome == Outcome::Trapped {
+                let what = "the component's response body failed before its first byte";
+                exchange.guest_failed(exchange.cause_of(what, &error, None));
+            }
             return Err(decided(exchange, outcome));
         }
     };

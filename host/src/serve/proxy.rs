@@ -21,6 +21,8 @@ use crate::engine::runtime::RequestState;
 use crate::serve::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseBody};
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::serve::serving::Serving;
+use crate::util::timed::Timed;
+use crate::versions::cost::VersionCost;
 use crate::versions::registry::{ActiveComponent, Handler};
 
 /// `--swap-probe`: a request the candidate must answer with 2xx.
@@ -44,6 +46,8 @@ where
 {
     let limit = exchange.limits().max_body_bytes;
     let req = req.map(|body| RequestBody::new(body, limit, exchange.clone()));
+    // A client's request counts for the version's cost (a probe's does not).
+    component.cost.bind(&exchange.serving().cost, component.version());
     match run_guest(exchange, component, req).await {
         Ok((response, first)) => exchange.respond(response, first, &component.version_header),
         Err(outcome) => exchange.answer(outcome, &component.version_header),
@@ -62,7 +66,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     match &component.handler {
-        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, req).await,
+        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, &component.cost, req).await,
         Handler::Reused(pool) => crate::serve::reuse::run_guest(exchange, pool, req).await,
     }
 }
@@ -71,6 +75,7 @@ where
 async fn run_fresh_instance<B>(
     exchange: &Arc<Exchange>,
     pre: &ProxyPre<RequestState>,
+    cost: &Arc<VersionCost>,
     req: Request<B>,
 ) -> Result<GuestResponse, Outcome>
 where
@@ -90,12 +95,13 @@ where
             .and_then(|incoming| Ok((incoming, http.new_response_outparam(sender)?)))
     };
     let (incoming, outparam) = resources.map_err(|error| {
-        tracing::error!(request_id = %exchange.ctx.id, error = format!("{error:#}"), "cannot pass the request to the component");
+        exchange.guest_failed(format!("the host could not pass the request to the component: {error:#}"));
         exchange.fault(Outcome::Trapped);
         Outcome::Trapped
     })?;
     exchange.guest_started();
-    tokio::spawn(guest_task(exchange.clone(), store, pre.clone(), incoming, outparam));
+    let task = GuestTask { exchange: exchange.clone(), pre: pre.clone(), cost: cost.clone() };
+    tokio::spawn(guest_task(task, store, incoming, outparam));
 
     let deadline = exchange.deadline;
     let response = tokio::select! {
@@ -107,7 +113,7 @@ where
     match response {
         Ok(Ok(response)) => peek_first_frame(exchange, response).await,
         Ok(Err(code)) => {
-            tracing::error!(request_id = %exchange.ctx.id, error_code = ?code, "the component answered with an error code");
+            exchange.guest_failed(format!("the component answered with error code `{code:?}`"));
             Err(decided(exchange, Outcome::ErrorCode))
         }
         // The outparam was dropped with the store: the guest ended without a response.
@@ -118,44 +124,74 @@ where
     }
 }
 
-/// Runs the guest until it returns or must stop, while supervising the response; then reports
-/// how it ended, drops its store (its instance goes back to the pool) and supervises on.
-async fn guest_task(
+/// What a p2 guest's task needs besides its store: its exchange, its component, and the
+/// version's cost histograms (bound when it is a client's request).
+struct GuestTask {
     exchange: Arc<Exchange>,
-    mut store: Store<RequestState>,
     pre: ProxyPre<RequestState>,
+    cost: Arc<VersionCost>,
+}
+
+/// Runs the guest until it returns or must stop, while supervising the response; then reports
+/// how it ended and what it cost, drops its store (its instance goes back to the pool) and
+/// supervises on.
+async fn guest_task(
+    task: GuestTask,
+    mut store: Store<RequestState>,
     incoming: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
 ) {
+    let GuestTask { exchange, pre, cost } = task;
+    let cost = cost.handles();
     let mut supervising = true;
-    let end = {
+    // `None`: stopped while it waited.
+    let (result, busy) = {
         let guest = async {
             let instantiating = tokio::time::Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
-            exchange.serving().metrics.instantiation.observe(instantiating.elapsed().as_secs_f64());
+            let seconds = instantiating.elapsed().as_secs_f64();
+            exchange.serving().metrics.instantiation.observe(seconds);
+            if let Some(cost) = cost {
+                cost.instantiation.observe(seconds);
+            }
             proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
         };
         tokio::pin!(guest);
-        loop {
+        let mut guest = Timed::new(guest);
+        let result = loop {
             tokio::select! {
                 biased;
-                result = &mut guest => break match result {
-                    Ok(()) => GuestEnd::Returned,
-                    Err(_) if exchange.stop.interrupted() => stopped(&exchange),
-                    Err(error) => {
-                        exchange.serving().metrics.traps.inc();
-                        tracing::error!(request_id = %exchange.ctx.id, error = format!("{error:#}"), "the component failed");
-                        GuestEnd::Trapped
-                    }
-                },
+                result = &mut guest => break Some(result),
                 // A guest waiting (on a body, a timer, an outbound request) past its stop; the
                 // epoch callback stops one that computes.
-                () = exchange.stop.reached() => break stopped(&exchange),
+                () = exchange.stop.reached() => break None,
                 () = exchange.supervise(), if supervising => supervising = false,
             }
+        };
+        (result, guest.busy())
+    };
+    if let Some(cost) = cost {
+        cost.cpu.observe(busy.as_secs_f64());
+        cost.memory.observe(store.data().memory().peak_bytes() as f64);
+    }
+    let end = match result {
+        Some(Ok(())) => GuestEnd::Returned,
+        Some(Err(error)) if !exchange.stop.interrupted() => {
+            exchange.serving().metrics.traps.inc();
+            exchange.guest_failed(exchange.cause_of(
+                "the component trapped",
+                &error,
+                Some(store.data().memory()),
+            ));
+            GuestEnd::Trapped
         }
+        Some(Err(_)) | None => stopped(&exchange),
     };
     match end {
+        // The request's ERROR line says so when the deadline ended the request itself.
+        GuestEnd::TimedOut if exchange.outcome() == Some(Outcome::TimedOut) => {
+            tracing::debug!(request_id = %exchange.ctx.id, "the component was stopped at the request deadline")
+        }
         GuestEnd::TimedOut => {
             tracing::warn!(request_id = %exchange.ctx.id, "the component was stopped at the request deadline")
         }
@@ -198,11 +234,15 @@ pub async fn probe(
     match result {
         Ok((response, _)) => Ok(response.status()),
         Err(Outcome::TimedOut) => anyhow::bail!("no response within {:?}", probe.timeout),
-        Err(Outcome::Trapped) => {
-            anyhow::bail!("the component failed (see the log line of request `{}`)", exchange.ctx.id)
-        }
+        Err(Outcome::Trapped) => match exchange.failure_cause() {
+            Some(cause) => anyhow::bail!("{cause}"),
+            None => anyhow::bail!("the component failed"),
+        },
         Err(Outcome::NeverResponded) => anyhow::bail!("the component returned without a response"),
-        Err(Outcome::ErrorCode) => anyhow::bail!("the component answered with an error code"),
+        Err(Outcome::ErrorCode) => match exchange.failure_cause() {
+            Some(cause) => anyhow::bail!("{cause}"),
+            None => anyhow::bail!("the component answered with an error code"),
+        },
         Err(other) => anyhow::bail!("the probe ended with `{}`", other.name()),
     }
 }

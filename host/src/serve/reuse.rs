@@ -2,18 +2,22 @@
 //! ([`run_guest`]; the pool is [`crate::engine::pool`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::WasiBody;
-use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
-use crate::engine::pool::{Caller, Pool, PoolRequest};
+use crate::engine::pool::{Caller, InstanceRecord, Pool, PoolRequest};
 use crate::engine::stop::StopSignal;
 use crate::serve::exchange::{Exchange, Outcome};
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
+
+/// How long a request on an instance that failed waits for the instance's error, its cause.
+const INSTANCE_ERROR_WAIT: Duration = Duration::from_millis(500);
 
 impl PoolRequest for Exchange {
     fn id(&self) -> &str {
@@ -22,6 +26,10 @@ impl PoolRequest for Exchange {
 
     fn stop(&self) -> &Arc<StopSignal> {
         &self.stop
+    }
+
+    fn on_instance(&self, instance: &Arc<InstanceRecord>) {
+        self.attach_instance(instance);
     }
 }
 
@@ -47,26 +55,35 @@ where
     };
     match handled {
         Ok(response) => peek_first_frame(exchange, response).await,
-        Err(error) => Err(decided(exchange, failure(exchange, &error))),
+        Err(error) => Err(decided(exchange, failure(exchange, &error).await)),
     }
 }
 
-/// What a request the pool could not answer ended as.
-fn failure(exchange: &Exchange, error: &wasmtime::Error) -> Outcome {
-    let id = &exchange.ctx.id;
+/// What a request the pool could not answer ended as; the cause goes to its ERROR line.
+async fn failure(exchange: &Exchange, error: &wasmtime::Error) -> Outcome {
     if error.downcast_ref::<ExpirationError>().is_some() {
         return if exchange.stop.is_deadline() { Outcome::TimedOut } else { Outcome::ClientGone };
     }
     if let Some(code) = error.downcast_ref::<ErrorCode>() {
-        tracing::error!(request_id = %id, error_code = ?code, "the component answered with an error code");
+        exchange.guest_failed(format!("the component answered with error code `{code:?}`"));
         return Outcome::ErrorCode;
     }
     exchange.serving().metrics.traps.inc();
-    match error.downcast_ref::<InstantiationError<Caller>>() {
-        Some(failed) => {
-            tracing::error!(request_id = %id, error = format!("{:#}", failed.error), "the component failed to start")
+    let cause = match error.downcast_ref::<InstantiationError<Caller>>() {
+        Some(failed) => format!("the component failed to start: {:#}", failed.error),
+        // Every request on an instance that failed gets this; the instance's own error follows.
+        None if error.downcast_ref::<TrapOrPanicError>().is_some() => {
+            let instance_error = match exchange.instance() {
+                Some(instance) => instance.failure(INSTANCE_ERROR_WAIT).await,
+                None => None,
+            };
+            match instance_error {
+                Some(failure) => exchange.cause_of("the component trapped", &failure, None),
+                None => exchange.cause_of("the component trapped", error, None),
+            }
         }
-        None => tracing::error!(request_id = %id, error = format!("{error:#}"), "the component failed"),
-    }
+        None => exchange.cause_of("the component trapped", error, None),
+    };
+    exchange.guest_failed(cause);
     Outcome::Trapped
 }

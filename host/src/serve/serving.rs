@@ -11,11 +11,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::engine::limits::Limits;
 use crate::engine::runtime::Stores;
 use crate::serve::metrics::ServeMetrics;
+use crate::versions::cost::CostFamilies;
 
 /// The serve layer's own state, shared by every connection and request (and by swap probes).
 pub struct Serving {
     stores: Arc<Stores>,
     pub metrics: ServeMetrics,
+    /// The versions' cost histograms, bound by each version on its first request.
+    pub cost: CostFamilies,
     /// One permit per request the component is serving: `--concurrency`.
     concurrency: Arc<Semaphore>,
     /// For trace names in logs (`GOOGLE_CLOUD_PROJECT`).
@@ -30,8 +33,14 @@ pub struct Serving {
 }
 
 impl Serving {
-    pub fn new(stores: Arc<Stores>, metrics: ServeMetrics, project_id: Option<String>) -> Self {
+    pub fn new(
+        stores: Arc<Stores>,
+        metrics: ServeMetrics,
+        cost: CostFamilies,
+        project_id: Option<String>,
+    ) -> Self {
         Self {
+            cost,
             concurrency: Arc::new(Semaphore::new(stores.limits().concurrency)),
             stores,
             metrics,

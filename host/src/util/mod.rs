@@ -1,6 +1,6 @@
 //! Layer 0, `util`: what every layer may use and that knows nothing of the host: time formatting,
 //! backoff, redaction, signatures, the Cloud Storage client, the OCI registry client ([`oci`]),
-//! stdout logging, the stop signal of the process, and how old a remote view may grow
+//! stdout logging, the stop signal of the process, a poll timer ([`timed`]), and how old a remote view may grow
 //! ([`freshness`]).
 
 pub mod backoff;
@@ -14,4 +14,5 @@ pub mod redact;
 pub mod shutdown;
 pub mod signing;
 pub mod time;
+pub mod timed;
 pub mod units;

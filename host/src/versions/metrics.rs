@@ -1,18 +1,14 @@
 //! Per-version telemetry: requests, guest 5xx, traps, timeouts and latency by `version` label,
 //! and the canary's own counters (pins ignored, rollbacks, promotions, weight).
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct VersionLabel {
-    /// `sha256:<first 12 hex>`.
-    pub version: String,
-}
+use crate::versions::cost::CostFamilies;
+pub use crate::versions::cost::VersionLabel;
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 16))
@@ -66,6 +62,8 @@ pub struct VersionMetrics {
     pub canary_rollbacks: Counter,
     pub canary_promotions: Counter,
     pub canary_weight: Gauge,
+    /// What each version costs (CPU, instantiation, memory).
+    pub cost: CostFamilies,
 }
 
 impl VersionMetrics {
@@ -80,6 +78,7 @@ impl VersionMetrics {
             canary_rollbacks: Counter::default(),
             canary_promotions: Counter::default(),
             canary_weight: Gauge::default(),
+            cost: CostFamilies::default(),
         };
         registry.register(
             "version_requests",
@@ -126,6 +125,7 @@ impl VersionMetrics {
             "The weight of the canary requests are routed to, in per-mille (0: none)",
             metrics.canary_weight.clone(),
         );
+        metrics.cost.register(registry);
         metrics
     }
 

@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::engine::pool::Pool;
 use crate::engine::runtime::{RequestState, Runtime, World};
 use crate::versions::Weight;
+use crate::versions::cost::VersionCost;
 use crate::versions::window::Window;
 
 /// The echo component built from `guest/`, served when no `--component` is given.
@@ -59,6 +60,8 @@ pub struct ActiveComponent {
     pub version_header: HeaderValue,
     /// Its requests and failures per second, for the canary analysis (kept across reactivations).
     pub window: Arc<Window>,
+    /// Its cost histograms (kept across reactivations; its p3 pool reports to them too).
+    pub cost: Arc<VersionCost>,
 }
 
 impl ActiveComponent {
@@ -119,6 +122,7 @@ pub fn load_component(
             )
         }
     };
+    let cost = Arc::new(VersionCost::default());
     let handler = match runtime.pre_instantiate(&component)? {
         World::P2(pre) => Handler::PerRequest(pre),
         World::P3(pre) => Handler::Reused(Pool::new(
@@ -126,6 +130,7 @@ pub fn load_component(
             runtime.stores().clone(),
             runtime.reuse(),
             runtime.limits().request_timeout,
+            cost.clone(),
         )),
     };
     let version_header =
@@ -140,6 +145,7 @@ pub fn load_component(
         load_time: started.elapsed(),
         version_header,
         window: Arc::default(),
+        cost,
     })
 }
 
@@ -157,6 +163,7 @@ impl ActiveComponent {
             load_time: Duration::ZERO,
             version_header: self.version_header.clone(),
             window: self.window.clone(),
+            cost: self.cost.clone(),
         }
     }
 }

@@ -134,6 +134,8 @@ mod tests {
             ("--log-buffer-lines", huge),
             ("--heartbeat-interval", huge),
             ("--canary-window", huge),
+            ("--canary-latency-floor", huge),
+            ("--canary-max-latency-ratio", huge),
             ("--instance-max-requests", huge),
             ("--instance-idle-timeout", huge),
         ] {

@@ -23,6 +23,7 @@ pub use analysis::{Thresholds, Verdict};
 use crate::release::gate::Gate;
 use crate::release::store::Store;
 use crate::release::store::manifest::{Action, CanaryPlan, Counts, Decision, Manifest};
+use crate::versions::latency::Latencies;
 use crate::versions::metrics::Ending;
 use crate::versions::metrics::VersionMetrics;
 use crate::versions::registry::{ActiveComponent, CanarySlot};
@@ -149,7 +150,7 @@ impl Rollout {
     /// Counts a request `served` answered and, when the canary failed it, judges the canary.
     pub fn observe(&self, served: &ActiveComponent, role: Role, ending: Ending, seconds: f64) {
         self.metrics.record(served.version(), ending, seconds);
-        served.window.record(ending.is_failure());
+        served.window.record(ending.is_failure(), (ending != Ending::Other).then_some(seconds));
         if role != Role::Canary || !ending.is_failure() {
             return;
         }
@@ -167,6 +168,39 @@ impl Rollout {
     fn window_counts(&self, canary: &ActiveComponent) -> (Counts, Counts) {
         let window = self.thresholds.window;
         (canary.window.counts(window), self.gate.versions().active().window.counts(window))
+    }
+
+    /// Both rules over the analysis window (failures first, then latency), with the counts.
+    fn judge(&self, canary: &ActiveComponent) -> (Verdict, Counts, Counts) {
+        let (canary_counts, stable_counts) = self.window_counts(canary);
+        let failures = analysis::judge(canary_counts, stable_counts, &self.thresholds);
+        if let Verdict::Failing(_) = failures {
+            return (failures, canary_counts, stable_counts);
+        }
+        let (slow, base) = self.window_latencies(canary);
+        let verdict = match analysis::judge_latency(&slow, &base, &self.thresholds) {
+            Verdict::Inconclusive => failures,
+            latency => latency,
+        };
+        (verdict, canary_counts, stable_counts)
+    }
+
+    /// The canary's and stable's request durations over the analysis window.
+    fn window_latencies(&self, canary: &ActiveComponent) -> (Latencies, Latencies) {
+        let window = self.thresholds.window;
+        (canary.window.latencies(window), self.gate.versions().active().window.latencies(window))
+    }
+
+    /// The latency rule, at each tick of the controller (a slow canary fails no request to be
+    /// judged at): stops routing to a canary clearly slower than stable.
+    fn check_latency(&self) {
+        if self.thresholds.max_latency_ratio == 0.0 {
+            return;
+        }
+        let Some(canary) = self.gate.versions().canary() else { return };
+        if let (Verdict::Failing(reason), canary_counts, stable_counts) = self.judge(&canary.component) {
+            self.stop_canary(&canary.component.sha256, &canary.plan, reason, canary_counts, stable_counts);
+        }
     }
 
     /// Stops routing to the canary at once (the first failing request to see it decides) and
@@ -316,6 +350,7 @@ pub async fn run(rollout: Arc<Rollout>) {
             () = tokio::time::sleep(TICK) => {}
             () = rollout.wake.notified() => {}
         }
+        rollout.check_latency();
         write_rollback(&rollout).await;
         step_up(&rollout).await;
     }
@@ -372,12 +407,12 @@ async fn step_up(rollout: &Rollout) {
     else {
         return;
     };
-    let (canary_counts, stable_counts) = rollout.window_counts(&canary.component);
-    if let Verdict::Failing(_) = analysis::judge(canary_counts, stable_counts, &rollout.thresholds) {
+    let (verdict, canary_counts, stable_counts) = rollout.judge(&canary.component);
+    if let Verdict::Failing(_) = verdict {
         return;
     }
     let who = rollout.by();
-    let reason = format!(
+    let mut reason = format!(
         "healthy for {:?} at {}: canary {:.1}% failed ({} of {}), stable {:.1}% ({} of {})",
         Duration::from_millis(plan.step_interval_ms),
         plan.weight,
@@ -388,6 +423,13 @@ async fn step_up(rollout: &Rollout) {
         stable_counts.failures,
         stable_counts.requests
     );
+    let (slow, base) = rollout.window_latencies(&canary.component);
+    if let (Some(slow), Some(base)) =
+        (slow.quantile(analysis::LATENCY_QUANTILE), base.quantile(analysis::LATENCY_QUANTILE))
+    {
+        let (slow, base) = (analysis::millis_text(slow), analysis::millis_text(base));
+        reason.push_str(&format!("; p95 latency canary {slow}, stable {base}"));
+    }
     let result = change::automatic(rollout, |manifest| {
         let current = manifest.canary.as_ref().filter(|c| {
             c.sha256() == plan.sha256() && c.started_at == plan.started_at && c.weight == plan.weight

@@ -210,6 +210,10 @@ impl Body for ExchangeBody {
                     Some(GuestEnd::TimedOut) => Outcome::TimedOut,
                     _ => Outcome::Trapped,
                 };
+                if outcome == Outcome::Trapped {
+                    let what = "the component's response body failed";
+                    this.exchange.guest_failed(this.exchange.cause_of(what, &error, None));
+                }
                 let cut = this.cut(outcome);
                 Poll::Ready(Some(Err(error.context(cut))))
             }
@@ -218,6 +222,12 @@ impl Body for ExchangeBody {
             Poll::Ready(None) => match this.exchange.guest_end() {
                 Some(GuestEnd::Trapped) => Poll::Ready(Some(Err(this.cut(Outcome::Trapped)))),
                 Some(GuestEnd::TimedOut) => Poll::Ready(Some(Err(this.cut(Outcome::TimedOut)))),
+                // A reused (p3) instance has no guest end to read: a body that stops at the
+                // deadline was stopped by it (the instance ends its part of the work), not
+                // finished; ending it cleanly would hand the client a truncated 200.
+                _ if Instant::now() >= this.exchange.deadline => {
+                    Poll::Ready(Some(Err(this.cut(Outcome::TimedOut))))
+                }
                 _ => {
                     this.release();
                     this.poll_end(cx)

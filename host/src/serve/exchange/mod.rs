@@ -11,6 +11,7 @@
 //! - [`StopSignal`] ([`crate::engine::stop`]): the guest's stop time, shared with its store's
 //!   epoch callback.
 //! - [`record`]: the request's context and its access-log line.
+//! - [`failure`]: why its guest failed, and the one ERROR line that says so.
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
 //! guest's response head), the response body (polled by hyper), and the supervisor (the guest
@@ -21,6 +22,7 @@
 mod answer;
 mod body;
 mod delivery;
+mod failure;
 pub mod lifecycle;
 mod record;
 
@@ -43,6 +45,7 @@ pub use lifecycle::{Action, HostProblem, Lifecycle, Outcome, Phase};
 pub use record::{Observer, RequestContext, declared_length};
 
 use crate::engine::limits::Limits;
+use crate::engine::pool::InstanceRecord;
 use crate::serve::connection::Scope;
 use crate::serve::serving::{Permit, Serving};
 use crate::versions::Role;
@@ -107,6 +110,8 @@ pub struct Exchange {
     supervisor: Notify,
     /// The version routed to serve it, and as what.
     served: OnceLock<(Arc<ActiveComponent>, Role)>,
+    /// The reused (p3) instance it was passed to: its memory, and why it failed.
+    instance: OnceLock<Arc<InstanceRecord>>,
 }
 
 struct State {
@@ -114,6 +119,10 @@ struct State {
     /// Held until the response is over and the guest has stopped.
     permit: Option<Permit>,
     guest: Guest,
+    /// Why the guest failed, as whoever saw it first recorded it ([`failure`]).
+    failure: Option<String>,
+    /// The ERROR line for this request's guest was written.
+    failure_logged: bool,
 }
 
 impl State {
@@ -173,12 +182,19 @@ impl Exchange {
             kind,
             scope,
             stop: Arc::new(StopSignal::new(deadline)),
-            state: Mutex::new(State { lifecycle: Lifecycle::new(), permit: None, guest: Guest::NotStarted }),
+            state: Mutex::new(State {
+                lifecycle: Lifecycle::new(),
+                permit: None,
+                guest: Guest::NotStarted,
+                failure: None,
+                failure_logged: false,
+            }),
             progress: Progress::new(ctx.started),
             delivery: Delivery::new(),
             waiter: Notify::new(),
             supervisor: Notify::new(),
             served: OnceLock::new(),
+            instance: OnceLock::new(),
             ctx,
         })
     }
@@ -311,6 +327,11 @@ impl Exchange {
         }
     }
 
+    /// The outcome decided so far (`None` while nothing went wrong and the response is not over).
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.state().lifecycle.outcome()
+    }
+
     pub fn is_cut(&self) -> bool {
         self.state().lifecycle.is_cut()
     }
@@ -346,6 +367,7 @@ impl Exchange {
                     observer.observe(component, *role, outcome.ending(status), latency.as_secs_f64());
                 }
                 self.ctx.log(outcome, cut, status, bytes, latency, served.map(|(c, _)| c.version()));
+                self.report_failure(outcome, cut);
             }
             Kind::Probe => {
                 tracing::debug!(request_id = %self.ctx.id, status = status.as_u16(), outcome = outcome.name(), "swap probe answered");

@@ -10,6 +10,7 @@
 //! | `/count` | 200 `<instance-id> <n>`: the instance's id, a random u64 in 16 hex digits drawn on its first request, and how many requests this instance has received, this one included |
 //! | `/sleep?ms=N` | waits N ms (`wasi:clocks/monotonic-clock.wait-for`, so other requests on the instance go on meanwhile), then 200 `slept N ms on <instance-id>` |
 //! | `/trap` | executes `unreachable` before any response |
+//! | `/error-code` | returns the error code `internal-error("misbehave-p3: deliberate error code")` instead of a response |
 //! | `/loop` | busy loop forever, never yielding: only epoch interruption (or a fuel limit) stops it |
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
 //! | `/stream?chunks=N&ms=M` | 200 at once, then lines `chunk 0\n` .. `chunk N-1\n`, one every M ms, waited asynchronously (defaults 5, 100) |
@@ -58,6 +59,9 @@ impl Guest for MisbehaveP3 {
         let (path, query) = path_with_query.split_once('?').unwrap_or((&path_with_query, ""));
         match path {
             "/trap" => trap(),
+            "/error-code" => {
+                Err(ErrorCode::InternalError(Some("misbehave-p3: deliberate error code".into())))
+            }
             "/loop" => busy_loop(),
             "/sleep" => match number(query, "ms", 0) {
                 Ok(ms) => {

@@ -11,12 +11,14 @@
 //! | `/loop` | busy loop forever, never yielding: only epoch interruption stops it |
 //! | `/loop-after-response` | 200 with a streaming body, writes `started\n`, then busy loops |
 //! | `/finish-then-loop` | 200 `finished\n`, the body finished (`OutgoingBody::finish`), then busy loops (any method, `HEAD` too) |
+//! | `/finish-then-trap?ms=N` | 200 `finished\n`, the body finished, then waits N ms and executes `unreachable` |
 //! | `/finish-then-sleep?ms=N` | 200 `finished\n`, the body finished, then waits N ms on a monotonic-clock pollable |
 //! | `/read-body` | reads the whole request body (blocking reads), then 200 `read N bytes`; 500 `body error` if reading fails |
 //! | `/alloc` | allocates 1 MiB blocks forever until the memory limit makes it trap |
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
 //! | `/recurse` | unbounded recursion: a stack overflow trap |
 //! | `/never-respond` | returns without ever setting a response |
+//! | `/error-code` | sets the response to the error code `internal-error("misbehave: deliberate error code")` |
 //! | `/set-twice` | sets a response (200, nothing written yet), then sets the same outparam again: traps |
 //! | `/sleep?ms=N` | waits N ms on a monotonic-clock pollable, then 200 `slept N ms` |
 //! | `/stream?chunks=N&ms=M` | 200 at once, then lines `chunk 0\n` .. `chunk N-1\n`, one every M ms (defaults 5, 100) |
@@ -40,8 +42,8 @@ use exports::wasi::http::incoming_handler::Guest;
 use wasi::clocks::monotonic_clock;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
-    ResponseOutparam, Scheme,
+    ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
+    OutgoingResponse, ResponseOutparam, Scheme,
 };
 use wasi::io::streams::{OutputStream, StreamError};
 
@@ -84,6 +86,15 @@ impl Guest for Misbehave {
                 }
                 Err(bad) => respond(out, 400, bad.as_bytes()),
             },
+            // A guest that fails after its response was complete (within `--after-response-grace`).
+            "/finish-then-trap" => match number(query, "ms", 0) {
+                Ok(ms) => {
+                    respond(out, 200, b"finished\n");
+                    sleep_ms(ms);
+                    trap()
+                }
+                Err(bad) => respond(out, 400, bad.as_bytes()),
+            },
             "/read-body" => match read_body(request) {
                 Ok(bytes) => respond(out, 200, format!("read {bytes} bytes").as_bytes()),
                 Err(()) => respond(out, 500, b"body error"),
@@ -94,6 +105,10 @@ impl Guest for Misbehave {
             }
             // Dropping the outparam unset is exactly the misbehaviour: the host must answer by itself.
             "/never-respond" => drop(out),
+            "/error-code" => ResponseOutparam::set(
+                out,
+                Err(ErrorCode::InternalError(Some("misbehave: deliberate error code".into()))),
+            ),
             "/set-twice" => set_twice(out),
             "/stream" => match (number(query, "chunks", 5), number(query, "ms", 100)) {
                 (Ok(chunks), Ok(ms)) => stream(out, chunks, ms),
