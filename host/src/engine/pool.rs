@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::SpanContext;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
@@ -27,11 +28,13 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 use crate::engine::runtime::{RequestState, Reuse, Stores};
 use crate::engine::stop::StopSignal;
 
-/// What the pool needs of one request passed to an instance: its id for the logs and the stop
-/// (deadline or fault) that ends its part of the instance's work.
+/// What the pool needs of one request passed to an instance: its id for the logs, the stop
+/// (deadline or fault) that ends its part of the instance's work, and its trace.
 pub trait PoolRequest: Send + Sync + 'static {
     fn id(&self) -> &str;
     fn stop(&self) -> &Arc<StopSignal>;
+    /// The span the guest's outbound calls for this request are children of (traces on only).
+    fn trace_parent(&self) -> Option<SpanContext>;
 }
 
 /// A request as the pool holds it.
@@ -155,7 +158,9 @@ impl WorkerState for InstancePolicy {
         caller: Caller,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        store.data_mut().start_request();
+        // With several requests on one instance at once, the guest's calls are traced under the
+        // request it took last: the store cannot tell which request a call is for.
+        store.data_mut().start_request(caller.trace_parent());
         tracing::debug!(request_id = %caller.id(), instance = %self.label, "request passed to a reused instance");
         let stop = caller.stop().clone();
         Box::pin(async move { stop.reached().await })

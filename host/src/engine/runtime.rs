@@ -23,6 +23,7 @@ use crate::engine::outbound::OutboundPolicy;
 use crate::engine::outbound::OutboundRule;
 pub use crate::engine::state::RequestState;
 use crate::engine::stop::StopSignal;
+use crate::util::traces::Traces;
 
 /// How often the epoch advances. A guest that never yields is checked at this granularity:
 /// it gives up its thread every tick and is stopped at the first tick past its deadline.
@@ -46,6 +47,8 @@ pub struct RuntimeConfig {
     pub allow_outbound: Vec<OutboundRule>,
     /// How p3 instances are reused across requests.
     pub reuse: Reuse,
+    /// The tracer, when traces are on: outbound calls get spans and a `traceparent`.
+    pub traces: Option<Arc<Traces>>,
 }
 
 /// How long a p3 (`wasi:http/service`) instance serves before it is retired (the flags
@@ -272,6 +275,16 @@ impl Stores {
         &self.config.limits
     }
 
+    /// The tracer, when traces are on.
+    pub fn traces(&self) -> Option<&Traces> {
+        self.config.traces.as_deref()
+    }
+
+    /// The tracer's shared handle, when traces are on.
+    pub fn traces_handle(&self) -> Option<Arc<Traces>> {
+        self.config.traces.clone()
+    }
+
     /// A store for one request's fresh instance: yields to the executor at each epoch tick and
     /// traps once `stop` is past.
     pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
@@ -325,7 +338,7 @@ impl Stores {
             limits: StoreLimitsBuilder::new()
                 .memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
                 .build(),
-            outbound: OutboundPolicy::new(self.outbound.clone(), label),
+            outbound: OutboundPolicy::new(self.outbound.clone(), label, self.config.traces.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

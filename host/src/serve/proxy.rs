@@ -21,6 +21,7 @@ use crate::engine::runtime::RequestState;
 use crate::serve::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseBody};
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::serve::serving::Serving;
+use crate::util::traces;
 use crate::versions::registry::{ActiveComponent, Handler};
 
 /// `--swap-probe`: a request the candidate must answer with 2xx.
@@ -78,6 +79,9 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let mut store = exchange.serving().stores().request_store(&exchange.ctx.id, exchange.stop.clone());
+    if let Some(parent) = exchange.span_context() {
+        store.data_mut().trace_under(Some(parent.clone()));
+    }
     // Cloud Run terminates TLS; the guest should still see the scheme the client used.
     let scheme = match req.headers().get("x-forwarded-proto").map(|v| v.as_bytes()) {
         Some(b"https") => Scheme::Https,
@@ -131,7 +135,12 @@ async fn guest_task(
     let end = {
         let guest = async {
             let instantiating = tokio::time::Instant::now();
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let span = exchange.child_span("instantiate");
+            let proxy = pre.instantiate_async(&mut store).await;
+            if let Some(span) = span {
+                traces::end_span(span, proxy.as_ref().err());
+            }
+            let proxy = proxy?;
             exchange.serving().metrics.instantiation.observe(instantiating.elapsed().as_secs_f64());
             proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
         };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
+use opentelemetry::trace::SpanContext;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
@@ -22,6 +23,10 @@ impl PoolRequest for Exchange {
 
     fn stop(&self) -> &Arc<StopSignal> {
         &self.stop
+    }
+
+    fn trace_parent(&self) -> Option<SpanContext> {
+        self.span_context().cloned()
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`StopSignal`] ([`crate::engine::stop`]): the guest's stop time, shared with its store's
 //!   epoch callback.
 //! - [`record`]: the request's context and its access-log line.
+//! - [`span`]: its server span, when traces are on.
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
 //! guest's response head), the response body (polled by hyper), and the supervisor (the guest
@@ -23,6 +24,7 @@ mod body;
 mod delivery;
 pub mod lifecycle;
 mod record;
+mod span;
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -31,6 +33,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -107,6 +110,8 @@ pub struct Exchange {
     supervisor: Notify,
     /// The version routed to serve it, and as what.
     served: OnceLock<(Arc<ActiveComponent>, Role)>,
+    /// Its server span's context, the parent of the spans its guest makes (traces on only).
+    trace: Option<SpanContext>,
 }
 
 struct State {
@@ -114,6 +119,8 @@ struct State {
     /// Held until the response is over and the guest has stopped.
     permit: Option<Permit>,
     guest: Guest,
+    /// The server span, ended by `finish` (traces on only).
+    span: Option<opentelemetry_sdk::trace::Span>,
 }
 
 impl State {
@@ -147,14 +154,15 @@ impl Exchange {
             scope.connection.request_started(req.version() == http::Version::HTTP_2);
         }
         let timeout = serving.limits().request_timeout;
-        Self::new(serving, Some(observer), ctx, scope, Kind::Request, timeout)
+        let span = serving.traces().map(|traces| span::start(traces, req, &ctx));
+        Self::new(serving, Some(observer), ctx, scope, Kind::Request, timeout, span)
     }
 
     /// A smoke probe of a candidate component, with its own time limit.
     pub fn probe<B>(serving: &Arc<Serving>, req: &Request<B>, timeout: Duration) -> Arc<Self> {
         let mut ctx = RequestContext::new(serving, req, ([127, 0, 0, 1], 0).into());
         ctx.id = format!("probe-{}", ctx.id);
-        Self::new(serving, None, ctx, None, Kind::Probe, timeout)
+        Self::new(serving, None, ctx, None, Kind::Probe, timeout, None)
     }
 
     fn new(
@@ -164,8 +172,10 @@ impl Exchange {
         scope: Option<Scope>,
         kind: Kind,
         timeout: Duration,
+        span: Option<opentelemetry_sdk::trace::Span>,
     ) -> Arc<Self> {
         let deadline = ctx.started + timeout;
+        let trace = span.as_ref().map(|span| span.span_context().clone());
         Arc::new(Self {
             serving: serving.clone(),
             observer,
@@ -173,14 +183,33 @@ impl Exchange {
             kind,
             scope,
             stop: Arc::new(StopSignal::new(deadline)),
-            state: Mutex::new(State { lifecycle: Lifecycle::new(), permit: None, guest: Guest::NotStarted }),
+            state: Mutex::new(State {
+                lifecycle: Lifecycle::new(),
+                permit: None,
+                guest: Guest::NotStarted,
+                span,
+            }),
             progress: Progress::new(ctx.started),
             delivery: Delivery::new(),
             waiter: Notify::new(),
             supervisor: Notify::new(),
             served: OnceLock::new(),
+            trace,
             ctx,
         })
+    }
+
+    /// The server span's context (traces on only): the parent of what the guest's work traces.
+    pub fn span_context(&self) -> Option<&SpanContext> {
+        self.trace.as_ref()
+    }
+
+    /// A span for part of this request's work (`name`), child of its server span; `None` when
+    /// traces are off.
+    pub fn child_span(&self, name: &'static str) -> Option<opentelemetry_sdk::trace::Span> {
+        let parent = self.trace.as_ref()?;
+        let traces = self.serving.traces()?;
+        Some(traces.start_span(name, SpanKind::Internal, Some(parent), Vec::new()))
     }
 
     pub fn serving(&self) -> &Serving {
@@ -319,12 +348,12 @@ impl Exchange {
     /// `--after-response-grace` when the response ended, at once when it was cut) and releases
     /// the permit once the guest has stopped.
     pub fn finish(&self) {
-        let (outcome, status, cut, permit) = {
+        let (outcome, status, cut, permit, span) = {
             let mut state = self.state();
             let Some((outcome, status)) = state.lifecycle.finish() else { return };
             let cut = state.lifecycle.is_cut();
             let permit = state.release_permit();
-            (outcome, status, cut, permit)
+            (outcome, status, cut, permit, state.span.take())
         };
         drop(permit);
         self.delivery_over();
@@ -346,6 +375,9 @@ impl Exchange {
                     observer.observe(component, *role, outcome.ending(status), latency.as_secs_f64());
                 }
                 self.ctx.log(outcome, cut, status, bytes, latency, served.map(|(c, _)| c.version()));
+                if let Some(span) = span {
+                    span::end(span, outcome, status, bytes, served.map(|(c, role)| (c.as_ref(), *role)));
+                }
             }
             Kind::Probe => {
                 tracing::debug!(request_id = %self.ctx.id, status = status.as_u16(), outcome = outcome.name(), "swap probe answered");
