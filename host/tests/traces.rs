@@ -14,22 +14,25 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::util::otlp::{Blackhole, Receiver, down_endpoint};
-use crate::util::{HostProcess, misbehave_wasm, poll_metric_until};
+use crate::util::{HostProcess, misbehave_p3_wasm, misbehave_wasm, poll_metric_until};
 
 /// Generous: spans are exported every 20 ms here, but the suite may share the machine.
 const PATIENCE: Duration = Duration::from_secs(30);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
-/// A host serving the misbehaving component with `extra_args`, exporting to `endpoint` over
-/// `protocol`.
+/// A host serving the misbehaving component (unless `extra_args` names another) with
+/// `extra_args`, exporting to `endpoint` over `protocol`.
 fn traced_host(
     endpoint: &str,
     protocol: &str,
     extra_env: &[(&str, &str)],
     extra_args: &[&str],
 ) -> HostProcess {
-    let mut args = vec!["--component", misbehave_wasm().to_str().unwrap()];
+    let mut args = vec![];
+    if !extra_args.contains(&"--component") {
+        args.extend(["--component", misbehave_wasm().to_str().unwrap()]);
+    }
     args.extend_from_slice(extra_args);
     let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
@@ -220,6 +223,29 @@ fn failing_requests_are_error_spans_and_unsampled_callers_are_respected() {
         !spans.iter().any(|s| s["attributes"]["url.query"] == "unsampled" || s["trace_id"] == TRACE),
         "a caller that did not sample its trace gets no span (parent-based sampling)"
     );
+}
+
+/// A p3 component's requests get their server spans too (no `instantiate` span: the pool starts
+/// instances, not the request), a trap among them in error.
+#[test]
+fn p3_requests_get_server_spans() {
+    let receiver = Receiver::start();
+    let component = misbehave_p3_wasm().to_str().unwrap();
+    let host = traced_host(&receiver.http_endpoint(), "http/protobuf", &[], &["--component", component]);
+    let http = client();
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    assert_eq!(http.get(host.url("/?p3")).header("traceparent", &traceparent).send().unwrap().status(), 200);
+    assert_eq!(http.get(host.url("/trap")).send().unwrap().status(), 500);
+    let spans = receiver.wait_for("the p3 spans", PATIENCE, |spans| {
+        server_span(spans, "/").is_some() && server_span(spans, "/trap").is_some()
+    });
+    let ok = server_span(&spans, "/").unwrap();
+    assert_eq!((ok["trace_id"].as_str(), ok["parent_span_id"].as_str()), (Some(TRACE), Some(PARENT)));
+    assert_eq!(ok["attributes"]["echo_host.outcome"], "responded");
+    assert!(children(&spans, ok).is_empty(), "{spans:?}");
+    let trap = server_span(&spans, "/trap").unwrap();
+    assert_eq!(trap["status_code"], "STATUS_CODE_ERROR");
+    assert_eq!(trap["attributes"]["echo_host.outcome"], "trapped");
 }
 
 /// A request loop against `host`: every response must be 200; returns how many took longer
