@@ -33,7 +33,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind};
+use opentelemetry::trace::{Span as _, SpanContext};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -197,19 +197,6 @@ impl Exchange {
             trace,
             ctx,
         })
-    }
-
-    /// The server span's context (traces on only): the parent of what the guest's work traces.
-    pub fn span_context(&self) -> Option<&SpanContext> {
-        self.trace.as_ref()
-    }
-
-    /// A span for part of this request's work (`name`), child of its server span; `None` when
-    /// traces are off.
-    pub fn child_span(&self, name: &'static str) -> Option<opentelemetry_sdk::trace::Span> {
-        let parent = self.trace.as_ref()?;
-        let traces = self.serving.traces()?;
-        Some(traces.start_span(name, SpanKind::Internal, Some(parent), Vec::new()))
     }
 
     pub fn serving(&self) -> &Serving {

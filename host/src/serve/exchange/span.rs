@@ -1,11 +1,12 @@
 //! A client request's server span (only when traces are on): started with the exchange, child of
 //! the caller's `traceparent` or `X-Cloud-Trace-Context`, with the HTTP semantic-convention
 //! attributes; ended with the exchange, naming its status, the version that served it and the
-//! [`Outcome`], in error when the outcome is a failure.
+//! [`Outcome`], in error when the outcome is a failure. Its context parents the spans of the
+//! request's guest work ([`super::Exchange::child_span`], the outbound calls).
 
 use http::{Request, StatusCode};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Status};
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status};
 use opentelemetry_sdk::trace::Span;
 
 use super::lifecycle::Outcome;
@@ -13,6 +14,21 @@ use super::record::RequestContext;
 use crate::util::traces::{Traces, propagate};
 use crate::versions::Role;
 use crate::versions::registry::ActiveComponent;
+
+impl super::Exchange {
+    /// The server span's context (traces on only): the parent of what the guest's work traces.
+    pub fn span_context(&self) -> Option<&SpanContext> {
+        self.trace.as_ref()
+    }
+
+    /// A span for part of this request's work (`name`), child of its server span; `None` when
+    /// traces are off.
+    pub fn child_span(&self, name: &'static str) -> Option<Span> {
+        let parent = self.trace.as_ref()?;
+        let traces = self.serving.traces()?;
+        Some(traces.start_span(name, SpanKind::Internal, Some(parent), Vec::new()))
+    }
+}
 
 /// Starts the server span of `req`.
 pub fn start<B>(traces: &Traces, req: &Request<B>, ctx: &RequestContext) -> Span {
