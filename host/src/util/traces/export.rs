@@ -4,8 +4,9 @@
 //!
 //! A collector that is down, refusing, slow or that never answers costs spans, never time: a
 //! full queue drops the new span, an export that fails or passes `OTEL_EXPORTER_OTLP_TIMEOUT`
-//! drops its batch, and both are counted (`echo_host_trace_spans_dropped_total`). Shutting down
-//! sends what is queued within a bound.
+//! drops its batch, and both are counted (`echo_host_trace_spans_dropped_total`); after a failure
+//! the batches of the next second (doubling up to 30 s while it keeps failing) are dropped
+//! without being encoded. Shutting down sends what is queued within a bound.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -204,10 +205,18 @@ fn build_exporter(
     Ok(exporter)
 }
 
+/// After a failed export, how long the next batches are dropped without being encoded or sent
+/// (doubling while the collector keeps failing, up to [`MAX_BACKOFF`]): a collector that is down
+/// costs the spans, not the CPU of encoding every batch for it.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// The exporter thread: every `OTEL_BSP_SCHEDULE_DELAY`, or as soon as a batch is full, sends
 /// the queue in batches; at shutdown sends what is left before the shutdown's bound.
 async fn run(queue: &Queue, mut exporter: opentelemetry_otlp::SpanExporter, config: &TraceConfig) {
     let mut taken = Vec::new();
+    // While the collector fails: when to try again, and the wait after the next failure.
+    let (mut retry_at, mut backoff) = (None::<Instant>, FIRST_BACKOFF);
     loop {
         if !queue.closed.load(Ordering::Relaxed) {
             tokio::select! {
@@ -218,12 +227,23 @@ async fn run(queue: &Queue, mut exporter: opentelemetry_otlp::SpanExporter, conf
         let closing = queue.closed.load(Ordering::Relaxed);
         std::mem::swap(&mut *queue.spans(), &mut taken);
         while !taken.is_empty() {
-            let batch: Vec<SpanData> = taken.drain(..taken.len().min(queue.max_batch)).collect();
+            let count = taken.len().min(queue.max_batch);
+            if !closing && retry_at.is_some_and(|at| Instant::now() < at) {
+                taken.drain(..count);
+                queue.dropped(count, "the collector failed just before");
+                continue;
+            }
+            let batch: Vec<SpanData> = taken.drain(..count).collect();
             let timeout = match queue.closing_by() {
                 Some(by) => config.timeout.min(by.saturating_duration_since(Instant::now())),
                 None => config.timeout,
             };
-            export(queue, &exporter, batch, timeout, &config.endpoint).await;
+            if export(queue, &exporter, batch, timeout, &config.endpoint).await {
+                (retry_at, backoff) = (None, FIRST_BACKOFF);
+            } else {
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
         if closing {
             break;
@@ -232,14 +252,14 @@ async fn run(queue: &Queue, mut exporter: opentelemetry_otlp::SpanExporter, conf
     let _ = exporter.shutdown_with_timeout(Duration::from_millis(100));
 }
 
-/// Sends one batch; counts it as exported or dropped.
+/// Sends one batch; counts it as exported or dropped. Returns whether it was exported.
 async fn export(
     queue: &Queue,
     exporter: &opentelemetry_otlp::SpanExporter,
     batch: Vec<SpanData>,
     timeout: Duration,
     endpoint: &str,
-) {
+) -> bool {
     let count = batch.len();
     let error = match tokio::time::timeout(timeout, exporter.export(batch)).await {
         Ok(Ok(())) => {
@@ -247,10 +267,11 @@ async fn export(
             if queue.warned.swap(false, Ordering::Relaxed) {
                 tracing::info!(endpoint, "trace export to `{endpoint}` works again");
             }
-            return;
+            return true;
         }
         Ok(Err(error)) => error.to_string(),
         Err(_) => format!("no answer within {timeout:?} (`OTEL_EXPORTER_OTLP_TIMEOUT`)"),
     };
     queue.dropped(count, &format!("export to `{endpoint}` failed: {error}"));
+    false
 }
