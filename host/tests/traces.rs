@@ -160,6 +160,11 @@ fn plain_and_outbound(protocol: &str) {
 
     let fetch_server = server_span(&spans, "/fetch").unwrap();
     assert_eq!(fetch_server["parent_span_id"], "", "no caller: a root span");
+    // Its access-log line names the trace it started, as Cloud Logging joins them.
+    let fetch_id = fetch_server["attributes"]["echo_host.request_id"].as_str().unwrap();
+    let access = host.wait_for_line(&format!("\"request_id\":\"{fetch_id}\""), PATIENCE).unwrap();
+    let access: Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(access["logging.googleapis.com/trace"], fetch_server["trace_id"], "{access}");
     let client_span =
         *children(&spans, fetch_server).iter().find(|s| s["kind"] == "SPAN_KIND_CLIENT").unwrap();
     assert_eq!(client_span["attributes"]["http.response.status_code"], 200);

@@ -148,13 +148,17 @@ impl Exchange {
         req: &Request<B>,
         remote: std::net::SocketAddr,
     ) -> Arc<Self> {
-        let ctx = RequestContext::new(serving, req, remote);
+        let mut ctx = RequestContext::new(serving, req, remote);
         let scope = Scope::current();
         if let Some(scope) = &scope {
             scope.connection.request_started(req.version() == http::Version::HTTP_2);
         }
         let timeout = serving.limits().request_timeout;
         let span = serving.traces().map(|traces| span::start(traces, req, &ctx));
+        if let Some(span) = &span {
+            // The access log names the span's trace, also when this request started it.
+            ctx.trace = Some(span::trace_name(span.span_context(), serving.project_id()));
+        }
         Self::new(serving, Some(observer), ctx, scope, Kind::Request, timeout, span)
     }
 

@@ -65,6 +65,15 @@ pub fn start<B>(traces: &Traces, req: &Request<B>, ctx: &RequestContext) -> Span
     traces.start_span(method.unwrap_or("HTTP"), SpanKind::Server, parent.as_ref(), attributes)
 }
 
+/// The access log's trace for a request whose server span is `span`: Cloud Logging's
+/// `projects/PROJECT/traces/TRACE_ID` (the bare id without `GOOGLE_CLOUD_PROJECT`).
+pub fn trace_name(span: &SpanContext, project: Option<&str>) -> String {
+    match project {
+        Some(project) => format!("projects/{project}/traces/{}", span.trace_id()),
+        None => span.trace_id().to_string(),
+    }
+}
+
 /// Ends the server span of an exchange that ended with `outcome` and `status` after sending
 /// `bytes` of body, served by `served` (none when the host answered before routing).
 pub fn end(
