@@ -1,6 +1,6 @@
 //! OTLP traces with the OpenTelemetry SDK ([`Traces`]), configured by the standard `OTEL_*`
 //! variables only ([`config`]) and off when they name no endpoint: then the host holds no
-//! `Traces` at all and a request pays one `Option` check.
+//! `Traces` at all and a request pays a few `Option` checks (no span object, no allocation).
 //!
 //! - [`config`]: the variables, checked at start-up.
 //! - [`export`]: the bounded queue and the exporter thread (a slow collector costs spans, never
