@@ -230,7 +230,14 @@ impl ServiceFile {
             .unwrap_or_else(|| panic!("{} has no `{key}`", self.path.display()))
     }
 
-    /// What every service file must get right: the Cloud Run contract and the host's defaults.
+    /// The host alone in its instance.
+    fn check_one_container(&self) {
+        let key = format!("{}.containers[1].image", Self::SPEC);
+        assert!(!self.yaml.contains_key(&key), "{}: one container expected", self.path.display());
+    }
+
+    /// What every service file must get right about the host's container: the Cloud Run contract
+    /// and the host's defaults.
     fn check_common(&self) {
         let get = |key: &str| self.get(key);
         let env = &self.env;
@@ -241,7 +248,6 @@ impl ServiceFile {
             let value = get(&format!("spec.template.metadata.annotations.autoscaling.knative.dev/{scale}"));
             value.parse::<u32>().unwrap_or_else(|_| panic!("{scale} `{value}` is not a number"));
         }
-        assert!(!self.yaml.contains_key(&format!("{spec}.containers[1]")), "one container expected");
 
         // Every ECHO_HOST_* variable is one the host reads; PORT is Cloud Run's to set.
         let known = env_vars_in_help();
@@ -299,6 +305,7 @@ impl ServiceFile {
 fn service_yaml_follows_the_release_store() {
     let file = ServiceFile::read("service.yaml");
     file.check_common();
+    file.check_one_container();
     // The store is a `gs://BUCKET/PREFIX/` the host accepts, and needs neither gen2 nor a volume.
     let store = file.env.get("ECHO_HOST_STORE").expect("ECHO_HOST_STORE set");
     echo_host::util::gcs::GsPrefix::parse("--store", &store.replace("BUCKET", "bucket")).unwrap();
@@ -324,6 +331,7 @@ fn service_yaml_follows_the_release_store() {
 fn service_oci_yaml_follows_an_artifact_registry_tag() {
     let file = ServiceFile::read("service-oci.yaml");
     file.check_common();
+    file.check_one_container();
     let component = file.env.get("ECHO_HOST_COMPONENT").expect("ECHO_HOST_COMPONENT set");
     // The placeholders are in capitals; a real reference is lowercase.
     let source = echo_host::cli::config::ComponentSource::parse(&component.to_ascii_lowercase()).unwrap();
@@ -342,6 +350,7 @@ fn service_oci_yaml_follows_an_artifact_registry_tag() {
 fn service_fuse_yaml_polls_the_mounted_component() {
     let file = ServiceFile::read("service-fuse.yaml");
     file.check_common();
+    file.check_one_container();
     let (spec, container) = (ServiceFile::SPEC, ServiceFile::CONTAINER);
     let get = |key: &str| file.get(key);
     assert_eq!(get("spec.template.metadata.annotations.run.googleapis.com/execution-environment"), "gen2");
@@ -364,6 +373,44 @@ fn service_fuse_yaml_polls_the_mounted_component() {
     assert!(!get(&format!("{volume}.csi.volumeAttributes.bucketName")).is_empty());
     assert!(component.ends_with(".wasm"), "a bucket component must be a .wasm, not `{component}`");
     assert_eq!(file.env.get("ECHO_HOST_ALLOW_PRECOMPILED").map(String::as_str), Some("false"));
+}
+
+#[test]
+fn service_otel_yaml_sends_traces_to_the_collector_sidecar() {
+    let file = ServiceFile::read("service-otel.yaml");
+    file.check_common();
+    let (spec, container) = (ServiceFile::SPEC, ServiceFile::CONTAINER);
+    let get = |key: &str| file.get(key);
+    // The host reads the OTEL_* variables as they are set here, and they turn traces on.
+    let lookup = |key: &str| file.env.get(key).cloned();
+    let traces = echo_host::util::traces::TraceConfig::from_env(&lookup).unwrap().expect("traces on");
+    assert_eq!(traces.protocol, echo_host::util::traces::config::Protocol::Grpc);
+    let port = traces.endpoint.rsplit(':').next().unwrap().to_string();
+    // The collector starts first and stops last, and is the second container.
+    assert_eq!(get(&format!("{container}.name")), "echo-host");
+    let collector = format!("{spec}.containers[1]");
+    assert_eq!(get(&format!("{collector}.name")), "collector");
+    assert!(get(&format!("{collector}.image")).contains("/otelcol-google:"));
+    let dependencies = get("spec.template.metadata.annotations.run.googleapis.com/container-dependencies");
+    let dependencies: serde_json::Value = serde_json::from_str(dependencies).unwrap();
+    assert_eq!(dependencies, serde_json::json!({"echo-host": ["collector"]}));
+    assert!(!file.yaml.contains_key(&format!("{spec}.containers[2].image")));
+    // Its config comes from the secret volume, and receives OTLP/gRPC where the host sends it.
+    let config_arg = get(&format!("{collector}.args[0]"));
+    let mount = get(&format!("{collector}.volumeMounts[0].mountPath"));
+    let config_file = config_arg.strip_prefix("--config=").expect("--config=FILE");
+    let file_name = config_file.strip_prefix(mount).expect("the config is in the mounted volume");
+    assert_eq!(get(&format!("{spec}.volumes[0].name")), get(&format!("{collector}.volumeMounts[0].name")));
+    assert_eq!(get(&format!("{spec}.volumes[0].secret.items[0].path")), file_name);
+    let config =
+        flatten_yaml(&std::fs::read_to_string(workspace().join("deploy/otel-collector.yaml")).unwrap());
+    let receiver = &config["receivers.otlp.protocols.grpc.endpoint"];
+    assert_eq!(receiver.rsplit(':').next(), Some(port.as_str()), "the collector listens on `{receiver}`");
+    assert_eq!(config["service.pipelines.traces.receivers"], "[otlp]");
+    // The startup probe asks the collector's health_check extension.
+    let health = &config["extensions.health_check.endpoint"];
+    assert_eq!(Some(get(&format!("{collector}.startupProbe.httpGet.port"))), health.rsplit(':').next());
+    assert!(config["service.extensions"].contains("health_check"));
 }
 
 #[test]

@@ -76,6 +76,9 @@ mod registry_harness;
 // Golden files: `/metrics` and the access log byte for byte for a fixed set of requests (the
 // promise of the `host/src` layering refactor: nothing a user sees changes).
 mod golden;
+// OTLP traces against a real receiver (gRPC and HTTP): spans, parents, attributes, outbound
+// `traceparent`; failing collectors cost counted spans, never a response; the shutdown flush.
+mod traces;
 // `/metrics` read by real parsers: one family per name, `promtool check metrics`, the Python
 // OpenMetrics parser, and a real Prometheus scraping a host (#32).
 mod exposition;

@@ -43,4 +43,6 @@ pub struct ServeConfig {
     pub thresholds: crate::release::rollout::Thresholds,
     /// How p3 instances are reused (`--instance-*`).
     pub reuse: crate::engine::runtime::Reuse,
+    /// OTLP traces, from the `OTEL_*` variables; `None` when off.
+    pub traces: Option<crate::util::traces::TraceConfig>,
 }

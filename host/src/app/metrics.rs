@@ -12,6 +12,7 @@ use crate::release::store::metrics::ReleaseMetrics;
 use crate::serve::metrics::ServeMetrics;
 use crate::util::log_writer;
 use crate::util::metrics::register_process_counter;
+use crate::util::traces::TraceCounters;
 use crate::versions::metrics::VersionMetrics;
 
 /// The format `/metrics` is written in.
@@ -56,6 +57,8 @@ pub struct Metrics {
     pub serve: ServeMetrics,
     /// Versions published and rejected, source and store polls.
     pub delivery: DeliveryMetrics,
+    /// Trace spans exported and dropped (0 while traces are off).
+    pub traces: TraceCounters,
 }
 
 impl Default for Metrics {
@@ -71,6 +74,7 @@ impl Metrics {
         let release = ReleaseMetrics::new(&mut registry);
         let serve = ServeMetrics::new(&mut registry, release.refused.clone());
         let delivery = DeliveryMetrics::new(&mut registry);
+        let traces = TraceCounters::new(&mut registry);
         register_process_counter(
             &mut registry,
             "log_lines_dropped",
@@ -86,7 +90,7 @@ impl Metrics {
         // Collectors are listed after the metrics, in the order registered: the serve layer's
         // labelled families after the process counters, as `/metrics` has always listed them.
         serve.register_families(&mut registry);
-        Self { registry, versions, release, serve, delivery }
+        Self { registry, versions, release, serve, delivery, traces }
     }
 
     /// The OpenMetrics text that Prometheus scrapes.

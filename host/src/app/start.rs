@@ -15,18 +15,16 @@ use crate::release::store::{self, Store, StoreSettings};
 use crate::release::{rollout, source};
 use crate::serve::server;
 use crate::util::shutdown;
+use crate::util::traces::{Platform, Traces};
 use crate::versions::registry::{self, Registry};
+
+/// How long the spans still queued at exit may take to be sent.
+const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Builds the runtime and loads the initial component through the same checks a swap makes:
 /// with `--store`, the store's release (or `--component` until there is one).
 pub async fn load_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let started = Instant::now();
-    let runtime = Arc::new(Runtime::new(RuntimeConfig {
-        limits: config.limits.clone(),
-        guest_env: config.guest_env.clone(),
-        allow_outbound: config.allow_outbound.clone(),
-        reuse: config.reuse,
-    })?);
     let metrics = Metrics::new();
     let store = match &config.store {
         Some(location) => Some(Arc::new(
@@ -44,6 +42,14 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
         )),
         None => None,
     };
+    let traces = start_traces(config, store.as_deref(), &metrics)?;
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        limits: config.limits.clone(),
+        guest_env: config.guest_env.clone(),
+        allow_outbound: config.allow_outbound.clone(),
+        reuse: config.reuse,
+        traces,
+    })?);
     let component = match &store {
         Some(store) => load_release_at_start(&runtime, store, config).await?,
         None => None,
@@ -76,6 +82,19 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
     let registry = Registry::new(component, config.swap.keep_versions);
     Ok(App::new(runtime, registry, metrics, store, config, project))
+}
+
+/// The tracer when `OTEL_EXPORTER_OTLP_*` names a collector; its spans carry Cloud Run's service
+/// and revision, and with `--store` this instance's id (the metadata server's).
+fn start_traces(
+    config: &ServeConfig,
+    store: Option<&Store>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<Traces>>> {
+    let Some(traces) = &config.traces else { return Ok(None) };
+    let instance = store.map(|store| store.instance.clone());
+    let platform = Platform::from_env(|key| std::env::var(key).ok(), instance);
+    Traces::start(traces, &platform, metrics.traces.clone()).map(Some)
 }
 
 /// The store's release, compiled, for a new instance; `None` when the store has no release yet
@@ -208,6 +227,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     drop(watchers);
     if let Some(store) = &app.store {
         store.leave().await;
+    }
+    if let Some(traces) = app.runtime.stores().traces_handle() {
+        // The last spans, sent within a bound: a collector that is gone must not hold the exit.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown(TRACES_FLUSH)).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -341,6 +341,7 @@ impl ServeArgs {
         }
         let follow = self.storage.follow_settings(self.poll_interval)?;
         let admin_token = self.admin_token(&lookup)?;
+        let traces = crate::util::traces::TraceConfig::from_env(&lookup)?;
         let swap = self.swap_policy()?;
         let mut guest_env: Vec<(String, String)> = PASSED_THROUGH_ENV
             .iter()
@@ -371,6 +372,7 @@ impl ServeArgs {
             registry,
             thresholds,
             reuse,
+            traces,
         })
     }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::SpanContext;
 use tokio::sync::Notify;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
@@ -29,11 +30,14 @@ use crate::engine::memory::MemoryWatch;
 use crate::engine::runtime::{RequestState, Reuse, Stores};
 use crate::engine::stop::StopSignal;
 
-/// What the pool needs of one request passed to an instance: its id for the logs and the stop
-/// (deadline or fault) that ends its part of the instance's work.
+/// What the pool needs of one request passed to an instance: its id for the logs, the stop
+/// (deadline or fault) that ends its part of the instance's work, and its trace.
 pub trait PoolRequest: Send + Sync + 'static {
     fn id(&self) -> &str;
     fn stop(&self) -> &Arc<StopSignal>;
+    /// The span the guest's outbound calls for this request are children of (traces on only).
+    fn trace_parent(&self) -> Option<SpanContext>;
+
     /// The instance that takes the request: what its memories reach, and why it failed.
     fn on_instance(&self, instance: &Arc<InstanceRecord>);
 }
@@ -216,7 +220,9 @@ impl WorkerState for InstancePolicy {
         caller: Caller,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        store.data_mut().start_request();
+        // With several requests on one instance at once, the guest's calls are traced under the
+        // request it took last: the store cannot tell which request a call is for.
+        store.data_mut().start_request(caller.trace_parent());
         caller.on_instance(&self.record);
         tracing::debug!(request_id = %caller.id(), instance = %self.label, "request passed to a reused instance");
         let stop = caller.stop().clone();

@@ -24,6 +24,7 @@ use crate::engine::outbound::OutboundPolicy;
 use crate::engine::outbound::OutboundRule;
 pub use crate::engine::state::RequestState;
 use crate::engine::stop::StopSignal;
+use crate::util::traces::Traces;
 
 /// How often the epoch advances. A guest that never yields is checked at this granularity:
 /// it gives up its thread every tick and is stopped at the first tick past its deadline.
@@ -47,6 +48,8 @@ pub struct RuntimeConfig {
     pub allow_outbound: Vec<OutboundRule>,
     /// How p3 instances are reused across requests.
     pub reuse: Reuse,
+    /// The tracer, when traces are on: outbound calls get spans and a `traceparent`.
+    pub traces: Option<Arc<Traces>>,
 }
 
 /// How long a p3 (`wasi:http/service`) instance serves before it is retired (the flags
@@ -327,6 +330,16 @@ impl Stores {
         &self.config.limits
     }
 
+    /// The tracer, when traces are on.
+    pub fn traces(&self) -> Option<&Traces> {
+        self.config.traces.as_deref()
+    }
+
+    /// The tracer's shared handle, when traces are on.
+    pub fn traces_handle(&self) -> Option<Arc<Traces>> {
+        self.config.traces.clone()
+    }
+
     /// A store for one request's fresh instance: yields to the executor at each epoch tick and
     /// traps once `stop` is past.
     pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
@@ -386,7 +399,7 @@ impl Stores {
             header_budget: HeaderBudget::new(guest.header_bytes()),
             log_budget,
             memory,
-            outbound: OutboundPolicy::new(self.outbound.clone(), label),
+            outbound: OutboundPolicy::new(self.outbound.clone(), label, self.config.traces.clone()),
         };
         let mut store = Store::new(self.engine(flavor), state);
         store.limiter(|state| &mut state.memory);

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use opentelemetry::trace::SpanContext;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -29,10 +30,17 @@ pub struct RequestState {
 
 impl RequestState {
     /// A reused (p3) instance takes a new request: its guest gets full header and log budgets
-    /// again (the per-request limits of a p2 store hold for the store's life).
-    pub fn start_request(&mut self) {
+    /// again (the per-request limits of a p2 store hold for the store's life), and its outbound
+    /// calls are traced under that request's span.
+    pub fn start_request(&mut self, trace: Option<SpanContext>) {
         self.header_budget.refill();
         self.log_budget.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).refill();
+        self.outbound.trace_under(trace);
+    }
+
+    /// The guest's outbound calls are traced as children of `parent` (traces on only).
+    pub fn trace_under(&mut self, parent: Option<SpanContext>) {
+        self.outbound.trace_under(parent);
     }
 
     /// What the instance's memories reached, and the growth refused (an out-of-memory trap).

@@ -22,6 +22,7 @@ use crate::serve::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseB
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::serve::serving::Serving;
 use crate::util::timed::Timed;
+use crate::util::traces;
 use crate::versions::cost::VersionCost;
 use crate::versions::registry::{ActiveComponent, Handler};
 
@@ -83,6 +84,9 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let mut store = exchange.serving().stores().request_store(&exchange.ctx.id, exchange.stop.clone());
+    if let Some(parent) = exchange.span_context() {
+        store.data_mut().trace_under(Some(parent.clone()));
+    }
     // Cloud Run terminates TLS; the guest should still see the scheme the client used.
     let scheme = match req.headers().get("x-forwarded-proto").map(|v| v.as_bytes()) {
         Some(b"https") => Scheme::Https,
@@ -148,7 +152,12 @@ async fn guest_task(
     let (result, busy) = {
         let guest = async {
             let instantiating = tokio::time::Instant::now();
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let span = exchange.child_span("instantiate");
+            let proxy = pre.instantiate_async(&mut store).await;
+            if let Some(span) = span {
+                traces::end_span(span, proxy.as_ref().err());
+            }
+            let proxy = proxy?;
             let seconds = instantiating.elapsed().as_secs_f64();
             exchange.serving().metrics.instantiation.observe(seconds);
             if let Some(cost) = cost {

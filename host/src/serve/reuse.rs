@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
+use opentelemetry::trace::SpanContext;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
@@ -30,6 +31,10 @@ impl PoolRequest for Exchange {
 
     fn on_instance(&self, instance: &Arc<InstanceRecord>) {
         self.attach_instance(instance);
+    }
+
+    fn trace_parent(&self) -> Option<SpanContext> {
+        self.span_context().cloned()
     }
 }
 

@@ -1,5 +1,5 @@
 //! What every connection and exchange of one server shares ([`Serving`]): the guests' stores and
-//! limits, the serve metrics, the `--concurrency` permits ([`Permit`]) and request ids.
+//! limits and tracer, the serve metrics, the `--concurrency` permits ([`Permit`]) and request ids.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::engine::limits::Limits;
 use crate::engine::runtime::Stores;
 use crate::serve::metrics::ServeMetrics;
+use crate::util::traces::Traces;
 use crate::versions::cost::CostFamilies;
 
 /// The serve layer's own state, shared by every connection and request (and by swap probes).
@@ -57,6 +58,11 @@ impl Serving {
 
     pub fn limits(&self) -> &Limits {
         self.stores.limits()
+    }
+
+    /// The tracer, when traces are on (`OTEL_EXPORTER_OTLP_*`).
+    pub fn traces(&self) -> Option<&Traces> {
+        self.stores.traces()
     }
 
     pub fn project_id(&self) -> Option<&str> {

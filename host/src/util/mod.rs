@@ -1,7 +1,7 @@
 //! Layer 0, `util`: what every layer may use and that knows nothing of the host: time formatting,
 //! backoff, redaction, signatures, the Cloud Storage client, the OCI registry client ([`oci`]),
-//! stdout logging, the stop signal of the process, a poll timer ([`timed`]), and how old a remote view may grow
-//! ([`freshness`]).
+//! stdout logging, the stop signal of the process, a poll timer ([`timed`]), how old a remote view
+//! may grow ([`freshness`]), and the OTLP trace exporter ([`traces`]).
 
 pub mod backoff;
 pub mod freshness;
@@ -15,4 +15,5 @@ pub mod shutdown;
 pub mod signing;
 pub mod time;
 pub mod timed;
+pub mod traces;
 pub mod units;

@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod gcs;
+pub mod otlp;
 pub mod peers;
 pub mod prometheus;
 pub mod registry;

@@ -12,6 +12,7 @@
 //!   epoch callback.
 //! - [`record`]: the request's context and its access-log line.
 //! - [`failure`]: why its guest failed, and the one ERROR line that says so.
+//! - [`span`]: its server span, when traces are on.
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
 //! guest's response head), the response body (polled by hyper), and the supervisor (the guest
@@ -25,6 +26,7 @@ mod delivery;
 mod failure;
 pub mod lifecycle;
 mod record;
+mod span;
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -33,6 +35,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use opentelemetry::trace::{Span as _, SpanContext};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -112,6 +115,8 @@ pub struct Exchange {
     served: OnceLock<(Arc<ActiveComponent>, Role)>,
     /// The reused (p3) instance it was passed to: its memory, and why it failed.
     instance: OnceLock<Arc<InstanceRecord>>,
+    /// Its server span's context, the parent of the spans its guest makes (traces on only).
+    trace: Option<SpanContext>,
 }
 
 struct State {
@@ -123,6 +128,8 @@ struct State {
     failure: Option<String>,
     /// The ERROR line for this request's guest was written.
     failure_logged: bool,
+    /// The server span, ended by `finish` (traces on only).
+    span: Option<opentelemetry_sdk::trace::Span>,
 }
 
 impl State {
@@ -150,20 +157,25 @@ impl Exchange {
         req: &Request<B>,
         remote: std::net::SocketAddr,
     ) -> Arc<Self> {
-        let ctx = RequestContext::new(serving, req, remote);
+        let mut ctx = RequestContext::new(serving, req, remote);
         let scope = Scope::current();
         if let Some(scope) = &scope {
             scope.connection.request_started(req.version() == http::Version::HTTP_2);
         }
         let timeout = serving.limits().request_timeout;
-        Self::new(serving, Some(observer), ctx, scope, Kind::Request, timeout)
+        let span = serving.traces().map(|traces| span::start(traces, req, &ctx));
+        if let Some(span) = &span {
+            // The access log names the span's trace, also when this request started it.
+            ctx.trace = Some(span::trace_name(span.span_context(), serving.project_id()));
+        }
+        Self::new(serving, Some(observer), ctx, scope, Kind::Request, timeout, span)
     }
 
     /// A smoke probe of a candidate component, with its own time limit.
     pub fn probe<B>(serving: &Arc<Serving>, req: &Request<B>, timeout: Duration) -> Arc<Self> {
         let mut ctx = RequestContext::new(serving, req, ([127, 0, 0, 1], 0).into());
         ctx.id = format!("probe-{}", ctx.id);
-        Self::new(serving, None, ctx, None, Kind::Probe, timeout)
+        Self::new(serving, None, ctx, None, Kind::Probe, timeout, None)
     }
 
     fn new(
@@ -173,8 +185,10 @@ impl Exchange {
         scope: Option<Scope>,
         kind: Kind,
         timeout: Duration,
+        span: Option<opentelemetry_sdk::trace::Span>,
     ) -> Arc<Self> {
         let deadline = ctx.started + timeout;
+        let trace = span.as_ref().map(|span| span.span_context().clone());
         Arc::new(Self {
             serving: serving.clone(),
             observer,
@@ -188,6 +202,7 @@ impl Exchange {
                 guest: Guest::NotStarted,
                 failure: None,
                 failure_logged: false,
+                span,
             }),
             progress: Progress::new(ctx.started),
             delivery: Delivery::new(),
@@ -195,6 +210,7 @@ impl Exchange {
             supervisor: Notify::new(),
             served: OnceLock::new(),
             instance: OnceLock::new(),
+            trace,
             ctx,
         })
     }
@@ -340,12 +356,12 @@ impl Exchange {
     /// `--after-response-grace` when the response ended, at once when it was cut) and releases
     /// the permit once the guest has stopped.
     pub fn finish(&self) {
-        let (outcome, status, cut, permit) = {
+        let (outcome, status, cut, permit, span) = {
             let mut state = self.state();
             let Some((outcome, status)) = state.lifecycle.finish() else { return };
             let cut = state.lifecycle.is_cut();
             let permit = state.release_permit();
-            (outcome, status, cut, permit)
+            (outcome, status, cut, permit, state.span.take())
         };
         drop(permit);
         self.delivery_over();
@@ -367,6 +383,9 @@ impl Exchange {
                     observer.observe(component, *role, outcome.ending(status), latency.as_secs_f64());
                 }
                 self.ctx.log(outcome, cut, status, bytes, latency, served.map(|(c, _)| c.version()));
+                if let Some(span) = span {
+                    span::end(span, outcome, status, bytes, served.map(|(c, role)| (c.as_ref(), *role)));
+                }
                 self.report_failure(outcome, cut);
             }
             Kind::Probe => {

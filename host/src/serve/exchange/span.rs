@@ -1,0 +1,173 @@
+//! A client request's server span (only when traces are on): started with the exchange, child of
+//! the caller's `traceparent` or `X-Cloud-Trace-Context`, with the HTTP semantic-convention
+//! attributes; ended with the exchange, naming its status, the version that served it and the
+//! [`Outcome`], in error when the outcome is a failure. Its context parents the spans of the
+//! request's guest work ([`super::Exchange::child_span`], the outbound calls).
+
+use http::{Request, StatusCode};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status};
+use opentelemetry_sdk::trace::Span;
+
+use super::lifecycle::Outcome;
+use super::record::RequestContext;
+use crate::util::traces::{Traces, propagate};
+use crate::versions::Role;
+use crate::versions::registry::ActiveComponent;
+
+impl super::Exchange {
+    /// The server span's context (traces on only): the parent of what the guest's work traces.
+    pub fn span_context(&self) -> Option<&SpanContext> {
+        self.trace.as_ref()
+    }
+
+    /// A span for part of this request's work (`name`), child of its server span; `None` when
+    /// traces are off.
+    pub fn child_span(&self, name: &'static str) -> Option<Span> {
+        let parent = self.trace.as_ref()?;
+        let traces = self.serving.traces()?;
+        Some(traces.start_span(name, SpanKind::Internal, Some(parent), Vec::new()))
+    }
+}
+
+/// Starts the server span of `req`.
+pub fn start<B>(traces: &Traces, req: &Request<B>, ctx: &RequestContext) -> Span {
+    let parent = propagate::remote_parent(req.headers());
+    let uri = req.uri();
+    let method = known_method(req.method());
+    let mut attributes = Vec::with_capacity(13);
+    attributes.push(KeyValue::new("http.request.method", method.unwrap_or("_OTHER")));
+    if method.is_none() {
+        attributes.push(KeyValue::new("http.request.method_original", req.method().as_str().to_owned()));
+    }
+    attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
+    if let Some(query) = uri.query() {
+        attributes.push(KeyValue::new("url.query", query.to_owned()));
+    }
+    let https = req.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes() == b"https");
+    attributes.push(KeyValue::new("url.scheme", if https { "https" } else { "http" }));
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+    if let Some(authority) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
+        attributes.push(KeyValue::new("server.address", authority.host().to_owned()));
+        if let Some(port) = authority.port_u16() {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        }
+    }
+    attributes.push(KeyValue::new("network.protocol.version", protocol_version(ctx.version)));
+    attributes.push(KeyValue::new("client.address", ctx.remote_ip.clone()));
+    if let Some(agent) = &ctx.user_agent {
+        attributes.push(KeyValue::new("user_agent.original", agent.clone()));
+    }
+    attributes.push(KeyValue::new("echo_host.request_id", ctx.id.clone()));
+    traces.start_span(method.unwrap_or("HTTP"), SpanKind::Server, parent.as_ref(), attributes)
+}
+
+/// The access log's trace for a request whose server span is `span`: Cloud Logging's
+/// `projects/PROJECT/traces/TRACE_ID` (the bare id without `GOOGLE_CLOUD_PROJECT`).
+pub fn trace_name(span: &SpanContext, project: Option<&str>) -> String {
+    match project {
+        Some(project) => format!("projects/{project}/traces/{}", span.trace_id()),
+        None => span.trace_id().to_string(),
+    }
+}
+
+/// Ends the server span of an exchange that ended with `outcome` and `status` after sending
+/// `bytes` of body, served by `served` (none when the host answered before routing).
+pub fn end(
+    mut span: Span,
+    outcome: Outcome,
+    status: StatusCode,
+    bytes: u64,
+    served: Option<(&ActiveComponent, Role)>,
+) {
+    span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+    span.set_attribute(KeyValue::new("http.response.body.size", i64::try_from(bytes).unwrap_or(i64::MAX)));
+    span.set_attribute(KeyValue::new("echo_host.outcome", outcome.name()));
+    if let Some((component, role)) = served {
+        span.set_attribute(KeyValue::new("echo_host.component.version", component.version().to_owned()));
+        let role = match role {
+            Role::Stable => "stable",
+            Role::Canary => "canary",
+        };
+        span.set_attribute(KeyValue::new("echo_host.component.role", role));
+    }
+    if let Some(cause) = failure(outcome, status) {
+        span.set_attribute(KeyValue::new("error.type", cause));
+        span.set_status(Status::error(cause));
+    }
+    span.end();
+}
+
+/// Why an exchange counts as failed on its span, when it does: the guest failed or ran out of
+/// time, or the answer was a 5xx (the semantic conventions' rule for server spans).
+fn failure(outcome: Outcome, status: StatusCode) -> Option<&'static str> {
+    match outcome {
+        Outcome::Trapped | Outcome::NeverResponded | Outcome::ErrorCode | Outcome::TimedOut => {
+            Some(outcome.name())
+        }
+        _ if status.is_server_error() => {
+            Some(if outcome == Outcome::Responded { status_class(status) } else { outcome.name() })
+        }
+        _ => None,
+    }
+}
+
+/// `error.type` for a 5xx the guest answered with: its status code.
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "5xx",
+    }
+}
+
+/// The method's name when it is one of HTTP's; other methods are `_OTHER` on the span.
+fn known_method(method: &http::Method) -> Option<&'static str> {
+    use http::Method;
+    Some(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return None,
+    })
+}
+
+fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_outcomes_and_5xx_are_errors() {
+        assert_eq!(failure(Outcome::Responded, StatusCode::OK), None);
+        assert_eq!(failure(Outcome::Responded, StatusCode::NOT_FOUND), None);
+        assert_eq!(failure(Outcome::Responded, StatusCode::BAD_GATEWAY), Some("502"));
+        assert_eq!(failure(Outcome::Trapped, StatusCode::INTERNAL_SERVER_ERROR), Some("trapped"));
+        // A deadline after the head: the status is the guest's 200, the span still failed.
+        assert_eq!(failure(Outcome::TimedOut, StatusCode::OK), Some("timed_out"));
+        assert_eq!(failure(Outcome::Overloaded, StatusCode::SERVICE_UNAVAILABLE), Some("overloaded"));
+        assert_eq!(failure(Outcome::ClientGone, Outcome::ClientGone.status()), None);
+        assert_eq!(failure(Outcome::BodyTooLarge, StatusCode::PAYLOAD_TOO_LARGE), None);
+    }
+}

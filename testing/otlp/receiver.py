@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""An OTLP trace receiver on loopback, for the trace tests (host/tests/util/otlp.rs drives it).
+
+    receiver.py --out FILE [--delay SECONDS] [--refuse]
+
+It serves both OTLP transports on 127.0.0.1, each on a free port:
+
+- OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` with grpcio;
+- OTLP/HTTP: `POST /v1/traces` with an `application/x-protobuf` body.
+
+Both decode the request with the official generated protobufs of the `opentelemetry-proto`
+package (no hand-written decoding) and append every span to FILE as one JSON line: transport,
+resource and span attributes, scope, trace and span ids, parent span id, name, kind, status,
+start and end times. When both servers listen it prints one JSON line `{"grpc": PORT, "http":
+PORT}` to stdout, then serves until it is killed.
+
+`--delay` holds every answer that long (a slow collector; the spans are still written);
+`--refuse` answers every export with gRPC `UNAVAILABLE` or HTTP 503 and writes nothing.
+
+On first use it installs grpcio, protobuf and opentelemetry-proto (pinned with their hashes in
+requirements.txt) into the venv target/tools/otlp-venv and re-executes itself there.
+"""
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKSPACE = HERE.parent.parent
+TOOLS = WORKSPACE / "target" / "tools"
+VENV = TOOLS / "otlp-venv"
+REQUIREMENTS = HERE / "requirements.txt"
+
+
+def log(message: str) -> None:
+    print(f"[otlp receiver] {message}", file=sys.stderr, flush=True)
+
+
+def requirements_stamp() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+
+
+def venv_ready() -> bool:
+    stamp = VENV / ".requirements.sha256"
+    return (VENV / "bin" / "python").is_file() and stamp.is_file() and stamp.read_text() == requirements_stamp()
+
+
+def ensure_venv() -> Path:
+    """The venv's python, made from requirements.txt (hash-checked wheels) if needed."""
+    if not venv_ready():
+        TOOLS.mkdir(parents=True, exist_ok=True)
+        with open(TOOLS / ".otlp-venv.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not venv_ready():
+                started = time.monotonic()
+                log(f"creating {VENV} with grpcio and opentelemetry-proto from PyPI (requirements.txt, hash-pinned)")
+                shutil.rmtree(VENV, ignore_errors=True)
+                base = getattr(sys, "_base_executable", sys.executable)
+                subprocess.run([base, "-m", "venv", str(VENV)], check=True, stdin=subprocess.DEVNULL)
+                subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                                "--quiet", "--no-input", "--require-hashes", "--only-binary=:all:",
+                                "-r", str(REQUIREMENTS)], check=True, stdin=subprocess.DEVNULL)
+                (VENV / ".requirements.sha256").write_text(requirements_stamp())
+                log(f"venv ready in {time.monotonic() - started:.1f} s")
+    return VENV / "bin" / "python"
+
+
+def any_value(value):
+    """An OTLP `AnyValue` as plain JSON."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def attributes(pairs) -> dict:
+    return {kv.key: any_value(kv.value) for kv in pairs}
+
+
+class Sink:
+    """The JSON-lines file every decoded span is appended to."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "a", encoding="utf-8")
+        self.lock = threading.Lock()
+
+    def write(self, transport: str, request) -> None:
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        lines = []
+        for resource_spans in request.resource_spans:
+            resource = attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    lines.append(json.dumps({
+                        "transport": transport,
+                        "resource": resource,
+                        "scope": scope_spans.scope.name,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
+                        "name": span.name,
+                        "kind": trace_pb2.Span.SpanKind.Name(span.kind),
+                        "attributes": attributes(span.attributes),
+                        "status_code": trace_pb2.Status.StatusCode.Name(span.status.code),
+                        "status_message": span.status.message,
+                        "start_ns": span.start_time_unix_nano,
+                        "end_ns": span.end_time_unix_nano,
+                    }, sort_keys=True))
+        with self.lock:
+            for line in lines:
+                self.file.write(line + "\n")
+            self.file.flush()
+
+
+def grpc_server(sink: Sink, delay: float, refuse: bool):
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            time.sleep(delay)
+            if refuse:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "refusing, as asked (--refuse)")
+            sink.write("grpc", request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def http_server(sink: Sink, delay: float, refuse: bool):
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            time.sleep(delay)
+            if self.path != "/v1/traces":
+                return self.answer(404, b"not found", "text/plain")
+            if refuse:
+                return self.answer(503, b"refusing, as asked (--refuse)", "text/plain")
+            if self.headers.get("content-type") != "application/x-protobuf":
+                return self.answer(415, b"OTLP/HTTP protobuf only", "text/plain")
+            request = trace_service_pb2.ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            sink.write("http", request)
+            self.answer(200, trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
+                        "application/x-protobuf")
+
+        def answer(self, status: int, body: bytes, content_type: str):
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def main() -> None:
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        python = ensure_venv()
+        os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="the JSON-lines file the spans are appended to")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to hold every answer")
+    parser.add_argument("--refuse", action="store_true", help="refuse every export")
+    args = parser.parse_args()
+    sink = Sink(args.out)
+    _grpc, grpc_port = grpc_server(sink, args.delay, args.refuse)
+    _http, http_port = http_server(sink, args.delay, args.refuse)
+    print(json.dumps({"grpc": grpc_port, "http": http_port}), flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
