@@ -9,8 +9,8 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi_http::{FieldMap, WasiHttpView};
 
+use crate::engine::flavor::Flavor;
 use crate::engine::header_budget::ENTRY_OVERHEAD;
-use crate::engine::runtime::Flavor;
 use crate::engine::state::RequestState;
 
 /// wasi:http 0.2 as wasmtime's wasi-http links it (older 0.2 imports resolve to it).

@@ -3,6 +3,7 @@
 //! budgets (headers, logs) and the outbound policy.
 
 pub mod fields;
+pub mod flavor;
 pub mod guest_log;
 pub mod header_budget;
 pub mod limits;
