@@ -217,24 +217,25 @@ fn strace(paths: &Paths, spec: &Spec, dir: &Path) -> anyhow::Result<Vec<(String,
     let server = start(paths, spec, SERVER_CORES)?;
     requests(server.addr, WARMUP)?;
     let out = dir.join(format!("strace.{}.txt", file_name(&spec.name)));
-    let threads = procfs::tree(server.pid).iter().map(|pid| thread_count(*pid)).sum::<usize>();
+    let processes = procfs::tree(server.pid);
     let mut strace = Command::new("strace")
         .args(["-c", "-f", "-o"])
         .arg(&out)
-        .args(procfs::tree(server.pid).iter().flat_map(|pid| ["-p".to_string(), pid.to_string()]))
+        .args(processes.iter().flat_map(|pid| ["-p".to_string(), pid.to_string()]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot run strace (Debian's strace)")?;
-    // strace says "Process N attached" per thread: count them before the first request.
+    // strace says "Process N attached with T threads" once per process, when it has them all:
+    // wait for every one before the first request.
     let mut lines = BufReader::new(strace.stderr.take().context("strace stderr")?).lines();
     let mut attached = 0;
-    while attached < threads {
+    while attached < processes.len() {
         match lines.next().transpose()? {
             Some(line) if line.contains("attached") => attached += 1,
             Some(_) => {}
-            None => bail!("strace ended after attaching {attached} of {threads} threads"),
+            None => bail!("strace ended after attaching {attached} of {} processes", processes.len()),
         }
     }
     requests(server.addr, MEASURED)?;
@@ -247,10 +248,6 @@ fn strace(paths: &Paths, spec: &Spec, dir: &Path) -> anyhow::Result<Vec<(String,
     server.stop();
     let text = std::fs::read_to_string(&out).with_context(|| format!("cannot read `{}`", out.display()))?;
     Ok(parse_strace(&text))
-}
-
-fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(1)
 }
 
 /// The rows of `strace -c`'s table (`% time seconds usecs/call calls [errors] syscall`).
