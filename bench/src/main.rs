@@ -40,7 +40,7 @@ use crate::sections::Opts;
 const USAGE: &str =
     "usage: echo-bench soak [--duration 30m] [--no-build]   (the soak: echo-bench soak --help)
        echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,p3,counts,cold,memory,stream,swap,scaling,fleet,canary,wake,oci] [--out DIR]
+                  [--only throughput,p3,counts,traces,cold,memory,stream,swap,scaling,fleet,canary,wake,oci] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
@@ -57,10 +57,11 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "throughput",
     "p3",
     "counts",
+    "traces",
     "cold",
     "memory",
     "stream",
@@ -163,6 +164,7 @@ fn run() -> anyhow::Result<()> {
             "throughput" => sections::throughput(&paths, &opts, &mut samples)?,
             "p3" => sections::p3(&paths, &opts, &mut samples)?,
             "counts" => sections::counts(&paths, &opts, &mut samples)?,
+            "traces" => sections::traces(&paths, &opts, &mut samples)?,
             "cold" => container = Some(sections::cold_start(&paths, &opts, &mut samples)?),
             "memory" => sections::memory(&paths, &opts, &mut samples)?,
             "stream" => sections::streaming(&paths, &opts, &mut samples)?,
@@ -205,6 +207,7 @@ fn run() -> anyhow::Result<()> {
     let markdown = sections::with_wake_table(report::render(&samples, &meta), &samples);
     let markdown = sections::with_oci_table(markdown, &samples);
     let markdown = sections::with_counts_table(markdown, &samples);
+    let markdown = sections::with_traces_table(markdown, &samples);
     println!("{markdown}");
     std::fs::create_dir_all(&paths.results)?;
     let png = paths.results.join("bench.png");

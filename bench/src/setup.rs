@@ -113,12 +113,12 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
 /// What the chosen sections run besides echo-host.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet, canary, wake and
-    /// oci.
+    /// The peers (native echo, `wasmtime serve`): every section but swap, fleet, canary, wake,
+    /// oci and traces.
     pub peers: bool,
     /// The Flask venv: the throughput and cold-start sections (the others leave Flask out).
     pub flask: bool,
-    /// `wrk`: the peers' sections, canary and wake.
+    /// `wrk`: the peers' sections, canary, wake and traces.
     pub wrk: bool,
     /// fake-gcs-server: the fleet, canary and wake sections.
     pub fake_gcs: bool,
@@ -128,12 +128,13 @@ pub struct Needs {
 
 impl Needs {
     pub fn of(sections: &[String]) -> Needs {
-        let peers =
-            sections.iter().any(|s| !["swap", "fleet", "canary", "wake", "oci"].contains(&s.as_str()));
+        let peers = sections
+            .iter()
+            .any(|s| !["swap", "fleet", "canary", "wake", "oci", "traces"].contains(&s.as_str()));
         Needs {
             peers,
             flask: sections.iter().any(|s| s == "throughput" || s == "cold"),
-            wrk: peers || sections.iter().any(|s| s == "canary" || s == "wake"),
+            wrk: peers || sections.iter().any(|s| ["canary", "wake", "traces"].contains(&s.as_str())),
             fake_gcs: sections.iter().any(|s| ["fleet", "canary", "wake"].contains(&s.as_str())),
             counters: sections.iter().any(|s| s == "counts"),
         }

@@ -18,6 +18,8 @@
 //!   every one serves it; a 10 MiB component's start-up pulled by digest against from a file.
 //! - [`counts`]: instructions, allocations (callgrind) and syscalls (strace) per GET, counts
 //!   that do not drift, for echo-host and its peers.
+//! - [`traces`]: what OTLP traces cost: traces off, on at 100% sampling, on with the collector
+//!   down.
 //! - [`wake`]: the first request's added latency after a frozen instance on a store wakes up
 //!   (bounded staleness), and the staleness check's cost on a busy instance.
 
@@ -33,6 +35,7 @@ mod scaling;
 mod stream;
 mod swap;
 mod throughput;
+mod traces;
 mod wake;
 
 pub use canary::{
@@ -52,6 +55,7 @@ pub use scaling::scaling;
 pub use stream::streaming;
 pub use swap::{ADMIN_TOKEN, swap, upload_request};
 pub use throughput::throughput;
+pub use traces::{traces, with_traces_table};
 pub use wake::{wake, with_wake_table};
 
 use std::time::Duration;
