@@ -46,8 +46,20 @@ pub fn p3_specs(paths: &Paths) -> Vec<Spec> {
 /// Closed-loop `GET /?name=world` as in the throughput table (warm-up, then `--duration` per
 /// server and round, alternating), recorded as `p3.*`.
 pub fn p3(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<()> {
+    get_rounds(paths, opts, &p3_specs(paths), "p3", samples)
+}
+
+/// Starts `specs` on the server core, warms each up, then runs closed-loop `GET /?name=world`
+/// on each for `--duration` per round, alternating, recorded as `{workload}.*`.
+pub(super) fn get_rounds(
+    paths: &Paths,
+    opts: &Opts,
+    specs: &[Spec],
+    workload: &str,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
     let mut servers = Vec::new();
-    for spec in &p3_specs(paths) {
+    for spec in specs {
         progress(&format!("starting {}", spec.name));
         servers.push(start(paths, spec, SERVER_CORES)?);
     }
@@ -58,7 +70,7 @@ pub fn p3(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Result<(
     for round in 0..opts.rounds {
         for server in order(&servers, round) {
             let run = closed_loop(paths, opts, server, GET_PATH, None)?;
-            record(samples, round, "p3", &server.name, &run);
+            record(samples, round, workload, &server.name, &run);
         }
     }
     for server in servers {

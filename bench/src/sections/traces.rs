@@ -12,10 +12,9 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 
-use super::throughput::{closed_loop, record};
+use super::p3::get_rounds;
 use super::*;
 use crate::servers::{free_port, pin_child};
-use crate::wrk;
 
 pub const TRACES_OFF: &str = "echo-host, traces off";
 pub const TRACES_ON: &str = "echo-host, traces on (always_on, gRPC collector)";
@@ -76,24 +75,7 @@ pub fn traces(paths: &Paths, opts: &Opts, samples: &mut Samples) -> anyhow::Resu
             .env("OTEL_TRACES_SAMPLER", "always_on")
     };
     let variants = [echo.clone().renamed(TRACES_OFF), traced(TRACES_ON, grpc), traced(TRACES_DOWN, down)];
-    let mut servers = Vec::new();
-    for spec in &variants {
-        progress(&format!("starting {}", spec.name));
-        servers.push(start(paths, spec, SERVER_CORES)?);
-    }
-    for server in &servers {
-        wrk::run(&paths.wrk, server.addr, GET_PATH, opts.connections, opts.warmup, None, LOAD_CORES)?;
-    }
-    for round in 0..opts.rounds {
-        for server in order(&servers, round) {
-            let run = closed_loop(paths, opts, server, GET_PATH, None)?;
-            record(samples, round, "traces", &server.name, &run);
-        }
-    }
-    for server in servers {
-        server.stop();
-    }
-    Ok(())
+    get_rounds(paths, opts, &variants, "traces", samples)
 }
 
 /// The traces table, placed before the report's targets.
