@@ -383,6 +383,43 @@ async fn a_healthy_canary_is_promoted_through_its_steps() {
 
 /// `POST admin/release/abort` removes the canary at once; after it, abort and promote are 409
 /// `no_canary`; a second start while one runs is 409 `canary_running`.
+
+/// A canary rolled back and started again (same version, a new plan) is judged on its own
+/// requests only: it serves, and its second rollback counts none of the first start's failures
+/// (CI, 12-06: a restart within the window was rolled back 93 ms after it started, on the
+/// previous start's 6 failures, before one request reached it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_started_again_is_judged_on_its_own_requests() {
+    const MIN: u64 = 20;
+    let host = Instance::start(&["--canary-window", "60s", "--canary-min-requests", &MIN.to_string()]).await;
+    let canary = version(&misbehave());
+    host.start_canary(&misbehave(), "?weight=100").await;
+    let first = host.drive("/flaky?percent=100", 2 * MIN as usize, 1).await;
+    assert!(on(&first, &canary) >= MIN, "the first start served its minimum: {first:?}");
+    let status = host.status().await;
+    assert!(status["canary"].is_null(), "the first start was rolled back: {status}");
+    assert_eq!(status["last_decision"]["action"], "auto_rollback", "{status}");
+
+    // Started again: nothing against it yet, it serves every request (no failure in them).
+    host.start_canary(&misbehave(), "?weight=100").await;
+    let healthy = host.drive("/", 10, 1).await;
+    assert_eq!(on(&healthy, &canary), 10, "the new start serves: {healthy:?}");
+    // Failing now: rolled back again once its own requests reach the minimum, not before.
+    let failing = host.drive("/flaky?percent=100", 2 * MIN as usize, 1).await;
+    let (served, failed) = failing.get(&canary).copied().unwrap_or_default();
+    let status = host.status().await;
+    assert!(status["canary"].is_null(), "the second start was rolled back: {status}");
+    let counted = &status["last_decision"]["canary"];
+    let (requests, failures) = (counted["requests"].as_u64().unwrap(), counted["failures"].as_u64().unwrap());
+    assert!(
+        requests <= 10 + served && failures <= failed,
+        "the decision counts requests of the first start: {counted} (since the restart the canary served \
+         {} requests, {failed} of them failed)",
+        10 + served
+    );
+    assert!(requests >= MIN, "judged before its minimum of requests: {counted}");
+    assert!(failed + 1 >= MIN - 10, "rolled back after {failed} failures of its own: {failing:?}");
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_removes_the_canary_and_then_there_is_none() {
     let host = Instance::start(&[]).await;

@@ -77,6 +77,10 @@ pub struct CanarySlot {
     pub component: Arc<ActiveComponent>,
     pub weight: Weight,
     pub plan: String,
+    /// The requests routed to it under this plan, what the canary analysis judges: a new start
+    /// of a version already rolled back begins with nothing against it (the version's own
+    /// [`ActiveComponent::window`] keeps every request, for the status page). Kept across steps.
+    pub window: Arc<Window>,
 }
 
 /// What kind of bytes a candidate is.
@@ -264,9 +268,15 @@ impl Registry {
         self.canary.load_full()
     }
 
-    /// Routes `weight` of new requests to `component` (the same version keeps its counts).
+    /// Routes `weight` of new requests to `component`. The same plan at another weight keeps
+    /// its analysis window; a new plan starts an empty one.
     pub fn set_canary(&self, component: Arc<ActiveComponent>, weight: Weight, plan: String) {
-        self.canary.store(Some(Arc::new(CanarySlot { component, weight, plan })));
+        let window = self
+            .canary()
+            .filter(|slot| slot.component.sha256 == component.sha256 && slot.plan == plan)
+            .map(|slot| slot.window.clone())
+            .unwrap_or_default();
+        self.canary.store(Some(Arc::new(CanarySlot { component, weight, plan, window })));
     }
 
     /// Stops routing to the canary if it is still `sha256`; whether it was.

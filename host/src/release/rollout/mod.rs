@@ -150,28 +150,33 @@ impl Rollout {
     /// Counts a request `served` answered and, when the canary failed it, judges the canary.
     pub fn observe(&self, served: &ActiveComponent, role: Role, ending: Ending, seconds: f64) {
         self.metrics.record(served.version(), ending, seconds);
-        served.window.record(ending.is_failure(), (ending != Ending::Other).then_some(seconds));
-        if role != Role::Canary || !ending.is_failure() {
+        let duration = (ending != Ending::Other).then_some(seconds);
+        served.window.record(ending.is_failure(), duration);
+        if role != Role::Canary {
             return;
         }
         let Some(canary) = self.gate.versions().canary().filter(|c| c.component.sha256 == served.sha256)
         else {
             return;
         };
-        let (canary_counts, stable_counts) = self.window_counts(&canary.component);
+        canary.window.record(ending.is_failure(), duration);
+        if !ending.is_failure() {
+            return;
+        }
+        let (canary_counts, stable_counts) = self.window_counts(&canary);
         if let Verdict::Failing(reason) = analysis::judge(canary_counts, stable_counts, &self.thresholds) {
             self.stop_canary(&canary.component.sha256, &canary.plan, reason, canary_counts, stable_counts);
         }
     }
 
-    /// The canary's and stable's counts over the analysis window.
-    fn window_counts(&self, canary: &ActiveComponent) -> (Counts, Counts) {
+    /// The canary's (under its plan) and stable's counts over the analysis window.
+    fn window_counts(&self, canary: &CanarySlot) -> (Counts, Counts) {
         let window = self.thresholds.window;
         (canary.window.counts(window), self.gate.versions().active().window.counts(window))
     }
 
     /// Both rules over the analysis window (failures first, then latency), with the counts.
-    fn judge(&self, canary: &ActiveComponent) -> (Verdict, Counts, Counts) {
+    fn judge(&self, canary: &CanarySlot) -> (Verdict, Counts, Counts) {
         let (canary_counts, stable_counts) = self.window_counts(canary);
         let failures = analysis::judge(canary_counts, stable_counts, &self.thresholds);
         if let Verdict::Failing(_) = failures {
@@ -185,8 +190,8 @@ impl Rollout {
         (verdict, canary_counts, stable_counts)
     }
 
-    /// The canary's and stable's request durations over the analysis window.
-    fn window_latencies(&self, canary: &ActiveComponent) -> (Latencies, Latencies) {
+    /// The canary's (under its plan) and stable's request durations over the analysis window.
+    fn window_latencies(&self, canary: &CanarySlot) -> (Latencies, Latencies) {
         let window = self.thresholds.window;
         (canary.window.latencies(window), self.gate.versions().active().window.latencies(window))
     }
@@ -198,7 +203,7 @@ impl Rollout {
             return;
         }
         let Some(canary) = self.gate.versions().canary() else { return };
-        if let (Verdict::Failing(reason), canary_counts, stable_counts) = self.judge(&canary.component) {
+        if let (Verdict::Failing(reason), canary_counts, stable_counts) = self.judge(&canary) {
             self.stop_canary(&canary.component.sha256, &canary.plan, reason, canary_counts, stable_counts);
         }
     }
@@ -407,7 +412,7 @@ async fn step_up(rollout: &Rollout) {
     else {
         return;
     };
-    let (verdict, canary_counts, stable_counts) = rollout.judge(&canary.component);
+    let (verdict, canary_counts, stable_counts) = rollout.judge(&canary);
     if let Verdict::Failing(_) = verdict {
         return;
     }
@@ -423,7 +428,7 @@ async fn step_up(rollout: &Rollout) {
         stable_counts.failures,
         stable_counts.requests
     );
-    let (slow, base) = rollout.window_latencies(&canary.component);
+    let (slow, base) = rollout.window_latencies(&canary);
     if let (Some(slow), Some(base)) =
         (slow.quantile(analysis::LATENCY_QUANTILE), base.quantile(analysis::LATENCY_QUANTILE))
     {
