@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::util::gcs::MetadataStub;
 use crate::util::otlp::{Blackhole, Receiver, down_endpoint};
 use crate::util::{HostProcess, misbehave_p3_wasm, misbehave_wasm, poll_metric_until};
 
@@ -40,6 +41,9 @@ fn traced_host(
         ("OTEL_BSP_SCHEDULE_DELAY", "20"),
         ("K_SERVICE", "echo-traced"),
         ("K_REVISION", "echo-traced-00007"),
+        // On "Cloud Run" the host asks the metadata server for its id and region: nobody listens
+        // on the discard port (refused at once), unless a test names its stub.
+        ("GCE_METADATA_HOST", "127.0.0.1:9"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
     ];
     env.extend_from_slice(extra_env);
@@ -109,7 +113,10 @@ fn plain_and_outbound(protocol: &str) {
     let endpoint = if protocol == "grpc" { receiver.grpc_endpoint() } else { receiver.http_endpoint() };
     let upstream = Upstream::start();
     let allow = upstream.addr.to_string();
-    let host = traced_host(&endpoint, protocol, &[], &["--allow-outbound", &allow]);
+    let metadata = MetadataStub::start("0087244a80be6d6ebd", 3600);
+    let metadata_host = metadata.host();
+    let env = [("GCE_METADATA_HOST", metadata_host.as_str())];
+    let host = traced_host(&endpoint, protocol, &env, &["--allow-outbound", &allow]);
     let http = client();
     let traceparent = format!("00-{TRACE}-{PARENT}-01");
     let ok = http.get(host.url("/ok?x=1")).header("traceparent", &traceparent).send().unwrap();
@@ -154,6 +161,8 @@ fn plain_and_outbound(protocol: &str) {
     assert_eq!(resource["faas.version"], "echo-traced-00007");
     assert_eq!(resource["cloud.platform"], "gcp_cloud_run");
     assert_eq!(resource["deployment.environment"], "test");
+    assert_eq!(resource["cloud.region"], "europe-west1", "the metadata server's region: {resource}");
+    assert_eq!(resource["faas.instance"], "0087244a80be6d6ebd", "the metadata server's id: {resource}");
     let instantiate = children(&spans, server);
     assert_eq!(instantiate[0]["name"], "instantiate");
     assert!(instantiate[0]["start_ns"].as_u64() >= server["start_ns"].as_u64());

@@ -42,7 +42,7 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
         )),
         None => None,
     };
-    let traces = start_traces(config, store.as_deref(), &metrics)?;
+    let traces = start_traces(config, store.as_deref(), &metrics).await?;
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         limits: config.limits.clone(),
         guest_env: config.guest_env.clone(),
@@ -85,15 +85,27 @@ pub async fn load_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
 }
 
 /// The tracer when `OTEL_EXPORTER_OTLP_*` names a collector; its spans carry Cloud Run's service
-/// and revision, and with `--store` this instance's id (the metadata server's).
-fn start_traces(
+/// and revision and, on Cloud Run (`K_SERVICE` set), this instance's id (the store's, else the
+/// metadata server's) and region (the metadata server's). Off Cloud Run the metadata server is
+/// not asked: a laptop has none, and each question would wait its 2 s timeout.
+async fn start_traces(
     config: &ServeConfig,
     store: Option<&Store>,
     metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<Traces>>> {
     let Some(traces) = &config.traces else { return Ok(None) };
-    let instance = store.map(|store| store.instance.clone());
-    let platform = Platform::from_env(|key| std::env::var(key).ok(), instance);
+    let mut platform = Platform::from_env(|key| std::env::var(key).ok());
+    platform.instance = store.map(|store| store.instance.clone());
+    if let Some(host) = config.storage.metadata_host.as_deref().filter(|_| platform.is_cloud_run()) {
+        let instance = async {
+            match platform.instance.clone() {
+                Some(instance) => Some(instance),
+                None => crate::util::gcs::auth::instance_id(host).await,
+            }
+        };
+        let region = crate::util::gcs::auth::instance_region(host);
+        (platform.instance, platform.region) = tokio::join!(instance, region);
+    }
     Traces::start(traces, &platform, metrics.traces.clone()).map(Some)
 }
 

@@ -438,6 +438,8 @@ pub struct MetadataState {
     pub token_requests: u64,
     /// Instance id requests answered.
     pub id_requests: u64,
+    /// The region (`/computeMetadata/v1/instance/region` answers `projects/NUMBER/regions/<this>`).
+    pub region: String,
     /// Requests refused with 403 for want of `Metadata-Flavor: Google`: "METHOD path".
     pub refused: Vec<String>,
     /// Every token handed out, oldest first, with when.
@@ -449,7 +451,8 @@ pub struct MetadataState {
 
 /// The GCE metadata server on `127.0.0.1:<free port>`, for `--metadata-host`: only requests with
 /// `Metadata-Flavor: Google` are answered (others get 403, recorded); the token endpoint hands out
-/// `tok-1`, `tok-2`, ... each with a configurable `expires_in`; the instance id is configurable.
+/// `tok-1`, `tok-2`, ... each with a configurable `expires_in`; the instance id is configurable,
+/// the region is `europe-west1`.
 pub struct MetadataStub {
     state: Arc<Mutex<MetadataState>>,
     server: Background,
@@ -460,6 +463,7 @@ impl MetadataStub {
         let state = Arc::new(Mutex::new(MetadataState {
             expires_in,
             instance_id: instance_id.to_string(),
+            region: "europe-west1".to_string(),
             ..MetadataState::default()
         }));
         let shared = state.clone();
@@ -532,6 +536,9 @@ fn metadata_answer(state: &Mutex<MetadataState>, request: &Request<Incoming>) ->
         ("GET", "/computeMetadata/v1/instance/id") => {
             state.id_requests += 1;
             full(200, "application/text", state.instance_id.clone())
+        }
+        ("GET", "/computeMetadata/v1/instance/region") => {
+            full(200, "application/text", format!("projects/123456789/regions/{}", state.region))
         }
         _ => full(404, "text/plain", "not found\n"),
     };

@@ -15,6 +15,7 @@ pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 
 const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 const INSTANCE_ID_PATH: &str = "/computeMetadata/v1/instance/id";
+const REGION_PATH: &str = "/computeMetadata/v1/instance/region";
 
 /// A token is replaced once less than this (or a third of its lifetime, if shorter) remains.
 const REFRESH_AHEAD: Duration = Duration::from_secs(60);
@@ -149,23 +150,45 @@ impl TokenSource {
 
 /// This instance's id from the metadata server (Cloud Run's instance id), if it answers.
 pub async fn instance_id(host: &str) -> Option<String> {
+    metadata_text(host, INSTANCE_ID_PATH).await
+}
+
+/// The region this instance runs in (`us-central1`), from the metadata server's
+/// `projects/NUMBER/regions/REGION`, if it answers.
+pub async fn instance_region(host: &str) -> Option<String> {
+    region_of(&metadata_text(host, REGION_PATH).await?)
+}
+
+fn region_of(text: &str) -> Option<String> {
+    let region = text.rsplit('/').next()?;
+    let plain = !region.is_empty() && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    plain.then(|| region.to_string())
+}
+
+/// A short text value of the metadata server at `path`; `None` when it does not answer within
+/// 2 s, answers an error or something empty or long.
+async fn metadata_text(host: &str, path: &str) -> Option<String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build().ok()?;
-    let response = client
-        .get(format!("http://{host}{INSTANCE_ID_PATH}"))
-        .header("Metadata-Flavor", "Google")
-        .send()
-        .await
-        .ok()?;
+    let response =
+        client.get(format!("http://{host}{path}")).header("Metadata-Flavor", "Google").send().await.ok()?;
     if !response.status().is_success() {
         return None;
     }
-    let id = response.text().await.ok()?.trim().to_string();
-    (!id.is_empty() && id.len() <= 256).then_some(id)
+    let text = response.text().await.ok()?.trim().to_string();
+    (!text.is_empty() && text.len() <= 256).then_some(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_region_is_the_last_segment() {
+        assert_eq!(region_of("projects/123456789/regions/europe-west1").as_deref(), Some("europe-west1"));
+        assert_eq!(region_of("us-central1").as_deref(), Some("us-central1"));
+        assert_eq!(region_of("projects/1/regions/"), None);
+        assert_eq!(region_of("projects/1/regions/<script>"), None);
+    }
 
     #[test]
     fn tokens_are_refreshed_ahead_of_expiry() {

@@ -28,25 +28,34 @@ pub use config::TraceConfig;
 pub use export::TraceCounters;
 
 /// Where this process runs, for the resource every span carries: Cloud Run's `K_SERVICE` and
-/// `K_REVISION`, the project, and this instance's id when the host knows it.
+/// `K_REVISION`, the project, and this instance's id and region when the host knows them (the
+/// metadata server's).
 #[derive(Debug, Clone, Default)]
 pub struct Platform {
     pub service: Option<String>,
     pub revision: Option<String>,
     pub project: Option<String>,
     pub instance: Option<String>,
+    pub region: Option<String>,
 }
 
 impl Platform {
-    /// `K_SERVICE`, `K_REVISION` and `GOOGLE_CLOUD_PROJECT` from `lookup`, and `instance`.
-    pub fn from_env(lookup: impl Fn(&str) -> Option<String>, instance: Option<String>) -> Self {
+    /// `K_SERVICE`, `K_REVISION` and `GOOGLE_CLOUD_PROJECT` from `lookup` (instance and region
+    /// unknown).
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let get = |key: &str| lookup(key).filter(|v| !v.is_empty());
         Self {
             service: get("K_SERVICE"),
             revision: get("K_REVISION"),
             project: get("GOOGLE_CLOUD_PROJECT"),
-            instance,
+            instance: None,
+            region: None,
         }
+    }
+
+    /// On Cloud Run: `K_SERVICE` is set.
+    pub fn is_cloud_run(&self) -> bool {
+        self.service.is_some()
     }
 }
 
@@ -139,6 +148,7 @@ fn resource(config: &TraceConfig, platform: &Platform) -> Resource {
     let optional = [
         ("faas.version", &platform.revision),
         ("cloud.account.id", &platform.project),
+        ("cloud.region", &platform.region),
         ("faas.instance", &platform.instance),
         ("service.instance.id", &platform.instance),
     ];
@@ -180,11 +190,13 @@ mod tests {
             revision: Some("echo-00001".into()),
             project: None,
             instance: Some("00abc".into()),
+            region: Some("europe-west1".into()),
         };
         let resource = resource(&config, &platform);
         assert_eq!(value(&resource, "service.name").as_deref(), Some("echo"));
         assert_eq!(value(&resource, "cloud.platform").as_deref(), Some("gcp_cloud_run"));
         assert_eq!(value(&resource, "faas.instance").as_deref(), Some("00abc"));
+        assert_eq!(value(&resource, "cloud.region").as_deref(), Some("europe-west1"));
         assert_eq!(value(&resource, "faas.version").as_deref(), Some("mine"));
         assert_eq!(value(&resource, "team").as_deref(), Some("edge"));
         assert_eq!(value(&resource, "telemetry.sdk.language").as_deref(), Some("rust"));
