@@ -46,6 +46,7 @@ pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
 use delivery::Delivery;
 pub use lifecycle::{Action, HostProblem, Lifecycle, Outcome, Phase};
 pub use record::{Observer, RequestContext, declared_length};
+pub use span::GuestCost;
 
 use crate::engine::limits::Limits;
 use crate::engine::pool::InstanceRecord;
@@ -130,6 +131,10 @@ struct State {
     failure_logged: bool,
     /// The server span, ended by `finish` (traces on only).
     span: Option<opentelemetry_sdk::trace::Span>,
+    /// The server span after `finish` while the guest runs on, ended when it reports.
+    ended_span: Option<span::EndedSpan>,
+    /// What the guest cost, for the server span (traces on only).
+    cost: GuestCost,
 }
 
 impl State {
@@ -203,6 +208,8 @@ impl Exchange {
                 failure: None,
                 failure_logged: false,
                 span,
+                ended_span: None,
+                cost: GuestCost::default(),
             }),
             progress: Progress::new(ctx.started),
             delivery: Delivery::new(),
@@ -384,7 +391,7 @@ impl Exchange {
                 }
                 self.ctx.log(outcome, cut, status, bytes, latency, served.map(|(c, _)| c.version()));
                 if let Some(span) = span {
-                    span::end(span, outcome, status, bytes, served.map(|(c, role)| (c.as_ref(), *role)));
+                    self.end_span(span, outcome, status, bytes, served.map(|(c, role)| (c.as_ref(), *role)));
                 }
                 self.report_failure(outcome, cut);
             }
@@ -398,14 +405,21 @@ impl Exchange {
         self.state().guest = Guest::Running;
     }
 
-    /// The guest task's report, made before its store (and the response body's sender) goes.
-    pub fn guest_ended(&self, end: GuestEnd) {
-        let permit = {
+    /// The guest task's report, made before its store (and the response body's sender) goes,
+    /// with what the guest cost when traces are on: a server span waiting for it ends.
+    pub fn guest_ended(&self, end: GuestEnd, cost: Option<GuestCost>) {
+        let (permit, ended_span) = {
             let mut state = self.state();
             state.guest = Guest::Ended(end);
-            state.release_permit()
+            if let Some(cost) = cost {
+                state.cost = cost;
+            }
+            (state.release_permit(), state.ended_span.take())
         };
         drop(permit);
+        if let Some(span) = ended_span {
+            span.end(&cost.unwrap_or_default());
+        }
         self.waiter.notify_one();
     }
 
