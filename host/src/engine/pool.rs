@@ -333,3 +333,47 @@ impl WorkerState for InstancePolicy {
         drop(store);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Request(Arc<StopSignal>);
+
+    impl PoolRequest for Request {
+        fn id(&self) -> &str {
+            "test"
+        }
+        fn stop(&self) -> &Arc<StopSignal> {
+            &self.0
+        }
+        fn trace_parent(&self) -> Option<SpanContext> {
+            None
+        }
+        fn traced(&self) -> bool {
+            true
+        }
+        fn instantiated(&self, _took: Duration) {}
+        fn on_instance(&self, _instance: &Arc<InstanceRecord>) {}
+    }
+
+    fn request() -> Caller {
+        Arc::new(Request(Arc::new(StopSignal::new(tokio::time::Instant::now()))))
+    }
+
+    #[test]
+    fn an_instance_starting_claims_the_oldest_request_still_waiting() {
+        let waiting = Waiting::default();
+        let (first, second, third) = (request(), request(), request());
+        let first_guard = waiting.enter(first.clone());
+        let second_guard = waiting.enter(second.clone());
+        let _third_guard = waiting.enter(third.clone());
+        // The first was taken by an instance already running; the second's call ended.
+        waiting.leave(&first);
+        drop(second_guard);
+        assert!(waiting.claim().is_some_and(|claimed| Arc::ptr_eq(&claimed, &third)));
+        assert!(waiting.claim().is_none(), "claimed once");
+        drop(first_guard);
+        assert!(waiting.lock().is_empty());
+    }
+}
