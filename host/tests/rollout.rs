@@ -381,9 +381,6 @@ async fn a_healthy_canary_is_promoted_through_its_steps() {
     );
 }
 
-/// `POST admin/release/abort` removes the canary at once; after it, abort and promote are 409
-/// `no_canary`; a second start while one runs is 409 `canary_running`.
-
 /// A canary rolled back and started again (same version, a new plan) is judged on its own
 /// requests only: it serves, and its second rollback counts none of the first start's failures
 /// (CI, 12-06: a restart within the window was rolled back 93 ms after it started, on the
@@ -420,6 +417,9 @@ async fn a_canary_started_again_is_judged_on_its_own_requests() {
     assert!(requests >= MIN, "judged before its minimum of requests: {counted}");
     assert!(failed + 1 >= MIN - 10, "rolled back after {failed} failures of its own: {failing:?}");
 }
+
+/// `POST admin/release/abort` removes the canary at once; after it, abort and promote are 409
+/// `no_canary`; a second start while one runs is 409 `canary_running`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_removes_the_canary_and_then_there_is_none() {
     let host = Instance::start(&[]).await;

@@ -1,7 +1,9 @@
 //! OTLP traces (#31) against a real receiver (`testing/otlp/receiver.py`: the official
 //! `opentelemetry-proto` protobufs, over gRPC and over HTTP): each request's server span with its
 //! parent, attributes and status, the instantiation and outbound spans under it, the downstream
-//! service seeing the `traceparent`; collectors that are down, blackholed, slow or refusing
+//! service seeing the `traceparent`; what the guest cost on the server span, which still ends
+//! with the response when the guest runs on; p3's `instantiate` span on the request that started
+//! the instance only; collectors that are down, blackholed, slow or refusing
 //! change no response and cost counted spans only; the flush at shutdown, bounded; bad variables
 //! refused at start-up.
 
@@ -239,8 +241,99 @@ fn failing_requests_are_error_spans_and_unsampled_callers_are_respected() {
     );
 }
 
-/// A p3 component's requests get their server spans too (no `instantiate` span: the pool starts
-/// instances, not the request), a trap among them in error.
+/// A server span's attribute as a number (the receiver decodes doubles and ints alike).
+fn number(span: &Value, key: &str) -> Option<f64> {
+    span["attributes"][key].as_f64()
+}
+
+fn duration_ns(span: &Value) -> u64 {
+    span["end_ns"].as_u64().unwrap() - span["start_ns"].as_u64().unwrap()
+}
+
+/// A p2 request's server span carries what its guest cost: CPU, peak memory, instantiation. A
+/// guest that runs on after its complete response (`--after-response-grace`) gets its cost on the
+/// span, whose duration is still the request's, not the guest's.
+#[test]
+fn p2_server_spans_carry_the_guest_cost_and_end_with_the_response() {
+    let receiver = Receiver::start();
+    let host = traced_host(&receiver.grpc_endpoint(), "grpc", &[], &["--after-response-grace", "10s"]);
+    let http = client();
+    assert_eq!(http.get(host.url("/ok")).send().unwrap().status(), 200);
+    let asked = Instant::now();
+    let finished = http.get(host.url("/finish-then-sleep?ms=1500")).send().unwrap();
+    assert_eq!(finished.status(), 200);
+    assert_eq!(finished.text().unwrap(), "finished\n");
+    let latency = asked.elapsed();
+
+    let spans = receiver.wait_for("the server spans of /ok and /finish-then-sleep", PATIENCE, |spans| {
+        ["/ok", "/finish-then-sleep"].iter().all(|p| server_span(spans, p).is_some())
+    });
+    for path in ["/ok", "/finish-then-sleep"] {
+        let server = server_span(&spans, path).unwrap();
+        let cpu = number(server, "echo_host.guest.cpu_ms").unwrap_or_else(|| panic!("no CPU time: {server}"));
+        assert!(cpu > 0.0 && cpu < 10_000.0, "{server}");
+        let memory = number(server, "echo_host.instance.memory_peak_bytes").expect("a peak memory");
+        assert!(memory >= 65536.0, "{server}");
+        let instantiation =
+            number(server, "echo_host.instance.instantiation_ms").expect("an instantiation time");
+        assert!(instantiation > 0.0 && instantiation < 10_000.0, "{server}");
+    }
+    let after = server_span(&spans, "/finish-then-sleep").unwrap();
+    assert!(
+        duration_ns(after) <= latency.as_nanos() as u64,
+        "the span lasts {} ns, the client waited {latency:?}: {after}",
+        duration_ns(after)
+    );
+}
+
+/// The p3 request that starts an instance has its `instantiate` span (and the instantiation time
+/// on its server span); the next request, on the same instance, has neither. Both carry the
+/// instance's peak memory, neither a CPU time (a reused instance's guest is not one request's).
+#[test]
+fn p3_the_request_that_starts_an_instance_has_its_instantiate_span() {
+    let receiver = Receiver::start();
+    let component = misbehave_p3_wasm().to_str().unwrap();
+    let host = traced_host(&receiver.http_endpoint(), "http/protobuf", &[], &["--component", component]);
+    let http = client();
+    let first = http.get(host.url("/count?first")).send().unwrap().text().unwrap();
+    let second = http.get(host.url("/count?second")).send().unwrap().text().unwrap();
+    let instance = |body: &str| body.split(' ').next().unwrap().to_string();
+    assert_eq!(instance(&first), instance(&second), "{first} then {second}: not one instance");
+    // The second server span is exported after the first's spans and its own instantiate span
+    // (one queue, in the order they end).
+    let by_query = |spans: &[Value], query: &str| {
+        spans
+            .iter()
+            .find(|s| s["kind"] == "SPAN_KIND_SERVER" && s["attributes"]["url.query"] == query)
+            .cloned()
+    };
+    let spans = receiver.wait_for("the server spans of both /count", PATIENCE, |spans| {
+        by_query(spans, "first").is_some() && by_query(spans, "second").is_some()
+    });
+    let first = by_query(&spans, "first").unwrap();
+    let kids = children(&spans, &first);
+    assert_eq!(kids.len(), 1, "{spans:?}");
+    let instantiate = kids[0];
+    assert_eq!(instantiate["name"], "instantiate");
+    assert_eq!(instantiate["kind"], "SPAN_KIND_INTERNAL");
+    assert_eq!(instantiate["status_code"], "STATUS_CODE_UNSET");
+    assert!(instantiate["start_ns"].as_u64() >= first["start_ns"].as_u64(), "{instantiate}");
+    assert!(instantiate["end_ns"].as_u64() <= first["end_ns"].as_u64(), "{instantiate}");
+    let instantiation = number(&first, "echo_host.instance.instantiation_ms").expect("an instantiation time");
+    assert!(instantiation > 0.0, "{first}");
+    let second = by_query(&spans, "second").unwrap();
+    assert!(children(&spans, &second).is_empty(), "{spans:?}");
+    assert_eq!(second["attributes"].get("echo_host.instance.instantiation_ms"), None, "{second}");
+    for server in [&first, &second] {
+        assert!(
+            number(server, "echo_host.instance.memory_peak_bytes").is_some_and(|b| b >= 65536.0),
+            "{server}"
+        );
+        assert_eq!(server["attributes"].get("echo_host.guest.cpu_ms"), None, "{server}");
+    }
+}
+
+/// A p3 component's requests get their server spans too, a trap among them in error.
 #[test]
 fn p3_requests_get_server_spans() {
     let receiver = Receiver::start();
@@ -256,7 +349,11 @@ fn p3_requests_get_server_spans() {
     let ok = server_span(&spans, "/").unwrap();
     assert_eq!((ok["trace_id"].as_str(), ok["parent_span_id"].as_str()), (Some(TRACE), Some(PARENT)));
     assert_eq!(ok["attributes"]["echo_host.outcome"], "responded");
-    assert!(children(&spans, ok).is_empty(), "{spans:?}");
+    let kids = children(&spans, ok);
+    assert!(
+        kids.len() == 1 && kids[0]["name"] == "instantiate",
+        "the first request starts the instance: {spans:?}"
+    );
     let trap = server_span(&spans, "/trap").unwrap();
     assert_eq!(trap["status_code"], "STATUS_CODE_ERROR");
     assert_eq!(trap["attributes"]["echo_host.outcome"], "trapped");

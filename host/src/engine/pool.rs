@@ -9,14 +9,20 @@
 //! A trap retires the instance with every request on it. An instance that overstays (a guest
 //! computing past the request timeout, which the epoch makes yield but never interrupts) is
 //! dropped by the pool.
+//!
+//! With traces on, an instance's start is an `instantiate` span under the request it was started
+//! for. wasmtime does not say which request that is: the pool takes the oldest traced request
+//! still waiting for an instance ([`Waiting`]), which is the one when requests do not arrive
+//! together (the first request that finds no instance free starts one).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::{SpanContext, SpanKind};
 use tokio::sync::Notify;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
@@ -29,6 +35,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 use crate::engine::memory::MemoryWatch;
 use crate::engine::runtime::{RequestState, Reuse, Stores};
 use crate::engine::stop::StopSignal;
+use crate::util::traces;
 
 /// What the pool needs of one request passed to an instance: its id for the logs, the stop
 /// (deadline or fault) that ends its part of the instance's work, and its trace.
@@ -37,6 +44,10 @@ pub trait PoolRequest: Send + Sync + 'static {
     fn stop(&self) -> &Arc<StopSignal>;
     /// The span the guest's outbound calls for this request are children of (traces on only).
     fn trace_parent(&self) -> Option<SpanContext>;
+    /// Whether the request is traced (it has a `trace_parent`); cheaper to ask.
+    fn traced(&self) -> bool;
+    /// An instance was started for this traced request, in `took`.
+    fn instantiated(&self, took: Duration);
 
     /// The instance that takes the request: what its memories reach, and why it failed.
     fn on_instance(&self, instance: &Arc<InstanceRecord>);
@@ -89,6 +100,47 @@ pub trait InstanceCost: Send + Sync + 'static {
 /// A request as the pool holds it.
 pub type Caller = Arc<dyn PoolRequest>;
 
+/// The traced requests waiting for an instance to take them, oldest first (traces on only): an
+/// instance being started claims the oldest.
+#[derive(Default)]
+struct Waiting(Mutex<VecDeque<Caller>>);
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Caller>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `caller` waits until the guard goes (its answer came, or it was dropped).
+    fn enter(&self, caller: Caller) -> WaitingGuard<'_> {
+        self.lock().push_back(caller.clone());
+        WaitingGuard { waiting: self, caller }
+    }
+
+    /// `caller` was taken by an instance (or claimed by one starting).
+    fn leave(&self, caller: &Caller) {
+        let mut waiting = self.lock();
+        if let Some(at) = waiting.iter().position(|c| Arc::ptr_eq(c, caller)) {
+            waiting.remove(at);
+        }
+    }
+
+    fn claim(&self) -> Option<Caller> {
+        self.lock().pop_front()
+    }
+}
+
+/// Takes a traced request off the [`Waiting`] list when its call to the pool ends.
+struct WaitingGuard<'a> {
+    waiting: &'a Waiting,
+    caller: Caller,
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.waiting.leave(&self.caller);
+    }
+}
+
 /// wasmtime's `ProxyHandler` passes this to [`WorkerState::drop`] when an instance's task was
 /// dropped before it ended.
 const WORKER_DROPPED: &str = "worker panicked";
@@ -107,7 +159,9 @@ impl Pool {
         timeout: Duration,
         cost: Arc<dyn InstanceCost>,
     ) -> Self {
-        let state = PoolState { pre, stores, reuse, timeout, cost, next_instance: AtomicU64::new(0) };
+        let waiting = Arc::new(Waiting::default());
+        let state =
+            PoolState { pre, stores, reuse, timeout, cost, waiting, next_instance: AtomicU64::new(0) };
         Self { handler: ProxyHandler::new(state) }
     }
 
@@ -117,6 +171,8 @@ impl Pool {
         caller: Caller,
         req: http::Request<WasiBody>,
     ) -> wasmtime::Result<http::Response<WasiBody>> {
+        let waiting = &self.handler.state().waiting;
+        let _waiting = caller.traced().then(|| waiting.enter(caller.clone()));
         self.handler.handle(caller, req).await
     }
 
@@ -135,6 +191,7 @@ struct PoolState {
     /// does after its last response, before it is dropped.
     timeout: Duration,
     cost: Arc<dyn InstanceCost>,
+    waiting: Arc<Waiting>,
     next_instance: AtomicU64,
 }
 
@@ -148,11 +205,30 @@ impl HandlerState for PoolState {
         let label = format!("instance-{id}");
         let mut store = self.stores.reused_store(&label);
         let started = Instant::now();
+        let traced = self.waiting.claim();
+        let span = traced.as_ref().and_then(|caller| {
+            let parent = caller.trace_parent()?;
+            Some(self.stores.traces()?.start_span(
+                "instantiate",
+                SpanKind::Internal,
+                Some(&parent),
+                Vec::new(),
+            ))
+        });
         // The epoch only makes the guest yield: bound a start-up that never ends here.
-        let service = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
-            .await
-            .map_err(|_| wasmtime::format_err!("the instance did not start within {:?}", self.timeout))??;
-        self.cost.instantiated(started.elapsed().as_secs_f64());
+        let service = match tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store)).await {
+            Ok(service) => service,
+            Err(_) => Err(wasmtime::format_err!("the instance did not start within {:?}", self.timeout)),
+        };
+        if let Some(span) = span {
+            traces::end_span(span, service.as_ref().err());
+        }
+        let service = service?;
+        let took = started.elapsed();
+        self.cost.instantiated(took.as_secs_f64());
+        if let Some(caller) = traced {
+            caller.instantiated(took);
+        }
         let memory = store.data().shared_memory().cloned().unwrap_or_default();
         let record = Arc::new(InstanceRecord::new(memory));
         Ok(Instance {
@@ -164,7 +240,13 @@ impl HandlerState for PoolState {
                 busy_timeout: self.timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
             },
-            state: InstancePolicy { label, reuse: self.reuse, record, cost: self.cost.clone() },
+            state: InstancePolicy {
+                label,
+                reuse: self.reuse,
+                record,
+                cost: self.cost.clone(),
+                waiting: self.waiting.clone(),
+            },
         })
     }
 }
@@ -198,6 +280,8 @@ struct InstancePolicy {
     reuse: Reuse,
     record: Arc<InstanceRecord>,
     cost: Arc<dyn InstanceCost>,
+    /// The pool's traced requests waiting for an instance: one this instance takes leaves it.
+    waiting: Arc<Waiting>,
 }
 
 impl WorkerState for InstancePolicy {
@@ -223,6 +307,9 @@ impl WorkerState for InstancePolicy {
         // With several requests on one instance at once, the guest's calls are traced under the
         // request it took last: the store cannot tell which request a call is for.
         store.data_mut().start_request(caller.trace_parent());
+        if caller.traced() {
+            self.waiting.leave(&caller);
+        }
         caller.on_instance(&self.record);
         tracing::debug!(request_id = %caller.id(), instance = %self.label, "request passed to a reused instance");
         let stop = caller.stop().clone();
@@ -244,5 +331,49 @@ impl WorkerState for InstancePolicy {
             }
         }
         drop(store);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Request(Arc<StopSignal>);
+
+    impl PoolRequest for Request {
+        fn id(&self) -> &str {
+            "test"
+        }
+        fn stop(&self) -> &Arc<StopSignal> {
+            &self.0
+        }
+        fn trace_parent(&self) -> Option<SpanContext> {
+            None
+        }
+        fn traced(&self) -> bool {
+            true
+        }
+        fn instantiated(&self, _took: Duration) {}
+        fn on_instance(&self, _instance: &Arc<InstanceRecord>) {}
+    }
+
+    fn request() -> Caller {
+        Arc::new(Request(Arc::new(StopSignal::new(tokio::time::Instant::now()))))
+    }
+
+    #[test]
+    fn an_instance_starting_claims_the_oldest_request_still_waiting() {
+        let waiting = Waiting::default();
+        let (first, second, third) = (request(), request(), request());
+        let first_guard = waiting.enter(first.clone());
+        let second_guard = waiting.enter(second.clone());
+        let _third_guard = waiting.enter(third.clone());
+        // The first was taken by an instance already running; the second's call ended.
+        waiting.leave(&first);
+        drop(second_guard);
+        assert!(waiting.claim().is_some_and(|claimed| Arc::ptr_eq(&claimed, &third)));
+        assert!(waiting.claim().is_none(), "claimed once");
+        drop(first_guard);
+        assert!(waiting.lock().is_empty());
     }
 }

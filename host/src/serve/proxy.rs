@@ -18,7 +18,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::engine::runtime::RequestState;
-use crate::serve::exchange::{Exchange, GuestEnd, Outcome, RequestBody, ResponseBody};
+use crate::serve::exchange::{Exchange, GuestCost, GuestEnd, Outcome, RequestBody, ResponseBody};
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::serve::serving::Serving;
 use crate::util::timed::Timed;
@@ -137,8 +137,8 @@ struct GuestTask {
 }
 
 /// Runs the guest until it returns or must stop, while supervising the response; then reports
-/// how it ended and what it cost, drops its store (its instance goes back to the pool) and
-/// supervises on.
+/// how it ended and what it cost (to the version's histograms, and to the server span when traces
+/// are on), drops its store (its instance goes back to the pool) and supervises on.
 async fn guest_task(
     task: GuestTask,
     mut store: Store<RequestState>,
@@ -148,6 +148,7 @@ async fn guest_task(
     let GuestTask { exchange, pre, cost } = task;
     let cost = cost.handles();
     let mut supervising = true;
+    let mut instantiation = None;
     // `None`: stopped while it waited.
     let (result, busy) = {
         let guest = async {
@@ -158,7 +159,9 @@ async fn guest_task(
                 traces::end_span(span, proxy.as_ref().err());
             }
             let proxy = proxy?;
-            let seconds = instantiating.elapsed().as_secs_f64();
+            let took = instantiating.elapsed();
+            instantiation = Some(took);
+            let seconds = took.as_secs_f64();
             exchange.serving().metrics.instantiation.observe(seconds);
             if let Some(cost) = cost {
                 cost.instantiation.observe(seconds);
@@ -179,9 +182,10 @@ async fn guest_task(
         };
         (result, guest.busy())
     };
+    let memory_peak_bytes = store.data().memory().peak_bytes();
     if let Some(cost) = cost {
         cost.cpu.observe(busy.as_secs_f64());
-        cost.memory.observe(store.data().memory().peak_bytes() as f64);
+        cost.memory.observe(memory_peak_bytes as f64);
     }
     let end = match result {
         Some(Ok(())) => GuestEnd::Returned,
@@ -196,6 +200,23 @@ async fn guest_task(
         }
         Some(Err(_)) | None => stopped(&exchange),
     };
+    log_stop(&exchange, end);
+    // Before the store, and with it the response body's sender, goes: the body reads this.
+    let traced = exchange.span_context().is_some();
+    let cost = traced.then_some(GuestCost {
+        cpu: Some(busy),
+        memory_peak_bytes: Some(memory_peak_bytes),
+        instantiation,
+    });
+    exchange.guest_ended(end, cost);
+    drop(store);
+    if supervising {
+        exchange.supervise().await;
+    }
+}
+
+/// Says why a guest that did not return was stopped (a trap has its ERROR line).
+fn log_stop(exchange: &Exchange, end: GuestEnd) {
     match end {
         // The request's ERROR line says so when the deadline ended the request itself.
         GuestEnd::TimedOut if exchange.outcome() == Some(Outcome::TimedOut) => {
@@ -208,12 +229,6 @@ async fn guest_task(
             tracing::debug!(request_id = %exchange.ctx.id, "the component was stopped after its response ended")
         }
         GuestEnd::Returned | GuestEnd::Trapped => {}
-    }
-    // Before the store, and with it the response body's sender, goes: the body reads this.
-    exchange.guest_ended(end);
-    drop(store);
-    if supervising {
-        exchange.supervise().await;
     }
 }
 

@@ -36,6 +36,14 @@ impl PoolRequest for Exchange {
     fn trace_parent(&self) -> Option<SpanContext> {
         self.span_context().cloned()
     }
+
+    fn traced(&self) -> bool {
+        self.span_context().is_some()
+    }
+
+    fn instantiated(&self, took: Duration) {
+        self.record_instantiation(took);
+    }
 }
 
 /// Passes `req` to an instance of `pool` and waits for its response head (and first body

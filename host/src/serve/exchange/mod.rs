@@ -13,6 +13,7 @@
 //! - [`record`]: the request's context and its access-log line.
 //! - [`failure`]: why its guest failed, and the one ERROR line that says so.
 //! - [`span`]: its server span, when traces are on.
+//! - [`supervise`]: the supervisor's watch over the response (deadline, write timeout).
 //!
 //! Three parties act on an exchange: the request path (hyper's service future: checks, the
 //! guest's response head), the response body (polled by hyper), and the supervisor (the guest
@@ -27,6 +28,7 @@ mod failure;
 pub mod lifecycle;
 mod record;
 mod span;
+mod supervise;
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -46,6 +48,7 @@ pub use body::{ExchangeBody, RequestBody, ResponseBody, full};
 use delivery::Delivery;
 pub use lifecycle::{Action, HostProblem, Lifecycle, Outcome, Phase};
 pub use record::{Observer, RequestContext, declared_length};
+pub use span::GuestCost;
 
 use crate::engine::limits::Limits;
 use crate::engine::pool::InstanceRecord;
@@ -130,6 +133,10 @@ struct State {
     failure_logged: bool,
     /// The server span, ended by `finish` (traces on only).
     span: Option<opentelemetry_sdk::trace::Span>,
+    /// The server span after `finish` while the guest runs on, ended when it reports.
+    ended_span: Option<span::EndedSpan>,
+    /// What the guest cost, for the server span (traces on only).
+    cost: GuestCost,
 }
 
 impl State {
@@ -203,6 +210,8 @@ impl Exchange {
                 failure: None,
                 failure_logged: false,
                 span,
+                ended_span: None,
+                cost: GuestCost::default(),
             }),
             progress: Progress::new(ctx.started),
             delivery: Delivery::new(),
@@ -384,7 +393,7 @@ impl Exchange {
                 }
                 self.ctx.log(outcome, cut, status, bytes, latency, served.map(|(c, _)| c.version()));
                 if let Some(span) = span {
-                    span::end(span, outcome, status, bytes, served.map(|(c, role)| (c.as_ref(), *role)));
+                    self.end_span(span, outcome, status, bytes, served.map(|(c, role)| (c.as_ref(), *role)));
                 }
                 self.report_failure(outcome, cut);
             }
@@ -398,14 +407,21 @@ impl Exchange {
         self.state().guest = Guest::Running;
     }
 
-    /// The guest task's report, made before its store (and the response body's sender) goes.
-    pub fn guest_ended(&self, end: GuestEnd) {
-        let permit = {
+    /// The guest task's report, made before its store (and the response body's sender) goes,
+    /// with what the guest cost when traces are on: a server span waiting for it ends.
+    pub fn guest_ended(&self, end: GuestEnd, cost: Option<GuestCost>) {
+        let (permit, ended_span) = {
             let mut state = self.state();
             state.guest = Guest::Ended(end);
-            state.release_permit()
+            if let Some(cost) = cost {
+                state.cost = cost;
+            }
+            (state.release_permit(), state.ended_span.take())
         };
         drop(permit);
+        if let Some(span) = ended_span {
+            span.end(&cost.unwrap_or_default());
+        }
         self.waiter.notify_one();
     }
 
@@ -419,68 +435,6 @@ impl Exchange {
     /// Resolves when something the request path waits on may have changed.
     pub async fn changed(&self) {
         self.waiter.notified().await
-    }
-
-    /// Watches the response until the exchange finishes (its last byte written): cuts it at the
-    /// deadline, or when the client took nothing for `--write-timeout` (hyper stops polling a
-    /// body its client does not read, so the body itself cannot notice).
-    pub async fn supervise(&self) {
-        loop {
-            let Some(next) = self.check(Instant::now()) else { return };
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = self.supervisor.notified() => {}
-            }
-        }
-    }
-
-    /// Acts on what is due at `now`; returns when to look again, `None` once finished.
-    fn check(&self, now: Instant) -> Option<Instant> {
-        let (phase, answered) = {
-            let state = self.state();
-            (state.lifecycle.phase(), state.lifecycle.outcome())
-        };
-        match phase {
-            Phase::Finished => return None,
-            // The request path answers the deadline itself before the head; look again when it
-            // should have (it wakes this task when the head goes out).
-            Phase::Waiting => return Some(now.max(self.deadline) + Duration::from_secs(1)),
-            Phase::Streaming(_) => {}
-        }
-        // The host's 504, sent at the deadline, is bound by the write timeout alone; its answers
-        // before it (503, 413, 431 …) by the deadline too, like the guest's.
-        let by_deadline = answered != Some(Outcome::TimedOut);
-        if by_deadline && now >= self.deadline {
-            if answered.is_some() {
-                self.cut_off(Outcome::TimedOut);
-            } else {
-                self.fault(Outcome::TimedOut);
-            }
-            return None;
-        }
-        let write_timeout = self.limits().write_timeout;
-        let next = match self.progress.handed_at() {
-            // hyper waits for the guest: the client is not behind. A stall cannot complete
-            // before `now + write_timeout`.
-            None => now + write_timeout,
-            Some(handed) if now >= handed + write_timeout => {
-                self.cut_off(Outcome::WriteStalled);
-                return None;
-            }
-            Some(handed) => handed + write_timeout,
-        };
-        Some(if by_deadline { next.min(self.deadline) } else { next })
-    }
-
-    /// Cuts a response on its way out, even one answering an earlier fault.
-    fn cut_off(&self, outcome: Outcome) {
-        if self.state().lifecycle.cut_off(outcome) {
-            if let Some(scope) = &self.scope {
-                scope.cut();
-            }
-            self.stop.stop_now();
-            self.finish();
-        }
     }
 }
 

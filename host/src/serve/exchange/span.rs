@@ -1,8 +1,16 @@
 //! A client request's server span (only when traces are on): started with the exchange, child of
 //! the caller's `traceparent` or `X-Cloud-Trace-Context`, with the HTTP semantic-convention
 //! attributes; ended with the exchange, naming its status, the version that served it and the
-//! [`Outcome`], in error when the outcome is a failure. Its context parents the spans of the
-//! request's guest work ([`super::Exchange::child_span`], the outbound calls).
+//! [`Outcome`], in error when the outcome is a failure, and what its guest cost ([`GuestCost`]).
+//! Its context parents the spans of the request's guest work ([`super::Exchange::child_span`],
+//! the outbound calls).
+//!
+//! The span ends when the exchange finishes (its last byte written). A p2 guest may run on past
+//! that (`--after-response-grace`) and its cost is known only when it ends: the span, its end
+//! time taken at the finish, waits for it ([`EndedSpan`]), so its duration stays the request's
+//! latency and its cost is exact.
+
+use std::time::{Duration, SystemTime};
 
 use http::{Request, StatusCode};
 use opentelemetry::KeyValue;
@@ -11,11 +19,90 @@ use opentelemetry_sdk::trace::Span;
 
 use super::lifecycle::Outcome;
 use super::record::RequestContext;
+use super::{Exchange, Guest};
 use crate::util::traces::{Traces, propagate};
 use crate::versions::Role;
 use crate::versions::registry::ActiveComponent;
 
-impl super::Exchange {
+/// What a request's guest cost, as its server span says: the guest's CPU time (p2: its own
+/// task), the peak linear memory of its instance (p3: so far) and the time its instance took to
+/// start, when it was started for this request. Recorded only when traces are on.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GuestCost {
+    /// The time the guest's task spent being polled (p2 only).
+    pub cpu: Option<Duration>,
+    pub memory_peak_bytes: Option<usize>,
+    pub instantiation: Option<Duration>,
+}
+
+impl GuestCost {
+    fn record(&self, span: &mut Span) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        if let Some(cpu) = self.cpu {
+            span.set_attribute(KeyValue::new("echo_host.guest.cpu_ms", ms(cpu)));
+        }
+        if let Some(bytes) = self.memory_peak_bytes {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            span.set_attribute(KeyValue::new("echo_host.instance.memory_peak_bytes", bytes));
+        }
+        if let Some(took) = self.instantiation {
+            span.set_attribute(KeyValue::new("echo_host.instance.instantiation_ms", ms(took)));
+        }
+    }
+}
+
+/// A server span whose exchange has finished, waiting for its guest's cost. It ends at the
+/// exchange's finish whatever happens: with the cost when the guest reports it, without it when
+/// dropped first (the exchange gone with the guest's task).
+pub struct EndedSpan {
+    span: Span,
+    at: SystemTime,
+}
+
+impl EndedSpan {
+    pub(super) fn end(mut self, cost: &GuestCost) {
+        cost.record(&mut self.span);
+    }
+}
+
+impl Drop for EndedSpan {
+    fn drop(&mut self) {
+        self.span.end_with_timestamp(self.at);
+    }
+}
+
+impl Exchange {
+    /// Ends the server span of a finished exchange, or, while its guest runs on, keeps it (ended
+    /// as of now) for [`Exchange::guest_ended`] to end with the guest's cost.
+    pub(super) fn end_span(
+        &self,
+        mut span: Span,
+        outcome: Outcome,
+        status: StatusCode,
+        bytes: u64,
+        served: Option<(&ActiveComponent, Role)>,
+    ) {
+        describe(&mut span, outcome, status, bytes, served);
+        let ended = EndedSpan { span, at: SystemTime::now() };
+        let mut cost = {
+            let mut state = self.state();
+            if state.guest == Guest::Running {
+                state.ended_span = Some(ended);
+                return;
+            }
+            state.cost
+        };
+        if let Some(instance) = self.instance.get() {
+            cost.memory_peak_bytes = Some(instance.memory.peak_bytes());
+        }
+        ended.end(&cost);
+    }
+
+    /// A reused instance was started for this request in `took` (traces on only).
+    pub fn record_instantiation(&self, took: Duration) {
+        self.state().cost.instantiation = Some(took);
+    }
+
     /// The server span's context (traces on only): the parent of what the guest's work traces.
     pub fn span_context(&self) -> Option<&SpanContext> {
         self.trace.as_ref()
@@ -74,10 +161,10 @@ pub fn trace_name(span: &SpanContext, project: Option<&str>) -> String {
     }
 }
 
-/// Ends the server span of an exchange that ended with `outcome` and `status` after sending
+/// Describes the server span of an exchange that ended with `outcome` and `status` after sending
 /// `bytes` of body, served by `served` (none when the host answered before routing).
-pub fn end(
-    mut span: Span,
+fn describe(
+    span: &mut Span,
     outcome: Outcome,
     status: StatusCode,
     bytes: u64,
@@ -98,7 +185,6 @@ pub fn end(
         span.set_attribute(KeyValue::new("error.type", cause));
         span.set_status(Status::error(cause));
     }
-    span.end();
 }
 
 /// Why an exchange counts as failed on its span, when it does: the guest failed or ran out of
