@@ -31,6 +31,7 @@ mod fleet;
 mod memory;
 mod oci;
 mod p3;
+mod rollback;
 mod scaling;
 mod stream;
 mod swap;
@@ -38,10 +39,7 @@ mod throughput;
 mod traces;
 mod wake;
 
-pub use canary::{
-    CANARY_ONE, CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_SPLIT, CANARY_WINDOW, FAIL_PATH,
-    SPLIT_SAMPLE, canary,
-};
+pub use canary::{CANARY_ONE, CANARY_SPLIT, SPLIT_SAMPLE, canary};
 pub use cold::{
     COLD_CONTAINER, COLD_CWASM, COLD_WASM, COLD_WASMTIME_CACHE, COLD_WASMTIME_NOCACHE, cold_start,
 };
@@ -51,6 +49,7 @@ pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label
 pub use memory::memory;
 pub use oci::{oci, with_oci_table};
 pub use p3::{P3_IDLE_TIMEOUT, P3_MAX_CONCURRENT, P3_MAX_REQUESTS, p3};
+pub use rollback::{CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_WINDOW, FAIL_PATH};
 pub use scaling::scaling;
 pub use stream::streaming;
 pub use swap::{ADMIN_TOKEN, swap, upload_request};
