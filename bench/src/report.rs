@@ -271,27 +271,68 @@ pub fn targets(s: &Samples) -> Vec<Target> {
         ),
         r.map(|r| r >= 0.95),
     );
-    let max = max_value(s, "canary.rollback_all_ms", CANARY_ROLLBACK);
-    let rollbacks = s.get("canary.rollback_all_ms", CANARY_ROLLBACK).map_or(0, <[f64]>::len);
-    add(
-        &format!(
-            "failing canary: first failure → every instance on stable ≤ window + poll + 1 s ({FLEET_INSTANCES} instances, --canary-window {}, --poll-interval {})",
-            CANARY_WINDOW.0, CANARY_POLL.0
-        ),
-        format!(
-            "max {} (median {}) over {rollbacks} rollbacks; stable failed {} requests",
-            ms(max),
-            ms(s.median("canary.rollback_all_ms", CANARY_ROLLBACK)),
-            num(s.sum("canary.stable_failures", CANARY_ROLLBACK), 0)
-        ),
-        max.map(|m| m <= canary_target_ms()),
-    );
+    for case in &ROLLBACKS {
+        let max = max_value(s, "canary.rollback_all_ms", case.label);
+        let rollbacks = s.get("canary.rollback_all_ms", case.label).map_or(0, <[f64]>::len);
+        add(
+            &format!(
+                "{}: {} → every instance on stable ≤ window + poll + 1 s ({FLEET_INSTANCES} instances, --canary-window {}, --poll-interval {})",
+                case.canary, case.from, CANARY_WINDOW.0, CANARY_POLL.0
+            ),
+            format!(
+                "max {} (median {}) over {rollbacks} rollbacks; stable failed {} requests, the canary {}",
+                ms(max),
+                ms(s.median("canary.rollback_all_ms", case.label)),
+                num(s.sum("canary.stable_failures", case.label), 0),
+                num(s.sum("canary.canary_failures", case.label), 0)
+            ),
+            max.map(|m| m <= canary_target_ms()),
+        );
+    }
     out
 }
 
 /// The rollback's target: the analysis window plus the poll interval plus [`CANARY_SLACK_MS`].
 fn canary_target_ms() -> f64 {
     CANARY_WINDOW.1 + CANARY_POLL.1 + CANARY_SLACK_MS
+}
+
+/// The canary table's rows of each rollback measured: to the loaded instance, to every instance
+/// (with the target), and for the slow canary both p95s its rollback's reason names.
+fn rollback_rows(w: &mut String, s: &Samples) {
+    let target = format!(
+        "≤ {} (window {} + poll {} + 1 s)",
+        ms(Some(canary_target_ms())),
+        CANARY_WINDOW.0,
+        CANARY_POLL.0
+    );
+    for case in ROLLBACKS.iter().filter(|c| s.get("canary.rollback_all_ms", c.label).is_some()) {
+        let rows = [
+            ("canary.rollback_first_ms", "the loaded instance stops routing to the canary"),
+            ("canary.rollback_all_ms", "every instance on stable"),
+            ("canary.canary_p95_ms", "the canary's p95 in the rollback's reason"),
+            ("canary.stable_p95_ms", "stable's p95 in the rollback's reason"),
+        ];
+        for (metric, what) in rows {
+            let Some(values) = s.get(metric, case.label) else { continue };
+            let (min, max) =
+                (values.iter().copied().reduce(f64::min), values.iter().copied().reduce(f64::max));
+            let timed = metric.starts_with("canary.rollback_");
+            let what = if timed {
+                format!("{}: {} → {what}", case.label, case.from)
+            } else {
+                format!("{}: {what}", case.label)
+            };
+            let _ = writeln!(
+                w,
+                "| {what} | {} | {} | {} | | {} |",
+                ms(s.median(metric, case.label)),
+                ms(min),
+                ms(max),
+                if metric == "canary.rollback_all_ms" { target.as_str() } else { "" }
+            );
+        }
+    }
 }
 
 /// Under the cold-start table: how the container was run, or why it was not.
@@ -593,7 +634,8 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
     }
 
     let has_split = s.get("canary.rps", CANARY_ONE).is_some();
-    if has_split || s.get("canary.rollback_all_ms", CANARY_ROLLBACK).is_some() {
+    let has_rollback = ROLLBACKS.iter().any(|c| s.get("canary.rollback_all_ms", c.label).is_some());
+    if has_split || has_rollback {
         let _ = writeln!(w, "## Canary releases\n");
         let _ = writeln!(w, "| | median | min | max | req per server CPU-s | target |");
         let _ = writeln!(w, "|---|---:|---:|---:|---:|---|");
@@ -635,40 +677,16 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
                 num(per_cpu.map(|r| r * 100.0), 1)
             );
         }
-        if s.get("canary.rollback_all_ms", CANARY_ROLLBACK).is_some() {
-            for (metric, what) in [
-                (
-                    "canary.rollback_first_ms",
-                    "first failure → the failing instance stops routing to the canary",
-                ),
-                ("canary.rollback_all_ms", "first failure → every instance on stable"),
-            ] {
-                let (min, max) = range(metric, CANARY_ROLLBACK);
-                let target = if metric == "canary.rollback_all_ms" {
-                    format!(
-                        "≤ {} (window {} + poll {} + 1 s)",
-                        ms(Some(canary_target_ms())),
-                        CANARY_WINDOW.0,
-                        CANARY_POLL.0
-                    )
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(
-                    w,
-                    "| {what} | {} | {} | {} | | {target} |",
-                    ms(s.median(metric, CANARY_ROLLBACK)),
-                    ms(min),
-                    ms(max)
-                );
-            }
-        }
+        rollback_rows(w, s);
         let _ = writeln!(
             w,
-            "\nSplit: echo-host on core 0 serving the built-in echo as stable and, as the canary at weight 50 (`POST admin/release?weight=50`), the echo component with a custom section appended (its own sha256, the same code); against the same host serving one version, alternating, `wrk` as in the throughput table. Rollback: {FLEET_INSTANCES} echo-hosts on one release store (fake-gcs-server, `--canary-window {}`, `--poll-interval {}`, default thresholds), canary = misbehave at 50 %; once every instance routes to it, `GET {FAIL_PATH}` (fails on misbehave, 200 on the echo) every 2 ms to the first instance only, so the others stop routing only by following the manifest it writes; timed from the first failed response to each instance's `GET admin/release` (polled every 10 ms) showing no canary routing. Stable's failed responses during the rollbacks: {}.\n",
+            "\nSplit: echo-host on core 0 serving the built-in echo as stable and, as the canary at weight 50 (`POST admin/release?weight=50`), the echo component with a custom section appended (its own sha256, the same code); against the same host serving one version, alternating, `wrk` as in the throughput table. Rollback: {FLEET_INSTANCES} echo-hosts on one release store (fake-gcs-server, `--canary-window {}`, `--poll-interval {}`, default thresholds), canary = misbehave at 50 %; once every instance routes to it, `GET {FAIL_PATH}` (fails on misbehave, 200 on the echo) every 2 ms to the first instance only, so the others stop routing only by following the manifest it writes; timed from the first failed response to each instance's `GET admin/release` (polled every 10 ms) showing no canary routing and the canary's automatic rollback as the last decision. Latency rollback: on the same fleet, in turn, a new misbehave canary started the same way while `GET {SLOW_PATH}` (misbehave answers 200 after 300 ms, the echo at once) goes every 10 ms on each of 3 connections to the first instance, from before the start; no request fails, so only the latency rule (p95 over 2× stable's and over 100 ms, at least 50 timed requests of each) rolls it back; timed from the answer of `POST admin/release?weight=50`, so the time includes gathering those 50 canary requests. Failed responses during the rollbacks, stable / canary: {} / {} (failing), {} / {} (latency).\n",
             CANARY_WINDOW.0,
             CANARY_POLL.0,
-            num(s.sum("canary.stable_failures", CANARY_ROLLBACK), 0)
+            num(s.sum("canary.stable_failures", CANARY_ROLLBACK), 0),
+            num(s.sum("canary.canary_failures", CANARY_ROLLBACK), 0),
+            num(s.sum("canary.stable_failures", CANARY_LATENCY_ROLLBACK), 0),
+            num(s.sum("canary.canary_failures", CANARY_LATENCY_ROLLBACK), 0)
         );
     }
 
@@ -752,18 +770,46 @@ mod tests {
             s.add("canary.rollback_first_ms", CANARY_ROLLBACK, 200.0);
             s.add("canary.stable_failures", CANARY_ROLLBACK, 0.0);
         }
+        for (ms, p95) in [(5_600.0, 310.0), (6_100.0, 305.0)] {
+            s.add("canary.rollback_all_ms", CANARY_LATENCY_ROLLBACK, ms);
+            s.add("canary.rollback_first_ms", CANARY_LATENCY_ROLLBACK, ms - 900.0);
+            s.add("canary.stable_failures", CANARY_LATENCY_ROLLBACK, 0.0);
+            s.add("canary.canary_failures", CANARY_LATENCY_ROLLBACK, 0.0);
+            s.add("canary.canary_p95_ms", CANARY_LATENCY_ROLLBACK, p95);
+            s.add("canary.stable_p95_ms", CANARY_LATENCY_ROLLBACK, 2.0);
+        }
         let t = targets(&s);
         let split = t.iter().find(|t| t.what.contains("50/50")).unwrap();
         assert_eq!(split.met, Some(true), "9,700 / 10,000: {}", split.measured);
         assert!(split.measured.contains("9,700 vs 10,000 = 97.0%"), "{}", split.measured);
-        let rollback = t.iter().find(|t| t.what.contains("every instance on stable")).unwrap();
+        let rollback =
+            t.iter().find(|t| t.what.starts_with("failing canary: first failure → every")).unwrap();
         assert_eq!(rollback.met, Some(false), "13 s > 12 s: {}", rollback.measured);
         assert!(rollback.measured.contains("max 13,000 ms (median 1,400 ms) over 3 rollbacks"));
+        let slow = t.iter().find(|t| t.what.starts_with("slow canary: canary start → every")).unwrap();
+        assert_eq!(slow.met, Some(true), "6.1 s ≤ 12 s: {}", slow.measured);
+        assert!(
+            slow.measured.contains("max 6,100 ms (median 5,850 ms) over 2 rollbacks"),
+            "{}",
+            slow.measured
+        );
         let md = render(&s, &Meta::default());
         assert!(md.contains("| 50/50 ÷ one version | 97.0% | | | –% | ≥ 95% |"), "{md}");
         assert!(
             md.contains(
-                "| first failure → every instance on stable | 1,400 ms | 900 ms | 13,000 ms | | ≤ 12,000 ms"
+                "| 3 × echo-host, canary rollback: first failure → every instance on stable | 1,400 ms | 900 ms | 13,000 ms | | ≤ 12,000 ms"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 3 × echo-host, latency rollback: canary start → every instance on stable | 5,850 ms | 5,600 ms | 6,100 ms | | ≤ 12,000 ms"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 3 × echo-host, latency rollback: the canary's p95 in the rollback's reason | 308 ms |"
             ),
             "{md}"
         );

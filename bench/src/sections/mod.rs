@@ -12,8 +12,8 @@
 //! - [`scaling`]: requests/s on one and two server cores.
 //! - [`fleet`]: three instances following one release store on the Cloud Storage emulator: push
 //!   to one, until every one serves it.
-//! - [`canary`]: requests/s with a 50/50 canary split, and a failing canary's first failure to
-//!   every instance of a fleet back on stable.
+//! - [`canary`]: requests/s with a 50/50 canary split; [`rollback`]: a failing canary's first
+//!   failure, and a slow canary's start, to every instance of a fleet back on stable.
 //! - [`oci`]: three instances following one tag in a registry on loopback: tag moved, until
 //!   every one serves it; a 10 MiB component's start-up pulled by digest against from a file.
 //! - [`counts`]: instructions, allocations (callgrind) and syscalls (strace) per GET, counts
@@ -49,7 +49,10 @@ pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label
 pub use memory::memory;
 pub use oci::{oci, with_oci_table};
 pub use p3::{P3_IDLE_TIMEOUT, P3_MAX_CONCURRENT, P3_MAX_REQUESTS, p3};
-pub use rollback::{CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_WINDOW, FAIL_PATH};
+pub use rollback::{
+    CANARY_LATENCY_ROLLBACK, CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_WINDOW, FAIL_PATH,
+    ROLLBACKS, SLOW_PATH,
+};
 pub use scaling::scaling;
 pub use stream::streaming;
 pub use swap::{ADMIN_TOKEN, swap, upload_request};
