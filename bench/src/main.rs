@@ -9,7 +9,8 @@
 //! - [`sections`]: the measurements, one module per section (throughput, the p3 echo, cold start
 //!   with the container image, memory, streaming, swap, scaling), each alternating between servers
 //!   for `--rounds` rounds; the fleet (three echo-hosts on one release store, pushes); and canary
-//!   releases (a 50/50 split's cost, a failing canary's automatic rollback across the fleet);
+//!   releases (a 50/50 split's cost, a failing and a slow canary's automatic rollback across the
+//!   fleet);
 //!   the wake-up of a frozen instance on a store (bounded staleness's added latency and cost),
 //!   and a fleet following a tag in an OCI registry (tag moved → every instance serving it).
 //! - [`wrk`]: closed-loop load; [`openloop`]: fixed-rate load without coordinated omission.

@@ -1,13 +1,14 @@
 //! Canary: what a 50/50 split between two versions costs in requests/s, and how long a failing
-//! canary lasts on a fleet: from its first failed response until every instance has stopped
-//! routing to it (the automatic rollback through the release store).
+//! or a slow canary lasts on a fleet: from its first failed response (failing) or its start
+//! (slow) until every instance has stopped routing to it (the automatic rollback through the
+//! release store).
 //!
 //! The split: echo-host serving the built-in echo as stable, the echo component with a custom
 //! section appended (its own sha256, the same code) as a canary at 50 % (`POST admin/release?
 //! weight=50`), against the same host with one version, under the same wrk load, alternating.
 //!
-//! The rollback, in [`super::rollback`]: three instances on one store (fake-gcs-server),
-//! canary = misbehave at 50 %.
+//! The rollbacks, in [`super::rollback`]: three instances on one store (fake-gcs-server),
+//! canary = misbehave at 50 %, failing or slow.
 
 use std::net::SocketAddr;
 use std::time::Duration;
