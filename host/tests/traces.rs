@@ -117,7 +117,11 @@ fn plain_and_outbound(protocol: &str) {
     let allow = upstream.addr.to_string();
     let metadata = MetadataStub::start("0087244a80be6d6ebd", 3600);
     let metadata_host = metadata.host();
-    let env = [("GCE_METADATA_HOST", metadata_host.as_str())];
+    // A header the collector requires (percent-encoded, as the specification has it).
+    let env = [
+        ("GCE_METADATA_HOST", metadata_host.as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret%20key"),
+    ];
     let host = traced_host(&endpoint, protocol, &env, &["--allow-outbound", &allow]);
     let http = client();
     let traceparent = format!("00-{TRACE}-{PARENT}-01");
@@ -136,6 +140,10 @@ fn plain_and_outbound(protocol: &str) {
             })
         });
     assert!(spans.iter().all(|s| s["transport"] == if protocol == "grpc" { "grpc" } else { "http" }));
+    assert!(
+        spans.iter().all(|s| s["headers"]["x-api-key"] == "s3cret key"),
+        "every export carries the header"
+    );
     let server = server_span(&spans, "/ok").unwrap();
     assert_eq!((server["trace_id"].as_str(), server["parent_span_id"].as_str()), (Some(TRACE), Some(PARENT)));
     assert_eq!(server["name"], "GET");

@@ -9,7 +9,8 @@ It serves both OTLP transports on 127.0.0.1, each on a free port:
 - OTLP/HTTP: `POST /v1/traces` with an `application/x-protobuf` body.
 
 Both decode the request with the official generated protobufs of the `opentelemetry-proto`
-package (no hand-written decoding) and append every span to FILE as one JSON line: transport,
+package (no hand-written decoding) and append every span to FILE as one JSON line: transport, the
+export's `x-*` headers (gRPC metadata or HTTP headers),
 resource and span attributes, scope, trace and span ids, parent span id, name, kind, status,
 start and end times. When both servers listen it prints one JSON line `{"grpc": PORT, "http":
 PORT}` to stdout, then serves until it is killed.
@@ -101,7 +102,8 @@ class Sink:
         self.file = open(path, "a", encoding="utf-8")
         self.lock = threading.Lock()
 
-    def write(self, transport: str, request) -> None:
+    def write(self, transport: str, request, headers: dict) -> None:
+        """`headers`: the export's `x-*` headers (gRPC metadata or HTTP), lowercase names."""
         from opentelemetry.proto.trace.v1 import trace_pb2
 
         lines = []
@@ -111,6 +113,7 @@ class Sink:
                 for span in scope_spans.spans:
                     lines.append(json.dumps({
                         "transport": transport,
+                        "headers": headers,
                         "resource": resource,
                         "scope": scope_spans.scope.name,
                         "trace_id": span.trace_id.hex(),
@@ -139,7 +142,8 @@ def grpc_server(sink: Sink, delay: float, refuse: bool):
             time.sleep(delay)
             if refuse:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "refusing, as asked (--refuse)")
-            sink.write("grpc", request)
+            metadata = {k.lower(): v for k, v in context.invocation_metadata() if k.lower().startswith("x-")}
+            sink.write("grpc", request, metadata)
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -166,7 +170,8 @@ def http_server(sink: Sink, delay: float, refuse: bool):
                 return self.answer(415, b"OTLP/HTTP protobuf only", "text/plain")
             request = trace_service_pb2.ExportTraceServiceRequest()
             request.ParseFromString(body)
-            sink.write("http", request)
+            sink.write("http", request,
+                       {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-")})
             self.answer(200, trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
                         "application/x-protobuf")
 

@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
-use super::config::{Protocol, TraceConfig};
+use super::config::TraceConfig;
+use super::otlp::Encoder;
+use super::send::Sender;
 
 /// The trace counters on `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -135,12 +136,12 @@ impl QueueProcessor {
             };
             runtime.block_on(async {
                 // tonic's channel starts its worker on the current runtime: build it here.
-                let exporter = match build_exporter(&config, &resource) {
-                    Ok(exporter) => exporter,
+                let sender = match Sender::new(&config) {
+                    Ok(sender) => sender,
                     Err(error) => return drop(ready_tx.send(Err(error))),
                 };
                 let _ = ready_tx.send(Ok(()));
-                run(&shared, exporter, &config).await;
+                run(&shared, Exporter { encoder: Encoder::new(&resource), sender }, &config).await;
             });
             let _ = done_tx.send(());
         })?;
@@ -175,34 +176,10 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// The OTLP exporter `config` names. Headers and compression are also read by the exporter
-/// from the same variables, which [`TraceConfig`] checked.
-fn build_exporter(
-    config: &TraceConfig,
-    resource: &Resource,
-) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let mut exporter = match config.protocol {
-        Protocol::Grpc => {
-            builder.with_tonic().with_endpoint(&config.endpoint).with_timeout(config.timeout).build()
-        }
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(&config.endpoint)
-            .with_timeout(config.timeout)
-            .with_headers(config.headers.iter().cloned().collect())
-            .build(),
-    }
-    .map_err(|error| {
-        anyhow::anyhow!(
-            "cannot set up the OTLP trace exporter for `{}` ({}): {error}",
-            config.endpoint,
-            config.protocol.name()
-        )
-    })?;
-    exporter.set_resource(resource);
-    Ok(exporter)
+/// How a batch leaves: encoded once for the resource, sent over the configured transport.
+struct Exporter {
+    encoder: Encoder,
+    sender: Sender,
 }
 
 /// After a failed export, how long the next batches are dropped without being encoded or sent
@@ -213,7 +190,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The exporter thread: every `OTEL_BSP_SCHEDULE_DELAY`, or as soon as a batch is full, sends
 /// the queue in batches; at shutdown sends what is left before the shutdown's bound.
-async fn run(queue: &Queue, mut exporter: opentelemetry_otlp::SpanExporter, config: &TraceConfig) {
+async fn run(queue: &Queue, mut exporter: Exporter, config: &TraceConfig) {
     let mut taken = Vec::new();
     // While the collector fails: when to try again, and the wait after the next failure.
     let (mut retry_at, mut backoff) = (None::<Instant>, FIRST_BACKOFF);
@@ -233,12 +210,13 @@ async fn run(queue: &Queue, mut exporter: opentelemetry_otlp::SpanExporter, conf
                 queue.dropped(count, "the collector failed just before");
                 continue;
             }
-            let batch: Vec<SpanData> = taken.drain(..count).collect();
             let timeout = match queue.closing_by() {
                 Some(by) => config.timeout.min(by.saturating_duration_since(Instant::now())),
                 None => config.timeout,
             };
-            if export(queue, &exporter, batch, timeout, &config.endpoint).await {
+            let exported = export(queue, &mut exporter, &taken[..count], timeout, &config.endpoint).await;
+            taken.drain(..count);
+            if exported {
                 (retry_at, backoff) = (None, FIRST_BACKOFF);
             } else {
                 retry_at = Some(Instant::now() + backoff);
@@ -249,19 +227,19 @@ async fn run(queue: &Queue, mut exporter: opentelemetry_otlp::SpanExporter, conf
             break;
         }
     }
-    let _ = exporter.shutdown_with_timeout(Duration::from_millis(100));
 }
 
 /// Sends one batch; counts it as exported or dropped. Returns whether it was exported.
 async fn export(
     queue: &Queue,
-    exporter: &opentelemetry_otlp::SpanExporter,
-    batch: Vec<SpanData>,
+    exporter: &mut Exporter,
+    batch: &[SpanData],
     timeout: Duration,
     endpoint: &str,
 ) -> bool {
     let count = batch.len();
-    let error = match tokio::time::timeout(timeout, exporter.export(batch)).await {
+    let body = exporter.encoder.encode(batch);
+    let error = match tokio::time::timeout(timeout, exporter.sender.send(body, timeout)).await {
         Ok(Ok(())) => {
             queue.counters.exported.inc_by(count as u64);
             if queue.warned.swap(false, Ordering::Relaxed) {
@@ -269,7 +247,7 @@ async fn export(
             }
             return true;
         }
-        Ok(Err(error)) => error.to_string(),
+        Ok(Err(error)) => error,
         Err(_) => format!("no answer within {timeout:?} (`OTEL_EXPORTER_OTLP_TIMEOUT`)"),
     };
     queue.dropped(count, &format!("export to `{endpoint}` failed: {error}"));

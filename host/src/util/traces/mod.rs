@@ -5,6 +5,7 @@
 //! - [`config`]: the variables, checked at start-up.
 //! - [`export`]: the bounded queue and the exporter thread (a slow collector costs spans, never
 //!   a request's time), and the counters on `/metrics`.
+//! - [`otlp`]: a batch of spans as OTLP protobuf; [`send`]: over gRPC or HTTP.
 //! - [`propagate`]: `traceparent` / `X-Cloud-Trace-Context` in, `traceparent` out.
 //!
 //! The spans themselves are made where their work is: the server span by the serve layer's
@@ -13,7 +14,9 @@
 
 pub mod config;
 pub mod export;
+pub mod otlp;
 pub mod propagate;
+pub mod send;
 
 use std::borrow::Cow;
 use std::sync::Arc;
