@@ -5,15 +5,25 @@
 //! instructions a span (callgrind, 12-06), four times the request's own span work.
 //!
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,common,resource}/v1`.
-//! Nested messages are written into a scratch buffer, then copied in after their length.
+//! A span is written into a scratch buffer, then copied in after its length; the messages around
+//! the spans are written last, into room left before them, so the batch is not copied again.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+/// Protobuf's wire types.
+#[derive(Clone, Copy)]
+enum WireType {
+    Varint = 0,
+    SixtyFourBit = 1,
+    LengthDelimited = 2,
+    ThirtyTwoBit = 5,
+}
 
 /// `SpanFlags`: the context's `is_remote` is known, and whether it is set.
 const HAS_IS_REMOTE: u32 = 0x100;
@@ -41,14 +51,57 @@ impl Encoder {
 
     /// The `ExportTraceServiceRequest` of `spans`: one `ResourceSpans`, a `ScopeSpans` per
     /// instrumentation scope (in the order they first appear).
-    pub fn encode(&self, spans: &[SpanData]) -> Vec<u8> {
+    pub fn encode(&self, spans: &[SpanData]) -> Bytes {
+        let Some(first) = spans.first() else { return self.encode_grouped(spans) };
+        let scope = &first.instrumentation_scope;
+        if spans.iter().any(|data| data.instrumentation_scope != *scope) {
+            return self.encode_grouped(spans);
+        }
+        // One scope (the host has one tracer): the spans go in first, after room for what
+        // precedes them; the rest is written around them.
+        let mut head = Vec::with_capacity(64);
+        instrumentation_scope(&mut head, scope);
+        let scope_message = std::mem::take(&mut head);
+        let room = self.resource.len() + scope_message.len() + 3 * 10 + 4;
+        let mut buf = Vec::with_capacity(room + spans.len() * 512);
+        buf.resize(room, 0);
+        let mut scratch = Vec::with_capacity(512);
+        for data in spans {
+            scratch.clear();
+            span(&mut scratch, data);
+            message(&mut buf, 2, &scratch);
+        }
+        let spans_len = buf.len() - room;
+        string(&mut buf, 3, scope.schema_url().unwrap_or_default());
+        let scope_spans_len =
+            1 + varint_len(scope_message.len() as u64) + scope_message.len() + (buf.len() - room);
+        buf.extend_from_slice(&self.schema_url);
+        let resource_spans_len = self.resource.len()
+            + 1
+            + varint_len(scope_spans_len as u64)
+            + scope_spans_len
+            + self.schema_url.len();
+        key(&mut head, 1, WireType::LengthDelimited);
+        varint(&mut head, resource_spans_len as u64);
+        head.extend_from_slice(&self.resource);
+        key(&mut head, 2, WireType::LengthDelimited);
+        varint(&mut head, scope_spans_len as u64);
+        message(&mut head, 1, &scope_message);
+        debug_assert!(head.len() <= room && spans_len > 0);
+        let start = room - head.len();
+        buf[start..room].copy_from_slice(&head);
+        Bytes::from(buf).slice(start..)
+    }
+
+    /// [`Encoder::encode`] for spans of several scopes: each scope's spans gathered, then nested.
+    fn encode_grouped(&self, spans: &[SpanData]) -> Bytes {
         let mut scopes: Vec<(&InstrumentationScope, Vec<u8>)> = Vec::new();
         let mut scratch = Vec::with_capacity(512);
         for data in spans {
             let index = match scopes.iter().position(|(scope, _)| *scope == &data.instrumentation_scope) {
                 Some(index) => index,
                 None => {
-                    scopes.push((&data.instrumentation_scope, Vec::with_capacity(spans.len() * 400)));
+                    scopes.push((&data.instrumentation_scope, Vec::new()));
                     scopes.len() - 1
                 }
             };
@@ -56,9 +109,7 @@ impl Encoder {
             span(&mut scratch, data);
             message(&mut scopes[index].1, 2, &scratch);
         }
-        let mut resource_spans =
-            Vec::with_capacity(self.resource.len() + scopes.iter().map(|s| s.1.len() + 64).sum::<usize>());
-        resource_spans.extend_from_slice(&self.resource);
+        let mut resource_spans = self.resource.clone();
         for (scope, spans) in &scopes {
             let mut scope_spans = Vec::with_capacity(spans.len() + 64);
             scratch.clear();
@@ -71,7 +122,7 @@ impl Encoder {
         resource_spans.extend_from_slice(&self.schema_url);
         let mut request = Vec::with_capacity(resource_spans.len() + 8);
         message(&mut request, 1, &resource_spans);
-        request
+        Bytes::from(request)
     }
 }
 
@@ -156,15 +207,15 @@ fn attributes(buf: &mut Vec<u8>, tag: u32, attributes: &[KeyValue]) {
 }
 
 /// A `KeyValue` as field `tag`: its length is computed, not buffered.
-fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: &Value) {
+fn key_value(buf: &mut Vec<u8>, tag: u32, name: &str, value: &Value) {
     let value_len = any_value_len(value);
-    let key_len = if key.is_empty() { 0 } else { string_len(key) };
-    let len = key_len + 1 + encoded_len_varint(value_len as u64) + value_len;
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
-    string(buf, 1, key);
-    encode_key(2, WireType::LengthDelimited, buf);
-    encode_varint(value_len as u64, buf);
+    let key_len = if name.is_empty() { 0 } else { string_len(name) };
+    let len = key_len + 1 + varint_len(value_len as u64) + value_len;
+    key(buf, tag, WireType::LengthDelimited);
+    varint(buf, len as u64);
+    string(buf, 1, name);
+    key(buf, 2, WireType::LengthDelimited);
+    varint(buf, value_len as u64);
     any_value(buf, value);
 }
 
@@ -173,24 +224,24 @@ fn any_value(buf: &mut Vec<u8>, value: &Value) {
     match value {
         Value::String(text) => string_always(buf, 1, text.as_str()),
         Value::Bool(flag) => {
-            encode_key(2, WireType::Varint, buf);
-            encode_varint(u64::from(*flag), buf);
+            key(buf, 2, WireType::Varint);
+            varint(buf, u64::from(*flag));
         }
         Value::I64(number) => {
-            encode_key(3, WireType::Varint, buf);
-            encode_varint(*number as u64, buf);
+            key(buf, 3, WireType::Varint);
+            varint(buf, *number as u64);
         }
         Value::F64(number) => {
-            encode_key(4, WireType::SixtyFourBit, buf);
+            key(buf, 4, WireType::SixtyFourBit);
             buf.extend_from_slice(&number.to_le_bytes());
         }
         Value::Array(array) => {
             let len = array_len(array);
-            encode_key(5, WireType::LengthDelimited, buf);
-            encode_varint(len as u64, buf);
+            key(buf, 5, WireType::LengthDelimited);
+            varint(buf, len as u64);
             each_element(array, |element| {
-                encode_key(1, WireType::LengthDelimited, buf);
-                encode_varint(any_value_len(&element) as u64, buf);
+                key(buf, 1, WireType::LengthDelimited);
+                varint(buf, any_value_len(&element) as u64);
                 any_value(buf, &element);
             });
         }
@@ -202,11 +253,11 @@ fn any_value_len(value: &Value) -> usize {
     match value {
         Value::String(text) => string_len(text.as_str()),
         Value::Bool(_) => 2,
-        Value::I64(number) => 1 + encoded_len_varint(*number as u64),
+        Value::I64(number) => 1 + varint_len(*number as u64),
         Value::F64(_) => 9,
         Value::Array(array) => {
             let len = array_len(array);
-            1 + encoded_len_varint(len as u64) + len
+            1 + varint_len(len as u64) + len
         }
         other => string_len(&other.to_string()),
     }
@@ -217,7 +268,7 @@ fn array_len(array: &Array) -> usize {
     let mut len = 0;
     each_element(array, |element| {
         let inner = any_value_len(&element);
-        len += 1 + encoded_len_varint(inner as u64) + inner;
+        len += 1 + varint_len(inner as u64) + inner;
     });
     len
 }
@@ -236,10 +287,29 @@ fn nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos().try_into().unwrap_or(u64::MAX))
 }
 
+/// A field's key: its number and wire type.
+fn key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    varint(buf, u64::from(tag << 3 | wire_type as u32));
+}
+
+/// A base-128 varint, least significant group first.
+fn varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    // 1 byte per started group of 7 bits (at least one).
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// A nested message (already encoded) as field `tag`.
 fn message(buf: &mut Vec<u8>, tag: u32, body: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(body.len() as u64, buf);
+    key(buf, tag, WireType::LengthDelimited);
+    varint(buf, body.len() as u64);
     buf.extend_from_slice(body);
 }
 
@@ -252,40 +322,40 @@ fn string(buf: &mut Vec<u8>, tag: u32, text: &str) {
 
 /// A string field, written also when empty (a member of a `oneof`).
 fn string_always(buf: &mut Vec<u8>, tag: u32, text: &str) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(text.len() as u64, buf);
+    key(buf, tag, WireType::LengthDelimited);
+    varint(buf, text.len() as u64);
     buf.extend_from_slice(text.as_bytes());
 }
 
 /// The length `string_always` writes for a field with a one-byte key (tags up to 15).
 fn string_len(text: &str) -> usize {
-    1 + encoded_len_varint(text.len() as u64) + text.len()
+    1 + varint_len(text.len() as u64) + text.len()
 }
 
 fn bytes(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    key(buf, tag, WireType::LengthDelimited);
+    varint(buf, value.len() as u64);
     buf.extend_from_slice(value);
 }
 
 /// A varint field, left out when zero.
 fn uint(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
+        key(buf, tag, WireType::Varint);
+        varint(buf, value);
     }
 }
 
 fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::SixtyFourBit, buf);
+        key(buf, tag, WireType::SixtyFourBit);
         buf.extend_from_slice(&value.to_le_bytes());
     }
 }
 
 fn fixed32(buf: &mut Vec<u8>, tag: u32, value: u32) {
     if value != 0 {
-        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        key(buf, tag, WireType::ThirtyTwoBit);
         buf.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -385,6 +455,9 @@ mod tests {
         let ours = Encoder::new(&resource).encode(&spans);
         let theirs = reference(spans, &resource).encode_to_vec();
         assert_eq!(ours, theirs);
+        // Past one-byte lengths: a batch of 300 spans.
+        let many: Vec<SpanData> = (0..150).flat_map(|_| self::spans(&scope)).collect();
+        assert_eq!(Encoder::new(&resource).encode(&many), reference(many, &resource).encode_to_vec());
     }
 
     #[test]
@@ -402,6 +475,18 @@ mod tests {
         theirs.resource_spans[0].scope_spans.sort_by_key(name);
         assert_eq!(ours, theirs);
         assert_eq!(ours.resource_spans[0].scope_spans.iter().map(name).collect::<Vec<_>>(), ["one", "two"]);
+    }
+
+    #[test]
+    fn varints_are_protobufs() {
+        for value in [0, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut ours = Vec::new();
+            varint(&mut ours, value);
+            let mut theirs = Vec::new();
+            prost::encoding::encode_varint(value, &mut theirs);
+            assert_eq!(ours, theirs, "{value}");
+            assert_eq!(varint_len(value), theirs.len(), "{value}");
+        }
     }
 
     #[test]

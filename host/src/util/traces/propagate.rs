@@ -4,23 +4,28 @@
 
 use std::str::FromStr;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
 use opentelemetry::{SpanId, TraceId};
+
+// Looked up on every traced request: names made once, not parsed from text each time.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const CLOUD_TRACE: HeaderName = HeaderName::from_static("x-cloud-trace-context");
 
 /// The caller's span, when the request names a valid one: `traceparent` first, else
 /// `X-Cloud-Trace-Context`.
 pub fn remote_parent(headers: &HeaderMap) -> Option<SpanContext> {
-    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(traceparent) {
+    if let Some(parent) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(traceparent) {
         let state = headers
-            .get("tracestate")
+            .get(&TRACESTATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| TraceState::from_str(v).ok())
             .unwrap_or_default();
         return Some(SpanContext::new(parent.0, parent.1, parent.2, true, state));
     }
     let (trace, span, flags) =
-        headers.get("x-cloud-trace-context").and_then(|v| v.to_str().ok()).and_then(cloud_trace)?;
+        headers.get(&CLOUD_TRACE).and_then(|v| v.to_str().ok()).and_then(cloud_trace)?;
     Some(SpanContext::new(trace, span, flags, true, TraceState::default()))
 }
 

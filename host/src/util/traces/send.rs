@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::config::{Protocol, TraceConfig};
@@ -64,7 +64,7 @@ impl Sender {
     }
 
     /// Sends one encoded `ExportTraceServiceRequest`; the error says what the collector did.
-    pub async fn send(&mut self, body: Vec<u8>, timeout: Duration) -> Result<(), String> {
+    pub async fn send(&mut self, body: Bytes, timeout: Duration) -> Result<(), String> {
         match self {
             Self::Grpc { grpc, metadata } => {
                 grpc.ready().await.map_err(|error| format!("the gRPC channel is not ready: {error}"))?;
@@ -72,7 +72,7 @@ impl Sender {
                 *request.metadata_mut() = metadata.clone();
                 request.set_timeout(timeout);
                 let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                match grpc.unary::<Vec<u8>, (), _>(request, path, RawCodec).await {
+                match grpc.unary::<Bytes, (), _>(request, path, RawCodec).await {
                     Ok(_) => Ok(()),
                     Err(status) => Err(format!("gRPC status `{:?}`: {}", status.code(), status.message())),
                 }
@@ -100,7 +100,7 @@ impl Sender {
 struct RawCodec;
 
 impl Codec for RawCodec {
-    type Encode = Vec<u8>;
+    type Encode = Bytes;
     type Decode = ();
     type Encoder = RawCodec;
     type Decoder = RawCodec;
@@ -115,10 +115,10 @@ impl Codec for RawCodec {
 }
 
 impl Encoder for RawCodec {
-    type Item = Vec<u8>;
+    type Item = Bytes;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         bytes::BufMut::put_slice(dst, &item);
         Ok(())
     }
