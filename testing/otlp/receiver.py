@@ -17,6 +17,7 @@ PORT}` to stdout, then serves until it is killed.
 
 `--delay` holds every answer that long (a slow collector; the spans are still written);
 `--refuse` answers every export with gRPC `UNAVAILABLE` or HTTP 503 and writes nothing.
+`--accept-only` answers every gRPC export at once without decoding it (the benchmark's sink).
 
 On first use it installs grpcio, protobuf and opentelemetry-proto (pinned with their hashes in
 requirements.txt) into the venv target/tools/otlp-venv and re-executes itself there.
@@ -133,9 +134,19 @@ class Sink:
             self.file.flush()
 
 
-def grpc_server(sink: Sink, delay: float, refuse: bool):
+def grpc_server(sink: Sink, delay: float, refuse: bool, accept_only: bool = False):
     import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    if accept_only:
+        # The bytes are taken and answered with an empty ExportTraceServiceResponse, not decoded.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        export = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        return server, port
 
     class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request, context):
@@ -199,9 +210,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the JSON-lines file the spans are appended to")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to hold every answer")
     parser.add_argument("--refuse", action="store_true", help="refuse every export")
+    parser.add_argument("--accept-only", action="store_true",
+                        help="gRPC: answer every export without decoding it or writing a span (a sink for "
+                             "measuring the sender's cost without the decoding's on the same machine)")
     args = parser.parse_args()
     sink = Sink(args.out)
-    _grpc, grpc_port = grpc_server(sink, args.delay, args.refuse)
+    _grpc, grpc_port = grpc_server(sink, args.delay, args.refuse, args.accept_only)
     _http, http_port = http_server(sink, args.delay, args.refuse)
     print(json.dumps({"grpc": grpc_port, "http": http_port}), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
