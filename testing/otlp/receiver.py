@@ -25,12 +25,7 @@ requirements.txt) into the venv target/tools/otlp-venv and re-executes itself th
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -39,6 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import pyvenv  # noqa: E402  (testing/pyvenv.py)
+
 WORKSPACE = HERE.parent.parent
 TOOLS = WORKSPACE / "target" / "tools"
 VENV = TOOLS / "otlp-venv"
@@ -47,35 +45,6 @@ REQUIREMENTS = HERE / "requirements.txt"
 
 def log(message: str) -> None:
     print(f"[otlp receiver] {message}", file=sys.stderr, flush=True)
-
-
-def requirements_stamp() -> str:
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-
-
-def venv_ready() -> bool:
-    stamp = VENV / ".requirements.sha256"
-    return (VENV / "bin" / "python").is_file() and stamp.is_file() and stamp.read_text() == requirements_stamp()
-
-
-def ensure_venv() -> Path:
-    """The venv's python, made from requirements.txt (hash-checked wheels) if needed."""
-    if not venv_ready():
-        TOOLS.mkdir(parents=True, exist_ok=True)
-        with open(TOOLS / ".otlp-venv.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not venv_ready():
-                started = time.monotonic()
-                log(f"creating {VENV} with grpcio and opentelemetry-proto from PyPI (requirements.txt, hash-pinned)")
-                shutil.rmtree(VENV, ignore_errors=True)
-                base = getattr(sys, "_base_executable", sys.executable)
-                subprocess.run([base, "-m", "venv", str(VENV)], check=True, stdin=subprocess.DEVNULL)
-                subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                                "--quiet", "--no-input", "--require-hashes", "--only-binary=:all:",
-                                "-r", str(REQUIREMENTS)], check=True, stdin=subprocess.DEVNULL)
-                (VENV / ".requirements.sha256").write_text(requirements_stamp())
-                log(f"venv ready in {time.monotonic() - started:.1f} s")
-    return VENV / "bin" / "python"
 
 
 def any_value(value):
@@ -203,9 +172,7 @@ def http_server(sink: Sink, delay: float, refuse: bool):
 
 
 def main() -> None:
-    if Path(sys.prefix).resolve() != VENV.resolve():
-        python = ensure_venv()
-        os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    pyvenv.run_inside(VENV, REQUIREMENTS, "grpcio and opentelemetry-proto", log, __file__)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="the JSON-lines file the spans are appended to")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to hold every answer")

@@ -32,9 +32,7 @@ Certificates and JWT signatures come from the `openssl` command line tool.
 
 import argparse
 import base64
-import contextlib
 import ctypes
-import fcntl
 import gzip
 import hashlib
 import io
@@ -59,6 +57,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import pyvenv  # noqa: E402  (testing/pyvenv.py)
+from pyvenv import install_lock  # noqa: E402
+
 WORKSPACE = HERE.parent.parent
 TOOLS = WORKSPACE / "target" / "tools"
 VENV = TOOLS / "registry-venv"
@@ -100,40 +102,6 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Installs (first use; a lock file per install so parallel tests do not race)
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def install_lock(name: str):
-    TOOLS.mkdir(parents=True, exist_ok=True)
-    with open(TOOLS / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def requirements_stamp() -> str:
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-
-
-def venv_ready() -> bool:
-    stamp = VENV / ".requirements.sha256"
-    return (VENV / "bin" / "python").is_file() and stamp.is_file() and stamp.read_text() == requirements_stamp()
-
-
-def ensure_venv() -> Path:
-    """The venv's python, the venv made from requirements.txt (hash-checked wheels) if needed."""
-    if not venv_ready():
-        with install_lock("registry-venv"):
-            if not venv_ready():
-                started = time.monotonic()
-                log(f"creating {VENV} with oras and bcrypt from PyPI (requirements.txt, hash-pinned)")
-                shutil.rmtree(VENV, ignore_errors=True)
-                # The base interpreter, also when this one is a broken venv's.
-                run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(VENV)])
-                run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                     "--quiet", "--no-input", "--require-hashes", "--only-binary=:all:", "-r", str(REQUIREMENTS)])
-                (VENV / ".requirements.sha256").write_text(requirements_stamp())
-                log(f"venv ready in {time.monotonic() - started:.1f} s")
-    return VENV / "bin" / "python"
 
 
 def registry_runs() -> bool:
@@ -702,9 +670,7 @@ def parse_args(argv: list):
 
 def main() -> None:
     args = parse_args(sys.argv[1:])
-    if Path(sys.prefix).resolve() != VENV.resolve():
-        python = ensure_venv()
-        os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    pyvenv.run_inside(VENV, REQUIREMENTS, "oras and bcrypt", log, __file__)
     {"serve": serve, "push": push, "delete": delete}[args.command](args)
 
 
