@@ -23,9 +23,7 @@ fn path(p: &std::path::Path) -> &str {
 fn instances_started(server: &TestServer) -> u64 {
     match &server.app.registry.active().handler {
         echo_host::versions::registry::Handler::Reused(pool) => pool.instances_started(),
-        echo_host::versions::registry::Handler::PerRequest(_) => {
-            panic!("the active component is not a p3 one")
-        }
+        _ => panic!("the active component is not a p3 one"),
     }
 }
 

@@ -61,6 +61,9 @@ mod rollout_cli;
 mod container;
 // WASI 0.3 components: the p3 echo under both servers, instance reuse and its limits, p2/p3 swaps.
 mod p3;
+// Opt-in serial reuse of p2 instances: up to the limit, retired on a trap, a deadline, a guest
+// that runs on or keeps a resource; per-request budgets and log ids; swaps under load.
+mod p2_reuse;
 // Careless operators and hostile callers: flags past their range, bad `Host`, the admin token, bounded provenance.
 mod hardening;
 // Progressive delivery: canary weights, sticky keys, pins, per-version telemetry, steps, abort, fleet rollbacks.

@@ -294,10 +294,7 @@ fn info(app: &App) -> serde_json::Value {
             "source_error": app.source_health.get(),
             "load_ms": component.load_time.as_secs_f64() * 1000.0,
             "world": component.handler.world(),
-            "instances_started": match &component.handler {
-                crate::versions::registry::Handler::Reused(pool) => Some(pool.instances_started()),
-                crate::versions::registry::Handler::PerRequest(_) => None,
-            },
+            "instances_started": component.handler.instances_started(),
         },
         "swaps": {
             "count": app.registry.swap_count(),

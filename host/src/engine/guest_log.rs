@@ -24,7 +24,6 @@ pub struct GuestLog {
 }
 
 struct LineBuffer {
-    request_id: Arc<str>,
     stream: &'static str,
     pending: Vec<u8>,
     budget: Arc<Mutex<LogBudget>>,
@@ -63,6 +62,11 @@ impl LogBudget {
         self.report();
         self.lines_left = self.max_lines;
         self.bytes_left = self.max_bytes;
+    }
+
+    /// The store's lines are now the request `label`'s (a reused p2 instance's next request).
+    pub fn relabel(&mut self, label: &str) {
+        self.label = label.into();
     }
 
     /// Takes one line of `bytes` from the budget, or counts it as dropped.
@@ -106,19 +110,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl GuestLog {
-    pub fn new(request_id: &str, stream: &'static str, budget: Arc<Mutex<LogBudget>>) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(LineBuffer {
-                request_id: request_id.into(),
-                stream,
-                pending: Vec::new(),
-                budget,
-            })),
-        }
+    /// The guest's `stream` (`stdout` or `stderr`), its lines named by `budget`'s label.
+    pub fn new(stream: &'static str, budget: Arc<Mutex<LogBudget>>) -> Self {
+        Self { inner: Arc::new(Mutex::new(LineBuffer { stream, pending: Vec::new(), budget })) }
     }
 
     fn write(&self, bytes: &[u8]) {
         lock(&self.inner).push(bytes);
+    }
+
+    /// Logs a last line without a newline now, under the current label (before a relabel).
+    pub fn flush_line(&self) {
+        let mut buffer = lock(&self.inner);
+        if !buffer.pending.is_empty() {
+            buffer.emit();
+        }
     }
 }
 
@@ -145,18 +151,22 @@ impl LineBuffer {
     }
 
     fn emit(&mut self) {
-        if !lock(&self.budget).take(self.pending.len()) {
-            self.pending.clear();
-            return;
-        }
+        let label = {
+            let mut budget = lock(&self.budget);
+            if !budget.take(self.pending.len()) {
+                self.pending.clear();
+                return;
+            }
+            budget.label.clone()
+        };
         let line = String::from_utf8_lossy(&self.pending);
         let line = line.strip_suffix('\r').unwrap_or(&line);
         match self.stream {
             "stderr" => {
-                tracing::warn!(target: "guest", request_id = %self.request_id, stream = self.stream, "{line}")
+                tracing::warn!(target: "guest", request_id = %label, stream = self.stream, "{line}")
             }
             _ => {
-                tracing::info!(target: "guest", request_id = %self.request_id, stream = self.stream, "{line}")
+                tracing::info!(target: "guest", request_id = %label, stream = self.stream, "{line}")
             }
         }
         self.pending.clear();
@@ -211,7 +221,7 @@ mod tests {
     #[test]
     fn lines_past_the_budget_are_dropped_and_counted() {
         let budget = LogBudget::new("test-request", 3, 1 << 20);
-        let log = GuestLog::new("test-request", "stdout", budget.clone());
+        let log = GuestLog::new("stdout", budget.clone());
         let before = DROPPED_LINES.load(Ordering::Relaxed);
         log.write(b"one\ntwo\nthree\nfour\nfive\n");
         let mut left = lock(&budget);
@@ -224,7 +234,7 @@ mod tests {
     #[test]
     fn a_line_over_the_byte_budget_is_dropped_and_smaller_ones_still_fit() {
         let budget = LogBudget::new("test-request", 100, 10);
-        let log = GuestLog::new("test-request", "stderr", budget.clone());
+        let log = GuestLog::new("stderr", budget.clone());
         log.write(b"0123456789ab\nshort\n");
         let left = lock(&budget);
         assert_eq!((left.bytes_left, left.dropped), (5, 1));

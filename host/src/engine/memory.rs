@@ -25,6 +25,11 @@ impl MemoryWatch {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// A reused p2 instance survived a refused growth: its next request starts with none.
+    pub(crate) fn forget_refusal(&self) {
+        self.refused.store(0, Ordering::Relaxed);
+    }
+
     /// The size (in bytes) of the first growth that was refused, if any was.
     pub fn refused(&self) -> Option<usize> {
         Some(self.refused.load(Ordering::Relaxed)).filter(|&b| b > 0)

@@ -11,5 +11,6 @@ pub mod memory;
 pub mod outbound;
 pub mod pool;
 pub mod runtime;
+pub mod serial;
 pub mod state;
 pub mod stop;

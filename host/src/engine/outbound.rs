@@ -52,6 +52,11 @@ impl OutboundPolicy {
         Self { rules, request_id: request_id.into(), traces, parent: None }
     }
 
+    /// The guest's next calls are the request `request_id`'s (a reused p2 instance).
+    pub fn relabel(&mut self, request_id: &str) {
+        self.request_id = request_id.into();
+    }
+
     /// Makes the guest's next calls children of `parent`.
     pub fn trace_under(&mut self, parent: Option<SpanContext>) {
         self.parent = parent;

@@ -36,9 +36,10 @@ pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 
 /// Instances beyond `--concurrency` the pool keeps room for: a swap's smoke probe (probes take
 /// no permit). A request holds its permit until its guest has stopped, so per-request instances
-/// never need more than `--concurrency` slots; reused (p3) instances of a version just swapped
-/// out linger idle for `--instance-idle-timeout`, so the pool holds a second `--concurrency` for
-/// them (address space only: slots are not touched until used).
+/// never need more than `--concurrency` slots; reused instances (p3, and p2 with
+/// `--instance-max-requests`) of a version just swapped out linger idle for
+/// `--instance-idle-timeout`, so the pool holds a second `--concurrency` for them (address space
+/// only: slots are not touched until used).
 const POOL_HEADROOM: u32 = 16;
 
 /// What the runtime needs from the configuration.
@@ -47,19 +48,21 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     pub guest_env: Vec<(String, String)>,
     pub allow_outbound: Vec<OutboundRule>,
-    /// How p3 instances are reused across requests.
+    /// How instances are reused across requests.
     pub reuse: Reuse,
     /// The tracer, when traces are on: outbound calls get spans and a `traceparent`.
     pub traces: Option<Arc<Traces>>,
 }
 
-/// How long a p3 (`wasi:http/service`) instance serves before it is retired (the flags
-/// `--instance-*`, with `wasmtime serve`'s defaults). p2 components get a fresh instance per
-/// request.
+/// How long an instance serves before it is retired (the flags `--instance-*`, for p3
+/// (`wasi:http/service`) with `wasmtime serve`'s defaults). p2 components get a fresh instance
+/// per request unless `--instance-max-requests` is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Reuse {
-    /// Requests one instance serves in its life.
+    /// Requests one p3 instance serves in its life.
     pub max_requests: usize,
+    /// Requests one p2 instance serves in its life, one at a time (1: a fresh instance each).
+    pub p2_max_requests: usize,
     /// Requests one instance serves at the same time.
     pub max_concurrent: usize,
     /// How long an idle instance waits for another request.
@@ -69,7 +72,12 @@ pub struct Reuse {
 
 impl Default for Reuse {
     fn default() -> Self {
-        Self { max_requests: 128, max_concurrent: 16, idle_timeout: Duration::from_secs(1) }
+        Self {
+            max_requests: 128,
+            p2_max_requests: 1,
+            max_concurrent: 16,
+            idle_timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -305,12 +313,16 @@ impl Stores {
     /// traps once `stop` is past.
     pub fn request_store(&self, request_id: &str, stop: Arc<StopSignal>) -> Store<RequestState> {
         let mut store = self.store(Flavor::P2, request_id, MemoryLimiter::new(self.max_memory()));
-        // Each tick, give the thread back to the executor; past the stop, trap.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if stop.interrupt_now() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
-        });
+        stop_at(&mut store, stop);
         store
+    }
+
+    /// A reused p2 instance's store ([`crate::engine::serial`]) takes the request `request_id`:
+    /// full budgets, its labels, and the epoch interrupts the guest once this request's `stop`
+    /// is past.
+    pub fn rearm(&self, store: &mut Store<RequestState>, request_id: &str, stop: Arc<StopSignal>) {
+        store.data_mut().rearm(request_id, None);
+        stop_at(store, stop);
     }
 
     pub fn engine(&self, flavor: Flavor) -> &Engine {
@@ -340,10 +352,12 @@ impl Stores {
         let limits = &self.config.limits;
         let guest = &limits.guest;
         let log_budget = LogBudget::new(label, guest.max_log_lines, guest.max_log_bytes);
+        let guest_logs =
+            [GuestLog::new("stdout", log_budget.clone()), GuestLog::new("stderr", log_budget.clone())];
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.config.guest_env)
-            .stdout(GuestLog::new(label, "stdout", log_budget.clone()))
-            .stderr(GuestLog::new(label, "stderr", log_budget.clone()))
+            .stdout(guest_logs[0].clone())
+            .stderr(guest_logs[1].clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -359,6 +373,7 @@ impl Stores {
             table,
             header_budget: HeaderBudget::new(guest.header_bytes()),
             log_budget,
+            guest_logs,
             memory,
             outbound: OutboundPolicy::new(self.outbound.clone(), label, self.config.traces.clone()),
         };
@@ -366,6 +381,14 @@ impl Stores {
         store.limiter(|state| &mut state.memory);
         store
     }
+}
+
+/// Each tick, the guest gives the thread back to the executor; past `stop`, it traps.
+fn stop_at(store: &mut Store<RequestState>, stop: Arc<StopSignal>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if stop.interrupt_now() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+    });
 }
 
 /// `flavor`'s linker: full WASI p2 (components built with std import `wasi:cli/environment`,

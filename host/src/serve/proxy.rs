@@ -1,6 +1,7 @@
-//! One request through the component: for a p2 component a fresh `Store` and instance, `handle`
-//! in its own task (which also supervises the response, see [`Exchange::supervise`]); for a p3
-//! one an instance of its pool ([`crate::serve::reuse`]). The response is passed on as soon as the guest
+//! One request through the component: for a p2 component a fresh `Store` and instance (or, with
+//! `--instance-max-requests`, one idle in its [`SerialPool`]), `handle` in its own task (which also
+//! supervises the response, see [`Exchange::supervise`]); for a p3 one an instance of its pool
+//! ([`crate::serve::reuse`]). The response is passed on as soon as the guest
 //! sets it, and every way a guest can fail is turned into an [`Outcome`].
 
 use std::sync::Arc;
@@ -13,11 +14,12 @@ use tokio::sync::oneshot;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::engine::runtime::RequestState;
+use crate::engine::serial::{IdleInstance, SerialPool};
 use crate::serve::exchange::{Exchange, GuestCost, GuestEnd, Outcome, RequestBody, ResponseBody};
 use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_fault};
 use crate::serve::serving::Serving;
@@ -67,15 +69,48 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     match &component.handler {
-        Handler::PerRequest(pre) => run_fresh_instance(exchange, pre, &component.cost, req).await,
+        Handler::PerRequest(pre) => {
+            run_p2(exchange, fresh(exchange, pre.clone(), None), &component.cost, req).await
+        }
+        Handler::Serial(pool) => {
+            let instance = match pool.take() {
+                Some(idle) => rearmed(exchange, pool.clone(), idle),
+                None => fresh(exchange, pool.pre().clone(), Some(pool.clone())),
+            };
+            run_p2(exchange, instance, &component.cost, req).await
+        }
         Handler::Reused(pool) => crate::serve::reuse::run_guest(exchange, pool, req).await,
     }
 }
 
-/// [`run_guest`] for a p2 component: a fresh instance, in a task of its own.
-async fn run_fresh_instance<B>(
+/// A p2 request's instance: to start (and give back to a pool, when there is one), or idle in
+/// its pool before (its exports, and the requests it served).
+enum Started {
+    No(ProxyPre<RequestState>, Option<SerialPool>),
+    Idle(SerialPool, Proxy, usize),
+}
+
+/// A fresh store for this request, its instance to start from `pre`.
+fn fresh(
+    exchange: &Exchange,
+    pre: ProxyPre<RequestState>,
+    pool: Option<SerialPool>,
+) -> (Store<RequestState>, Started) {
+    let store = exchange.serving().stores().request_store(&exchange.ctx.id, exchange.stop.clone());
+    (store, Started::No(pre, pool))
+}
+
+/// An idle instance of `pool`, re-armed for this request.
+fn rearmed(exchange: &Exchange, pool: SerialPool, idle: IdleInstance) -> (Store<RequestState>, Started) {
+    let IdleInstance { mut store, proxy, served } = idle;
+    exchange.serving().stores().rearm(&mut store, &exchange.ctx.id, exchange.stop.clone());
+    (store, Started::Idle(pool, proxy, served))
+}
+
+/// [`run_guest`] for a p2 component: `instance` runs the guest in a task of its own.
+async fn run_p2<B>(
     exchange: &Arc<Exchange>,
-    pre: &ProxyPre<RequestState>,
+    (mut store, instance): (Store<RequestState>, Started),
     cost: &Arc<VersionCost>,
     req: Request<B>,
 ) -> Result<GuestResponse, Outcome>
@@ -83,7 +118,6 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let mut store = exchange.serving().stores().request_store(&exchange.ctx.id, exchange.stop.clone());
     if let Some(parent) = exchange.span_context() {
         store.data_mut().trace_under(Some(parent.clone()));
     }
@@ -104,7 +138,7 @@ where
         Outcome::Trapped
     })?;
     exchange.guest_started();
-    let task = GuestTask { exchange: exchange.clone(), pre: pre.clone(), cost: cost.clone() };
+    let task = GuestTask { exchange: exchange.clone(), instance, cost: cost.clone() };
     tokio::spawn(guest_task(task, store, incoming, outparam));
 
     let deadline = exchange.deadline;
@@ -128,45 +162,60 @@ where
     }
 }
 
-/// What a p2 guest's task needs besides its store: its exchange, its component, and the
+/// What a p2 guest's task needs besides its store: its exchange, its instance, and the
 /// version's cost histograms (bound when it is a client's request).
 struct GuestTask {
     exchange: Arc<Exchange>,
-    pre: ProxyPre<RequestState>,
+    instance: Started,
     cost: Arc<VersionCost>,
 }
 
 /// Runs the guest until it returns or must stop, while supervising the response; then reports
 /// how it ended and what it cost (to the version's histograms, and to the server span when traces
-/// are on), drops its store (its instance goes back to the pool) and supervises on.
+/// are on), gives its instance back to the pool (a clean return with reuse on) or drops its
+/// store (its slot goes back to wasmtime's pool) and supervises on.
 async fn guest_task(
     task: GuestTask,
     mut store: Store<RequestState>,
     incoming: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
 ) {
-    let GuestTask { exchange, pre, cost } = task;
+    let GuestTask { exchange, instance, cost } = task;
     let cost = cost.handles();
     let mut supervising = true;
     let mut instantiation = None;
+    let (pool, served) = match &instance {
+        Started::No(_, pool) => (pool.clone(), 0),
+        Started::Idle(pool, _, served) => (Some(pool.clone()), *served),
+    };
     // `None`: stopped while it waited.
     let (result, busy) = {
         let guest = async {
-            let instantiating = tokio::time::Instant::now();
-            let span = exchange.child_span("instantiate");
-            let proxy = pre.instantiate_async(&mut store).await;
-            if let Some(span) = span {
-                traces::end_span(span, proxy.as_ref().err());
-            }
-            let proxy = proxy?;
-            let took = instantiating.elapsed();
-            instantiation = Some(took);
-            let seconds = took.as_secs_f64();
-            exchange.serving().metrics.instantiation.observe(seconds);
-            if let Some(cost) = cost {
-                cost.instantiation.observe(seconds);
-            }
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+            let proxy = match instance {
+                Started::Idle(_, proxy, _) => proxy,
+                Started::No(pre, pool) => {
+                    if let Some(pool) = &pool {
+                        pool.starting();
+                    }
+                    let instantiating = tokio::time::Instant::now();
+                    let span = exchange.child_span("instantiate");
+                    let proxy = pre.instantiate_async(&mut store).await;
+                    if let Some(span) = span {
+                        traces::end_span(span, proxy.as_ref().err());
+                    }
+                    let proxy = proxy?;
+                    let took = instantiating.elapsed();
+                    instantiation = Some(took);
+                    let seconds = took.as_secs_f64();
+                    exchange.serving().metrics.instantiation.observe(seconds);
+                    if let Some(cost) = cost {
+                        cost.instantiation.observe(seconds);
+                    }
+                    proxy
+                }
+            };
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await?;
+            Ok::<_, wasmtime::Error>(proxy)
         };
         tokio::pin!(guest);
         let mut guest = Timed::new(guest);
@@ -187,8 +236,8 @@ async fn guest_task(
         cost.cpu.observe(busy.as_secs_f64());
         cost.memory.observe(memory_peak_bytes as f64);
     }
-    let end = match result {
-        Some(Ok(())) => GuestEnd::Returned,
+    let (end, proxy) = match result {
+        Some(Ok(proxy)) => (GuestEnd::Returned, Some(proxy)),
         Some(Err(error)) if !exchange.stop.interrupted() => {
             exchange.serving().metrics.traps.inc();
             exchange.guest_failed(exchange.cause_of(
@@ -196,9 +245,9 @@ async fn guest_task(
                 &error,
                 Some(store.data().memory()),
             ));
-            GuestEnd::Trapped
+            (GuestEnd::Trapped, None)
         }
-        Some(Err(_)) | None => stopped(&exchange),
+        Some(Err(_)) | None => (stopped(&exchange), None),
     };
     log_stop(&exchange, end);
     // Before the store, and with it the response body's sender, goes: the body reads this.
@@ -208,6 +257,19 @@ async fn guest_task(
         memory_peak_bytes: Some(memory_peak_bytes),
         instantiation,
     });
+    // Reused only after a clean return that left no HTTP resource in the instance; given back
+    // before the permit goes, so that a request after this one finds it idle.
+    let store = match (pool, proxy) {
+        (Some(pool), Some(proxy)) if !store.data_mut().holds_http_resources() => {
+            pool.give_back(IdleInstance { store, proxy, served });
+            None
+        }
+        (Some(_), Some(_)) => {
+            tracing::debug!(request_id = %exchange.ctx.id, "the instance kept an HTTP resource past its return: retired");
+            Some(store)
+        }
+        _ => Some(store),
+    };
     exchange.guest_ended(end, cost);
     drop(store);
     if supervising {

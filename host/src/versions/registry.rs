@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::engine::pool::Pool;
-use crate::engine::runtime::{RequestState, Runtime, World};
+use crate::engine::runtime::{RequestState, Reuse, Runtime, World};
+use crate::engine::serial::SerialPool;
 use crate::versions::Weight;
 use crate::versions::cost::VersionCost;
 use crate::versions::window::Window;
@@ -27,6 +28,9 @@ pub static BUILTIN_ECHO_WASM: &[u8] = include_bytes!(env!("ECHO_GUEST_WASM"));
 pub enum Handler {
     /// A p2 (`wasi:http/proxy`) component: a fresh instance per request.
     PerRequest(ProxyPre<RequestState>),
+    /// A p2 component with `--instance-max-requests` above 1: instances reused one request
+    /// after another.
+    Serial(SerialPool),
     /// A p3 (`wasi:http/service`) component: instances reused across requests.
     Reused(Pool),
 }
@@ -35,8 +39,17 @@ impl Handler {
     /// `"p2"` or `"p3"`, as `info` and the logs name the world.
     pub fn world(&self) -> &'static str {
         match self {
-            Self::PerRequest(_) => "p2",
+            Self::PerRequest(_) | Self::Serial(_) => "p2",
             Self::Reused(_) => "p3",
+        }
+    }
+
+    /// Instances started so far, where instances serve more than one request.
+    pub fn instances_started(&self) -> Option<u64> {
+        match self {
+            Self::PerRequest(_) => None,
+            Self::Serial(pool) => Some(pool.instances_started()),
+            Self::Reused(pool) => Some(pool.instances_started()),
         }
     }
 }
@@ -128,7 +141,10 @@ pub fn load_component(
     };
     let cost = Arc::new(VersionCost::default());
     let handler = match runtime.pre_instantiate(&component)? {
-        World::P2(pre) => Handler::PerRequest(pre),
+        World::P2(pre) => match runtime.reuse() {
+            Reuse { p2_max_requests: 1, .. } => Handler::PerRequest(pre),
+            reuse => Handler::Serial(SerialPool::new(pre, reuse.p2_max_requests, reuse.idle_timeout)),
+        },
         World::P3(pre) => Handler::Reused(Pool::new(
             pre,
             runtime.stores().clone(),

@@ -1,5 +1,6 @@
-//! The instance-reuse flags for p3 (`wasi:http/service`) components: how many requests one
-//! instance serves in its life and at once, and how long it waits idle.
+//! The instance-reuse flags: how many requests one instance serves in its life and at once, and
+//! how long it waits idle. p3 (`wasi:http/service`) components reuse instances by default
+//! (`wasmtime serve`'s figures); p2 ones only when `--instance-max-requests` is given.
 
 use std::time::Duration;
 
@@ -15,26 +16,31 @@ const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Dura
 
 #[derive(Debug, Args, Clone)]
 pub struct ReuseArgs {
-    /// Requests one instance of a p3 (`wasi:http/service`) component serves before it is retired
-    /// (`wasmtime serve`'s `--max-instance-reuse-count`). Globals survive between the requests
-    /// of one instance. p2 components always get a fresh instance per request.
-    #[arg(long, env = "ECHO_HOST_INSTANCE_MAX_REQUESTS", default_value_t = Reuse::default().max_requests)]
-    pub instance_max_requests: usize,
+    /// Requests one instance serves before it is retired (`wasmtime serve`'s
+    /// `--max-instance-reuse-count`). Unset: 128 for p3 (`wasi:http/service`) components and 1
+    /// (a fresh instance per request) for p2 (`wasi:http/proxy`) ones. Given, it holds for both: a
+    /// p2 instance then serves up to N requests one after another, reused only after a clean
+    /// return. Globals survive between the requests of one instance.
+    #[arg(long, env = "ECHO_HOST_INSTANCE_MAX_REQUESTS")]
+    pub instance_max_requests: Option<usize>,
 
     /// Requests one p3 instance serves at the same time
     /// (`wasmtime serve`'s `--max-instance-concurrent-reuse-count`).
     #[arg(long, env = "ECHO_HOST_INSTANCE_MAX_CONCURRENT", default_value_t = Reuse::default().max_concurrent)]
     pub instance_max_concurrent: usize,
 
-    /// How long an idle p3 instance is kept for another request before it is retired.
+    /// How long an idle instance (p3, or p2 with `--instance-max-requests`) is kept for another
+    /// request before it is retired.
     #[arg(long, env = "ECHO_HOST_INSTANCE_IDLE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub instance_idle_timeout: Duration,
 }
 
 impl ReuseArgs {
     pub fn validate(&self) -> anyhow::Result<Reuse> {
+        let defaults = Reuse::default();
+        let max_requests = self.instance_max_requests.unwrap_or(defaults.max_requests);
         for (flag, value, (low, high)) in [
-            ("--instance-max-requests", self.instance_max_requests, MAX_REQUESTS_RANGE),
+            ("--instance-max-requests", max_requests, MAX_REQUESTS_RANGE),
             ("--instance-max-concurrent", self.instance_max_concurrent, MAX_CONCURRENT_RANGE),
         ] {
             if !(low..=high).contains(&value) {
@@ -49,7 +55,8 @@ impl ReuseArgs {
             );
         }
         Ok(Reuse {
-            max_requests: self.instance_max_requests,
+            max_requests,
+            p2_max_requests: self.instance_max_requests.unwrap_or(defaults.p2_max_requests),
             max_concurrent: self.instance_max_concurrent,
             idle_timeout: self.instance_idle_timeout,
         })
@@ -72,6 +79,15 @@ mod tests {
         let reuse = reuse(&[]).unwrap();
         assert_eq!((reuse.max_requests, reuse.max_concurrent), (128, 16));
         assert_eq!(reuse.idle_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(reuse.p2_max_requests, 1, "p2: a fresh instance per request unless asked");
+    }
+
+    #[test]
+    fn a_request_limit_given_holds_for_p2_and_p3() {
+        let given = reuse(&["--instance-max-requests", "64"]).unwrap();
+        assert_eq!((given.max_requests, given.p2_max_requests), (64, 64));
+        let one = reuse(&["--instance-max-requests", "1"]).unwrap();
+        assert_eq!((one.max_requests, one.p2_max_requests), (1, 1));
     }
 
     #[test]

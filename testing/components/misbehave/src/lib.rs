@@ -31,12 +31,18 @@
 //! | `/resources?n=N` | holds N empty `fields` resources at once, then 200 `held N resources` |
 //! | `/log-flood?lines=N` | prints N lines `misbehave flood line <i>` on stdout, then 200 `printed N lines` |
 //! | `/flaky?percent=N` | 500 `flaky failure` with probability N % (`wasi:random`), else 200 `flaky ok`; N in 0..=100 (default 0) |
+//! | `/count` | 200 `<instance-id> <n>`: the instance's id, a random u64 in 16 hex digits drawn on its first request, and how many requests this instance has received, this one included (1 on every request of a fresh instance per request) |
+//! | `/leak` | creates a `fields` resource and never drops it, then 200 `leaked a fields resource`: the instance returns holding it |
+//! | `/leak-body` | 200, writes `partial\n`, then returns holding the response body and its stream (never finished, never dropped) |
 //! | anything else | 404 `unknown misbehave path` |
 //!
 //! Every response this component sets carries `content-type: text/plain` and `x-component: misbehave`
 //! (so swap tests can tell it from the echo component). A malformed numeric parameter gives 400.
+//! Every request counts for `/count`, whatever its path.
 
 use std::hint::black_box;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use exports::wasi::http::incoming_handler::Guest;
 use wasi::clocks::monotonic_clock;
@@ -59,8 +65,15 @@ export!(Misbehave);
 
 const MIB: usize = 1 << 20;
 
+/// This instance's id for `/count`: drawn once, on the instance's first request.
+static INSTANCE_ID: OnceLock<u64> = OnceLock::new();
+/// Requests this instance has received (a p2 export is never entered twice at once).
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
 impl Guest for Misbehave {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let id = *INSTANCE_ID.get_or_init(wasi::random::random::get_random_u64);
+        let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
         let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let (path, query) = path_with_query.split_once('?').unwrap_or((&path_with_query, ""));
         match path {
@@ -110,6 +123,19 @@ impl Guest for Misbehave {
                 Err(ErrorCode::InternalError(Some("misbehave: deliberate error code".into()))),
             ),
             "/set-twice" => set_twice(out),
+            "/count" => respond(out, 200, format!("{id:016x} {count}").as_bytes()),
+            "/leak" => {
+                std::mem::forget(Fields::new());
+                respond(out, 200, b"leaked a fields resource");
+            }
+            "/leak-body" => {
+                let body = start_response(out, 200);
+                if let Ok(stream) = body.write() {
+                    let _ = write_all(&stream, b"partial\n");
+                    std::mem::forget(stream);
+                }
+                std::mem::forget(body);
+            }
             "/stream" => match (number(query, "chunks", 5), number(query, "ms", 100)) {
                 (Ok(chunks), Ok(ms)) => stream(out, chunks, ms),
                 (Err(bad), _) | (_, Err(bad)) => respond(out, 400, bad.as_bytes()),
