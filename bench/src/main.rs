@@ -41,7 +41,7 @@ use crate::sections::Opts;
 const USAGE: &str =
     "usage: echo-bench soak [--duration 30m] [--no-build]   (the soak: echo-bench soak --help)
        echo-bench [--rounds N] [--duration SECS] [--rate REQ_PER_S] [--quick] [--no-build]
-                  [--only throughput,p3,counts,traces,cold,memory,stream,swap,scaling,fleet,canary,wake,oci] [--out DIR]
+                  [--only throughput,p3,reuse,counts,traces,cold,memory,stream,swap,scaling,fleet,canary,wake,oci] [--out DIR]
 
   --rounds N        rounds per figure, alternating between servers (default 3; the median is shown)
   --duration SECS   length of each closed-loop (wrk) run, whole seconds (default 4; the
@@ -58,9 +58,10 @@ const USAGE: &str =
                             which `make test-container` builds); skipped when missing or when
                             `docker info` fails, never built here.";
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "throughput",
     "p3",
+    "reuse",
     "counts",
     "traces",
     "cold",
@@ -164,6 +165,7 @@ fn run() -> anyhow::Result<()> {
         match *section {
             "throughput" => sections::throughput(&paths, &opts, &mut samples)?,
             "p3" => sections::p3(&paths, &opts, &mut samples)?,
+            "reuse" => sections::reuse(&paths, &opts, &mut samples)?,
             "counts" => sections::counts(&paths, &opts, &mut samples)?,
             "traces" => sections::traces(&paths, &opts, &mut samples)?,
             "cold" => container = Some(sections::cold_start(&paths, &opts, &mut samples)?),

@@ -40,6 +40,7 @@ pub struct Target {
 
 pub const THROUGHPUT_SERVERS: [&str; 5] = [ECHO_HOST, WASMTIME, NATIVE, FLASK, GUNICORN];
 pub const P3_SERVERS: [&str; 3] = [ECHO_HOST_P3, WASMTIME_P3, NATIVE];
+pub const REUSE_SERVERS: [&str; 3] = [ECHO_HOST_REUSE, WASMTIME_REUSE, NATIVE];
 pub const COLD_VARIANTS: [&str; 8] = [
     COLD_WASM,
     COLD_CWASM,
@@ -103,6 +104,35 @@ fn mib_anon(total: Option<f64>, anon: Option<f64>) -> String {
     }
 }
 
+/// A closed-loop GET table of `workload`'s runs (`p3`, `reuse`) for `servers`, with native
+/// hyper's req/s as the ratio's base.
+fn get_table(w: &mut String, s: &Samples, workload: &str, servers: &[&str]) {
+    let metric = |name: &str| format!("{workload}.{name}");
+    let _ = writeln!(
+        w,
+        "| server | GET req/s | GET p50 | GET p99 | GET req per CPU-s | server CPU | RSS under load | req/s ÷ native |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let native = s.median(&metric("rps"), NATIVE);
+    for server in servers {
+        if s.get(&metric("rps"), server).is_none() {
+            continue;
+        }
+        let rps = s.median(&metric("rps"), server);
+        let _ = writeln!(
+            w,
+            "| {server} | {} | {} | {} | {} | {}% | {} | {}× |",
+            num(rps, 0),
+            ms(s.median(&metric("p50_ms"), server)),
+            ms(s.median(&metric("p99_ms"), server)),
+            num(s.median(&metric("rps_per_cpu"), server), 0),
+            num(s.median(&metric("cpu"), server).map(|c| c * 100.0), 0),
+            mib(s.median(&metric("rss_mib"), server)),
+            num(ratio(rps, native), 3),
+        );
+    }
+}
+
 /// The largest of the values recorded for `metric` (not a median: a worst case).
 fn max_value(s: &Samples, metric: &str, server: &str) -> Option<f64> {
     s.get(metric, server)?.iter().copied().filter(|v| v.is_finite()).reduce(f64::max)
@@ -127,27 +157,76 @@ pub fn targets(s: &Samples) -> Vec<Target> {
     let mut add = |what: &str, measured: String, met: Option<bool>| {
         out.push(Target { what: what.into(), measured, met });
     };
-    let echo_rps = s.median("get.rps", ECHO_HOST);
-    let wt_rps = s.median("get.rps", WASMTIME);
-    let r = ratio(echo_rps, wt_rps);
-    let per_cpu = ratio(s.median("get.rps_per_cpu", ECHO_HOST), s.median("get.rps_per_cpu", WASMTIME));
-    add(
-        "GET throughput ≥ 3× wasmtime serve",
-        format!(
-            "{} vs {} req/s = {}× (per server CPU-second: {}×)",
-            num(echo_rps, 0),
-            num(wt_rps, 0),
-            num(r, 2),
-            num(per_cpu, 2)
-        ),
-        r.map(|r| r >= 3.0),
+    // Issue #34's targets: server CPU-seconds per request against the peers in the same run.
+    let mut per_cpu = |what: &str, workload: &str, server: &str, peer: &str, at_least: f64| {
+        let (rps, peer_rps) =
+            (s.median(&format!("{workload}.rps"), server), s.median(&format!("{workload}.rps"), peer));
+        let (cpu, peer_cpu) = (
+            s.median(&format!("{workload}.rps_per_cpu"), server),
+            s.median(&format!("{workload}.rps_per_cpu"), peer),
+        );
+        let r = ratio(cpu, peer_cpu);
+        add(
+            what,
+            format!(
+                "{} vs {} req per CPU-s = {}× (req/s: {} vs {} = {}×)",
+                num(cpu, 0),
+                num(peer_cpu, 0),
+                num(r, 3),
+                num(rps, 0),
+                num(peer_rps, 0),
+                num(ratio(rps, peer_rps), 2)
+            ),
+            r.map(|r| r >= at_least),
+        );
+    };
+    per_cpu(
+        "p2 fresh instance: GET req per server CPU-s ≥ 2.5× wasmtime serve",
+        "get",
+        ECHO_HOST,
+        WASMTIME,
+        2.5,
     );
-    let native_rps = s.median("get.rps", NATIVE);
-    let r = ratio(echo_rps, native_rps);
+    per_cpu("p2 fresh instance: GET req per server CPU-s ≥ 0.2× native hyper", "get", ECHO_HOST, NATIVE, 0.2);
+    per_cpu(
+        "p2 reuse 128: GET req per server CPU-s ≥ 2× wasmtime serve --max-instance-reuse-count 128",
+        "reuse",
+        ECHO_HOST_REUSE,
+        WASMTIME_REUSE,
+        2.0,
+    );
+    per_cpu(
+        "p2 reuse 128: GET req per server CPU-s ≥ 0.3× native hyper",
+        "reuse",
+        ECHO_HOST_REUSE,
+        NATIVE,
+        0.3,
+    );
+    per_cpu(
+        "p3 reuse: GET req per server CPU-s ≥ 1.6× wasmtime serve -Sp3 (same instance reuse)",
+        "p3",
+        ECHO_HOST_P3,
+        WASMTIME_P3,
+        1.6,
+    );
+    per_cpu("p3 reuse: GET req per server CPU-s ≥ 0.25× native hyper", "p3", ECHO_HOST_P3, NATIVE, 0.25);
+    let instructions = s.median("counts.instructions", ECHO_HOST);
     add(
-        "GET throughput ≥ 0.2× native hyper",
-        format!("{} vs {} req/s = {}×", num(echo_rps, 0), num(native_rps, 0), num(r, 3)),
-        r.map(|r| r >= 0.2),
+        "p2 fresh instance: user-space instructions per GET ≤ 150k (callgrind)",
+        format!(
+            "{} (wasmtime serve {}, native hyper {})",
+            num(instructions, 0),
+            num(s.median("counts.instructions", WASMTIME), 0),
+            num(s.median("counts.instructions", NATIVE), 0)
+        ),
+        instructions.map(|v| v <= 150_000.0),
+    );
+    let (syscalls, native_syscalls) =
+        (s.median("counts.syscalls", ECHO_HOST), s.median("counts.syscalls", NATIVE));
+    add(
+        "p2 fresh instance: syscalls per keep-alive GET ≤ native hyper's + 1",
+        format!("{} vs {} (strace -c -f)", num(syscalls, 2), num(native_syscalls, 2)),
+        syscalls.zip(native_syscalls).map(|(e, n)| e <= n + 1.0),
     );
     let (e99, w99) = (s.median("get.p99_ms", ECHO_HOST), s.median("get.p99_ms", WASMTIME));
     let r = ratio(e99, w99);
@@ -163,27 +242,6 @@ pub fn targets(s: &Samples) -> Vec<Target> {
         "GET p99 ≤ 1/3 of wasmtime serve's (open loop, fixed rate)",
         format!("{} at {}/s vs {} at {}/s = {}×", ms(eo), num(er, 0), ms(wo), num(wr, 0), num(r, 2)),
         r.map(|r| r <= 1.0 / 3.0),
-    );
-    let (e3, w3, n3) =
-        (s.median("p3.rps", ECHO_HOST_P3), s.median("p3.rps", WASMTIME_P3), s.median("p3.rps", NATIVE));
-    let r = ratio(e3, w3);
-    add(
-        "p3 GET req/s ≥ 2× wasmtime serve -Sp3 (same instance reuse)",
-        format!("{} vs {} req/s = {}×", num(e3, 0), num(w3, 0), num(r, 2)),
-        r.map(|r| r >= 2.0),
-    );
-    let (e3c, w3c) = (s.median("p3.rps_per_cpu", ECHO_HOST_P3), s.median("p3.rps_per_cpu", WASMTIME_P3));
-    let r = ratio(e3c, w3c);
-    add(
-        "p3 GET req per server CPU-second ≥ 2× wasmtime serve -Sp3",
-        format!("{} vs {} = {}×", num(e3c, 0), num(w3c, 0), num(r, 2)),
-        r.map(|r| r >= 2.0),
-    );
-    let r = ratio(e3, n3);
-    add(
-        "p3 GET req/s ≥ 0.35× native hyper",
-        format!("{} vs {} req/s = {}×", num(e3, 0), num(n3, 0), num(r, 3)),
-        r.map(|r| r >= 0.35),
     );
     let (cw, cn) = (s.median("cold.ms", COLD_CWASM), s.median("cold.ms", NATIVE));
     let r = ratio(cw, cn);
@@ -438,33 +496,28 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
             "## p3 (wasi:http/service) echo (GET, 1 server core, {} keep-alive connections)\n",
             meta.connections
         );
-        let _ = writeln!(
-            w,
-            "| server | GET req/s | GET p50 | GET p99 | GET req per CPU-s | server CPU | RSS under load | req/s ÷ native |"
-        );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        let native = s.median("p3.rps", NATIVE);
-        for server in P3_SERVERS {
-            if s.get("p3.rps", server).is_none() {
-                continue;
-            }
-            let rps = s.median("p3.rps", server);
-            let _ = writeln!(
-                w,
-                "| {server} | {} | {} | {} | {} | {}% | {} | {}× |",
-                num(rps, 0),
-                ms(s.median("p3.p50_ms", server)),
-                ms(s.median("p3.p99_ms", server)),
-                num(s.median("p3.rps_per_cpu", server), 0),
-                num(s.median("p3.cpu", server).map(|c| c * 100.0), 0),
-                mib(s.median("p3.rss_mib", server)),
-                num(ratio(rps, native), 3),
-            );
-        }
+        get_table(w, s, "p3", &P3_SERVERS);
         let errors: f64 = P3_SERVERS.iter().filter_map(|srv| s.sum("p3.errors", srv)).sum();
         let _ = writeln!(
             w,
             "\nBoth wasm hosts serve `echo_guest_p3.wasm` (the same echo built for `wasi:http/service@0.3.0`) and reuse instances alike: echo-host with its defaults, `wasmtime serve -Wcomponent-model-async -Sp3 --max-instance-reuse-count {P3_MAX_REQUESTS} --max-instance-concurrent-reuse-count {P3_MAX_CONCURRENT} --idle-instance-timeout {P3_IDLE_TIMEOUT}`. Closed loop as in the throughput table: `wrk -t1 -c{} -d{}s --latency` after 1 s of warm-up. Errors over these runs: {}.\n",
+            meta.connections,
+            meta.duration_s,
+            num(Some(errors), 0)
+        );
+    }
+
+    if REUSE_SERVERS.iter().any(|srv| s.get("reuse.rps", srv).is_some()) {
+        let _ = writeln!(
+            w,
+            "## p2 echo with instance reuse (GET, 1 server core, {} keep-alive connections)\n",
+            meta.connections
+        );
+        get_table(w, s, "reuse", &REUSE_SERVERS);
+        let errors: f64 = REUSE_SERVERS.iter().filter_map(|srv| s.sum("reuse.errors", srv)).sum();
+        let _ = writeln!(
+            w,
+            "\nBoth wasm hosts serve `echo_guest.wasm` (the p2 echo of the throughput table) and reuse an instance for up to {P2_REUSE_REQUESTS} requests, one at a time: echo-host `--instance-max-requests {P2_REUSE_REQUESTS}`, `wasmtime serve --max-instance-reuse-count {P2_REUSE_REQUESTS}`. Closed loop as in the throughput table: `wrk -t1 -c{} -d{}s --latency` after 1 s of warm-up. Errors over these runs: {}.\n",
             meta.connections,
             meta.duration_s,
             num(Some(errors), 0)
@@ -726,10 +779,15 @@ mod tests {
         for v in [10_000.0, 9_000.0, 11_000.0] {
             s.add("get.rps", WASMTIME, v);
         }
+        for (echo, wasmtime) in [(33_000.0, 12_000.0), (30_000.0, 13_000.0), (31_000.0, 14_000.0)] {
+            s.add("get.rps_per_cpu", ECHO_HOST, echo);
+            s.add("get.rps_per_cpu", WASMTIME, wasmtime);
+        }
         let t = targets(&s);
-        assert_eq!(t[0].met, Some(true));
-        assert!(t[0].measured.contains("3.00×"), "{}", t[0].measured);
-        assert_eq!(t[1].met, None);
+        assert_eq!(t[0].met, Some(false), "31,000 / 13,000 < 2.5: {}", t[0].measured);
+        assert!(t[0].measured.contains("= 2.385×"), "{}", t[0].measured);
+        assert!(t[0].measured.contains("(req/s: 30,000 vs 10,000 = 3.00×)"), "{}", t[0].measured);
+        assert_eq!(t[1].met, None, "no native samples");
         let md = render(&s, &Meta::default());
         assert!(md.contains("| echo-host | 30,000 |"), "{md}");
     }
@@ -828,16 +886,23 @@ mod tests {
         s.add("p3.cpu", ECHO_HOST_P3, 0.99);
         s.add("p3.p99_ms", ECHO_HOST_P3, 2.5);
         s.add("p3.rss_mib", ECHO_HOST_P3, 22.25);
+        s.add("p3.rps_per_cpu", NATIVE, 100_000.0);
         let t = targets(&s);
         let find = |what: &str| t.iter().find(|t| t.what.starts_with(what)).unwrap();
-        let rps = find("p3 GET req/s ≥ 2×");
-        assert_eq!(rps.met, Some(true), "{}", rps.measured);
-        assert!(rps.measured.contains("31,000 vs 14,500 req/s = 2.14×"), "{}", rps.measured);
-        let per_cpu = find("p3 GET req per server CPU-second");
-        assert_eq!(per_cpu.met, Some(false), "31,000 / 16,000 < 2: {}", per_cpu.measured);
-        let native = find("p3 GET req/s ≥ 0.35× native");
-        assert_eq!(native.met, Some(false), "31,000 / 95,000 < 0.35: {}", native.measured);
-        assert!(native.measured.contains("= 0.326×"), "{}", native.measured);
+        let per_cpu = find("p3 reuse: GET req per server CPU-s ≥ 1.6×");
+        assert_eq!(per_cpu.met, Some(true), "31,000 / 16,000 ≥ 1.6: {}", per_cpu.measured);
+        assert!(
+            per_cpu
+                .measured
+                .contains("31,000 vs 16,000 req per CPU-s = 1.938× (req/s: 31,000 vs 14,500 = 2.14×)"),
+            "{}",
+            per_cpu.measured
+        );
+        let native = find("p3 reuse: GET req per server CPU-s ≥ 0.25× native");
+        assert_eq!(native.met, Some(true), "31,000 / 100,000 ≥ 0.25: {}", native.measured);
+        assert!(native.measured.contains("= 0.310×"), "{}", native.measured);
+        let reuse = find("p2 reuse 128: GET req per server CPU-s ≥ 2×");
+        assert_eq!(reuse.met, None, "no p2 reuse samples: {}", reuse.measured);
         let md = render(&s, &Meta { connections: 32, duration_s: 4.0, ..Meta::default() });
         assert!(
             md.contains("| echo-host (p3) | 31,000 | – | 2.50 ms | 31,000 | 99% | 22.2 MiB | 0.326× |"),
@@ -846,6 +911,35 @@ mod tests {
         assert!(md.contains("| native hyper | 95,000 |"), "{md}");
         assert!(md.contains("--max-instance-reuse-count 128"), "{md}");
         assert!(!md.contains("## Throughput and latency"), "no GET samples, no throughput table: {md}");
+    }
+
+    #[test]
+    fn the_p2_reuse_table_and_the_count_targets() {
+        let mut s = Samples::default();
+        s.add("reuse.rps", ECHO_HOST_REUSE, 20_000.0);
+        s.add("reuse.rps", WASMTIME_REUSE, 12_000.0);
+        s.add("reuse.rps", NATIVE, 80_000.0);
+        s.add("reuse.rps_per_cpu", ECHO_HOST_REUSE, 21_000.0);
+        s.add("reuse.rps_per_cpu", WASMTIME_REUSE, 10_000.0);
+        s.add("reuse.rps_per_cpu", NATIVE, 84_000.0);
+        s.add("counts.instructions", ECHO_HOST, 160_000.0);
+        s.add("counts.syscalls", ECHO_HOST, 4.0);
+        s.add("counts.syscalls", NATIVE, 3.01);
+        let t = targets(&s);
+        let find = |what: &str| t.iter().find(|t| t.what.starts_with(what)).unwrap();
+        let peer = find("p2 reuse 128: GET req per server CPU-s ≥ 2× wasmtime serve");
+        assert_eq!(peer.met, Some(true), "21,000 / 10,000 ≥ 2: {}", peer.measured);
+        let native = find("p2 reuse 128: GET req per server CPU-s ≥ 0.3× native");
+        assert_eq!(native.met, Some(false), "21,000 / 84,000 < 0.3: {}", native.measured);
+        assert!(native.measured.contains("= 0.250×"), "{}", native.measured);
+        let instructions = find("p2 fresh instance: user-space instructions per GET ≤ 150k");
+        assert_eq!(instructions.met, Some(false), "{}", instructions.measured);
+        let syscalls = find("p2 fresh instance: syscalls per keep-alive GET");
+        assert_eq!(syscalls.met, Some(true), "4.00 ≤ 3.01 + 1: {}", syscalls.measured);
+        let md = render(&s, &Meta { connections: 32, duration_s: 4.0, ..Meta::default() });
+        assert!(md.contains("## p2 echo with instance reuse"), "{md}");
+        assert!(md.contains("| echo-host (p2, reuse 128) | 20,000 |"), "{md}");
+        assert!(md.contains("`--instance-max-requests 128`"), "{md}");
     }
 
     #[test]

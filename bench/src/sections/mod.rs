@@ -5,6 +5,8 @@
 //!
 //! - [`throughput`]: requests/s and latency, closed and open loop.
 //! - [`p3`]: closed-loop GET on the p3 echo, echo-host against `wasmtime serve -Sp3`.
+//! - [`reuse`]: closed-loop GET on the p2 echo with instances reused up to 128 requests, echo-host
+//!   against `wasmtime serve --max-instance-reuse-count 128`.
 //! - [`cold`]: process exec to the first 200, and [`docker_run`]: `docker run` of the image to it.
 //! - [`memory`]: RSS idle, under load, with many idle connections.
 //! - [`stream`]: a large POST echoed back on one connection.
@@ -31,6 +33,7 @@ mod fleet;
 mod memory;
 mod oci;
 mod p3;
+mod reuse;
 mod rollback;
 mod scaling;
 mod stream;
@@ -49,6 +52,7 @@ pub use fleet::{FLEET_INSTANCES, FLEET_POLLS, FLEET_SLACK_MS, fleet, fleet_label
 pub use memory::memory;
 pub use oci::{oci, with_oci_table};
 pub use p3::{P3_IDLE_TIMEOUT, P3_MAX_CONCURRENT, P3_MAX_REQUESTS, p3};
+pub use reuse::{P2_REUSE_REQUESTS, reuse};
 pub use rollback::{
     CANARY_LATENCY_ROLLBACK, CANARY_POLL, CANARY_ROLLBACK, CANARY_SLACK_MS, CANARY_WINDOW, FAIL_PATH,
     ROLLBACKS, SLOW_PATH,
@@ -80,6 +84,9 @@ pub const GUNICORN: &str = "Flask (gunicorn, 1 worker)";
 /// The p3 table's wasm hosts, both serving `echo_guest_p3.wasm`.
 pub const ECHO_HOST_P3: &str = "echo-host (p3)";
 pub const WASMTIME_P3: &str = "wasmtime serve -Sp3";
+/// The p2 reuse table's wasm hosts, both serving `echo_guest.wasm` with instances reused.
+pub const ECHO_HOST_REUSE: &str = "echo-host (p2, reuse 128)";
+pub const WASMTIME_REUSE: &str = "wasmtime serve (reuse 128)";
 
 /// The GET the seed's README shows, and the 1 KiB POST body (text: Flask decodes it).
 pub const GET_PATH: &str = "/?name=world";
