@@ -76,20 +76,8 @@ impl RequestContext {
         latency: Duration,
         version: Option<&str>,
     ) {
-        // Serialized straight from a struct (no `Value` map); the log formatter splices it in.
-        let http_request = serde_json::to_string(&HttpRequestLog {
-            request_method: self.method.as_str(),
-            request_url: &self.url,
-            request_size: self.request_size.map(|s| s.to_string()),
-            status: status.as_u16(),
-            response_size: bytes.to_string(),
-            user_agent: self.user_agent.as_deref(),
-            referer: self.referer.as_deref(),
-            remote_ip: &self.remote_ip,
-            latency: format!("{:.6}s", latency.as_secs_f64()),
-            protocol: self.protocol(),
-        })
-        .unwrap_or_default();
+        // The log formatter splices this JSON in as `httpRequest`.
+        let http_request = self.http_request_json(status, bytes, latency);
         let trace = self.trace.as_deref();
         let status = status.as_u16();
         if cut {
@@ -103,6 +91,81 @@ impl RequestContext {
                 "{} {} {}", self.method, self.url, status
             );
         }
+    }
+
+    /// Cloud Logging's `httpRequest` object as JSON, byte for byte what `serde_json` wrote for
+    /// the struct this replaced (same keys, order, escaping and number forms; the unit test
+    /// keeps that struct as the reference), written into one buffer without a serializer or a
+    /// string per field.
+    fn http_request_json(&self, status: StatusCode, bytes: u64, latency: Duration) -> String {
+        use std::fmt::Write as _;
+        let optional_len = |value: &Option<String>| value.as_ref().map_or(0, String::len);
+        let mut out = String::with_capacity(
+            224 + self.url.len() + optional_len(&self.user_agent) + optional_len(&self.referer),
+        );
+        out.push_str("{\"requestMethod\":");
+        push_json_str(&mut out, self.method.as_str());
+        out.push_str(",\"requestUrl\":");
+        push_json_str(&mut out, &self.url);
+        out.push_str(",\"requestSize\":");
+        match self.request_size {
+            Some(size) => {
+                let _ = write!(out, "\"{size}\"");
+            }
+            None => out.push_str("null"),
+        }
+        let _ = write!(out, ",\"status\":{},\"responseSize\":\"{bytes}\",\"userAgent\":", status.as_u16());
+        push_json_option(&mut out, self.user_agent.as_deref());
+        out.push_str(",\"referer\":");
+        push_json_option(&mut out, self.referer.as_deref());
+        out.push_str(",\"remoteIp\":");
+        push_json_str(&mut out, &self.remote_ip);
+        let _ = write!(
+            out,
+            ",\"latency\":\"{:.6}s\",\"protocol\":\"{}\"}}",
+            latency.as_secs_f64(),
+            self.protocol()
+        );
+        out
+    }
+}
+
+/// `value` as a JSON string, escaped as `serde_json` escapes it: `"`, `\\`, and the control
+/// characters below 0x20 (`\b \t \n \f \r` by name, the others as `\u00XX`); nothing else.
+fn push_json_str(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut plain = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escape: &str = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\x08' => "\\b",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\x0c' => "\\f",
+            b'\r' => "\\r",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&value[plain..at]);
+        plain = at + 1;
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+    }
+    out.push_str(&value[plain..]);
+    out.push('"');
+}
+
+fn push_json_option(out: &mut String, value: Option<&str>) {
+    match value {
+        Some(value) => push_json_str(out, value),
+        None => out.push_str("null"),
     }
 }
 
@@ -123,22 +186,6 @@ fn absolute_url<B>(req: &Request<B>) -> String {
         _ => "http",
     };
     format!("{scheme}://{host}{uri}")
-}
-
-/// Cloud Logging's `httpRequest` object of the access log.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HttpRequestLog<'a> {
-    request_method: &'a str,
-    request_url: &'a str,
-    request_size: Option<String>,
-    status: u16,
-    response_size: String,
-    user_agent: Option<&'a str>,
-    referer: Option<&'a str>,
-    remote_ip: &'a str,
-    latency: String,
-    protocol: &'a str,
 }
 
 /// The Cloud Logging trace name for a request: `projects/PROJECT/traces/TRACE_ID` from a W3C
@@ -168,6 +215,77 @@ pub fn trace_name(headers: &HeaderMap, project: Option<&str>) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Cloud Logging's `httpRequest` object as the access log serialized it with `serde_json`
+    /// before it was written by hand: the reference the hand-written bytes are checked against.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct HttpRequestLog<'a> {
+        request_method: &'a str,
+        request_url: &'a str,
+        request_size: Option<String>,
+        status: u16,
+        response_size: String,
+        user_agent: Option<&'a str>,
+        referer: Option<&'a str>,
+        remote_ip: &'a str,
+        latency: String,
+        protocol: &'a str,
+    }
+
+    fn context(
+        url: &str,
+        user_agent: Option<&str>,
+        referer: Option<&str>,
+        size: Option<u64>,
+    ) -> RequestContext {
+        RequestContext {
+            id: "0123456789abcdef".into(),
+            started: Instant::now(),
+            method: http::Method::from_bytes(b"PATCH").unwrap(),
+            url: url.into(),
+            version: http::Version::HTTP_2,
+            user_agent: user_agent.map(str::to_owned),
+            referer: referer.map(str::to_owned),
+            remote_ip: "::1".into(),
+            request_size: size,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn the_http_request_json_is_what_serde_json_wrote() {
+        let odd = "q=\"a\"\\b/\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f} \u{7f}é€😀<>&'";
+        let cases = [
+            context("http://localhost/?name=world", Some("curl/8.5"), None, None),
+            context(&format!("http://h/{odd}"), Some(odd), Some(odd), Some(1 << 40)),
+            context("", Some(""), Some("https://example.com/a?b=c"), Some(0)),
+        ];
+        let latencies = [
+            Duration::ZERO,
+            Duration::from_nanos(632_500),
+            Duration::from_micros(1_234_567),
+            Duration::from_secs(301),
+        ];
+        for (ctx, latency) in cases.iter().zip(latencies.iter().cycle()) {
+            for (status, bytes) in [(StatusCode::OK, 0u64), (StatusCode::GATEWAY_TIMEOUT, u64::MAX)] {
+                let reference = serde_json::to_string(&HttpRequestLog {
+                    request_method: ctx.method.as_str(),
+                    request_url: &ctx.url,
+                    request_size: ctx.request_size.map(|s| s.to_string()),
+                    status: status.as_u16(),
+                    response_size: bytes.to_string(),
+                    user_agent: ctx.user_agent.as_deref(),
+                    referer: ctx.referer.as_deref(),
+                    remote_ip: &ctx.remote_ip,
+                    latency: format!("{:.6}s", latency.as_secs_f64()),
+                    protocol: ctx.protocol(),
+                })
+                .unwrap();
+                assert_eq!(ctx.http_request_json(status, bytes, *latency), reference);
+            }
+        }
+    }
 
     #[test]
     fn trace_name_prefers_traceparent_and_adds_project() {
