@@ -208,6 +208,33 @@ async fn the_memory_limit_and_budgets_hold_per_request_on_a_reused_p2_instance()
     assert_eq!(n, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_concurrency_instances_wait_idle_across_versions() {
+    let dir = util::scratch_dir();
+    let flags = ["--concurrency", "3", "--instance-max-requests", "100", "--instance-idle-timeout", "60s"];
+    let server = start_with_admin(dir.path(), &flags).await;
+    let client = client();
+    let misbehave = std::fs::read(misbehave_wasm()).unwrap();
+    let idle = || server.app.runtime.stores().idle_p2().idle();
+    for (i, bytes) in [misbehave.clone(), crate::util::fleet::variant(&misbehave, 1)].into_iter().enumerate()
+    {
+        let (status, outcome) = upload(&server, bytes, &[]).await;
+        assert_eq!(status, 200, "{outcome}");
+        // Three requests at once: three instances of this version.
+        let replies =
+            futures::future::join_all((0..3).map(|_| get(&client, server.url("/sleep?ms=300")))).await;
+        let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status).collect();
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+        settled(&server).await;
+        assert_eq!(idle(), 3, "version {i}: the idle instances of every version together");
+    }
+    // The second version's three found no room (the first version's wait in its history, one of
+    // the four `--keep-versions`): gone.
+    let (_, n) = count(&client, &server).await;
+    assert_eq!(n, 1, "an instance of the second version was kept past the budget");
+    assert_eq!(idle(), 3);
+}
+
 #[test]
 fn a_reused_p2_instance_logs_under_each_request_id() {
     let host = HostProcess::start(

@@ -23,6 +23,7 @@ use crate::engine::limits::Limits;
 use crate::engine::memory::MemoryLimiter;
 use crate::engine::outbound::OutboundPolicy;
 use crate::engine::outbound::OutboundRule;
+use crate::engine::serial::IdleBudget;
 pub use crate::engine::state::RequestState;
 use crate::engine::stop::StopSignal;
 use crate::util::traces::Traces;
@@ -105,6 +106,9 @@ pub struct Stores {
     p3: Engine,
     config: RuntimeConfig,
     outbound: Arc<[OutboundRule]>,
+    /// The p2 instances idle in every version's pool (`--instance-max-requests`), at most
+    /// `--concurrency`.
+    idle_p2: Arc<IdleBudget>,
 }
 
 /// x86-64 extensions newer than AVX2 (Haswell, 2013). Cranelift otherwise uses every extension
@@ -206,7 +210,13 @@ impl Runtime {
             _epoch_ticker: EpochTicker::start(vec![p2.clone(), p3.clone()]),
             p2_linker: linker(&p2, Flavor::P2)?,
             p3_linker: linker(&p3, Flavor::P3)?,
-            stores: Arc::new(Stores { outbound: config.allow_outbound.clone().into(), p2, p3, config }),
+            stores: Arc::new(Stores {
+                outbound: config.allow_outbound.clone().into(),
+                idle_p2: IdleBudget::new(config.limits.concurrency),
+                p2,
+                p3,
+                config,
+            }),
         })
     }
 
@@ -297,6 +307,11 @@ impl Stores {
     /// The limits every guest runs under.
     pub fn limits(&self) -> &Limits {
         &self.config.limits
+    }
+
+    /// What the p2 instances idle in every pool share (`--concurrency` of them at most).
+    pub fn idle_p2(&self) -> &Arc<IdleBudget> {
+        &self.idle_p2
     }
 
     /// The tracer, when traces are on.

@@ -143,7 +143,12 @@ pub fn load_component(
     let handler = match runtime.pre_instantiate(&component)? {
         World::P2(pre) => match runtime.reuse() {
             Reuse { p2_max_requests: 1, .. } => Handler::PerRequest(pre),
-            reuse => Handler::Serial(SerialPool::new(pre, reuse.p2_max_requests, reuse.idle_timeout)),
+            reuse => Handler::Serial(SerialPool::new(
+                pre,
+                reuse.p2_max_requests,
+                reuse.idle_timeout,
+                runtime.stores().idle_p2().clone(),
+            )),
         },
         World::P3(pre) => Handler::Reused(Pool::new(
             pre,
