@@ -10,14 +10,13 @@
 //! an instance goes back to its pool before its request's permit is released, so the next
 //! request finds it idle (or, when it was retired, finds none).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::swap::{Kind, sha12, start_with_admin, upload};
+use crate::swap::{Kind, SwapLoad, sha12, start_with_admin, upload};
 use crate::util::{self, HostProcess, TestServer, client, get, misbehave_wasm};
 
 fn path(p: &std::path::Path) -> &str {
@@ -280,29 +279,8 @@ async fn a_swap_under_load_moves_new_requests_to_the_new_version_and_fails_none(
     );
     let echo = std::fs::read(util::echo_wasm()).unwrap();
     let misbehave = std::fs::read(misbehave_wasm()).unwrap();
-    let known =
-        std::collections::HashMap::from([(sha12(&echo), Kind::Echo), (sha12(&misbehave), Kind::Misbehave)]);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (server, stop, served, known) = (server.clone(), stop.clone(), served.clone(), known.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let reply = get(&client, server.url("/")).await;
-                let version = reply.header("echo-host-component").trim_start_matches("sha256:").to_string();
-                let kind = known.get(&version).copied();
-                if reply.status != 200 || !kind.is_some_and(|k| k.matches(&reply.body)) {
-                    failures.push(format!("{} {version} {:?}", reply.status, reply.body));
-                }
-                served.fetch_add(1, Ordering::Relaxed);
-            }
-            failures
-        }));
-    }
+    let known = HashMap::from([(sha12(&echo), Kind::Echo), (sha12(&misbehave), Kind::Misbehave)]);
+    let load = SwapLoad::start(server.clone(), Arc::new(std::sync::Mutex::new(known)));
     let probe = client();
     for (i, bytes) in [&misbehave, &echo, &misbehave, &echo].into_iter().enumerate() {
         let (status, outcome) = upload(&server, bytes.clone(), &[]).await;
@@ -315,26 +293,12 @@ async fn a_swap_under_load_moves_new_requests_to_the_new_version_and_fails_none(
                 "swap {i}: an old version answered"
             );
         }
-        let at = served.load(Ordering::Relaxed);
-        while served.load(Ordering::Relaxed) < at + 200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        load.serve_more(200).await;
         assert!(
             server.app.registry.active().handler.instances_started().unwrap() < 200,
             "swap {i}: the instances were not reused"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for client in clients {
-        failures.extend(client.await.unwrap());
-    }
-    let total = served.load(Ordering::Relaxed);
-    assert!(
-        failures.is_empty(),
-        "{} of {total} requests failed, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let total = load.finish_without_failures().await;
     eprintln!("requests served across 4 swaps with p2 reuse: {total}, failed: 0");
 }

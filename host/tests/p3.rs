@@ -5,13 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
 use crate::differential::{CASES, compare};
-use crate::swap::{Kind, sha12, start_with_admin, upload};
+use crate::swap::{Kind, SwapLoad, sha12, start_with_admin, upload};
 use crate::util::peers::WasmtimeServe;
 use crate::util::{self, TestServer, client, echo_p3_wasm, get, misbehave_p3_wasm};
 
@@ -184,35 +183,8 @@ async fn swaps_between_p2_and_p3_under_load_fail_no_request() {
     let p2 = std::fs::read(util::echo_wasm()).unwrap();
     let p3 = std::fs::read(echo_p3_wasm()).unwrap();
     // Both answer `GET /` the same way: every version that serves is an echo.
-    let known: HashMap<String, Kind> = HashMap::from([(sha12(&p2), Kind::Echo), (sha12(&p3), Kind::Echo)]);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (server, stop, served, known) = (server.clone(), stop.clone(), served.clone(), known.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let reply = client.get(server.url("/")).send().await;
-                match reply {
-                    Ok(response) => {
-                        let status = response.status();
-                        let version = response.headers()["echo-host-component"].to_str().unwrap().to_string();
-                        let body = response.text().await.unwrap_or_else(|e| format!("<body error: {e}>"));
-                        let kind = known.get(version.trim_start_matches("sha256:")).copied();
-                        if status != 200 || !kind.is_some_and(|k| k.matches(&body)) {
-                            failures.push(format!("{status} {version} {body:?}"));
-                        }
-                    }
-                    Err(error) => failures.push(format!("request error: {error}")),
-                }
-                served.fetch_add(1, Ordering::Relaxed);
-            }
-            failures
-        }));
-    }
+    let known = HashMap::from([(sha12(&p2), Kind::Echo), (sha12(&p3), Kind::Echo)]);
+    let load = SwapLoad::start(server.clone(), Arc::new(std::sync::Mutex::new(known)));
     for (i, bytes) in [&p3, &p2, &p3, &p2, &p3, &p2].into_iter().enumerate() {
         let expected = sha12(bytes);
         let started = Instant::now();
@@ -226,22 +198,8 @@ async fn swaps_between_p2_and_p3_under_load_fail_no_request() {
             assert!(started.elapsed() < Duration::from_secs(30), "swap {i} never served");
         }
         // Serve a while on each version.
-        let at = served.load(Ordering::Relaxed);
-        while served.load(Ordering::Relaxed) < at + 200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        load.serve_more(200).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for client in clients {
-        failures.extend(client.await.unwrap());
-    }
-    let total = served.load(Ordering::Relaxed);
-    assert!(
-        failures.is_empty(),
-        "{} of {total} requests failed, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let total = load.finish_without_failures().await;
     eprintln!("requests served across 6 swaps between p2 and p3: {total}, failed: 0");
 }

@@ -380,7 +380,93 @@ impl Kind {
     }
 }
 
-type Known = Arc<std::sync::Mutex<HashMap<String, Kind>>>;
+/// The versions that may serve, by `sha12`, and what each answers.
+pub type Known = Arc<std::sync::Mutex<HashMap<String, Kind>>>;
+
+/// Four clients sending `GET /` while a test swaps versions, two on keep-alive connections and
+/// two on a new connection per request: every answer must be a 200 from a version in `known`
+/// whose body is that version's.
+pub struct SwapLoad {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl SwapLoad {
+    pub fn start(server: Arc<TestServer>, known: Known) -> SwapLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let clients = (0..4)
+            .map(|worker| {
+                let (server, stop, served, known) =
+                    (server.clone(), stop.clone(), served.clone(), known.clone());
+                tokio::spawn(async move {
+                    let keep_alive = worker % 2 == 0;
+                    let shared = client();
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let client = if keep_alive {
+                            shared.clone()
+                        } else {
+                            reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap()
+                        };
+                        if let Some(failure) = check_answer(&client, &server, &known).await {
+                            failures.push(failure);
+                        }
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    failures
+                })
+            })
+            .collect();
+        SwapLoad { stop, served, clients }
+    }
+
+    /// Returns once the clients have had `more` requests answered since the call.
+    pub async fn serve_more(&self, more: u64) {
+        let at = self.served.load(Ordering::Relaxed);
+        while self.served.load(Ordering::Relaxed) < at + more {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the clients, asserts that no request failed and returns how many were sent.
+    pub async fn finish_without_failures(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for client in self.clients {
+            failures.extend(client.await.unwrap());
+        }
+        let total = self.served.load(Ordering::Relaxed);
+        assert!(
+            failures.is_empty(),
+            "{} of {total} requests failed, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        total
+    }
+}
+
+/// One `GET /` of [`SwapLoad`]: why its answer is wrong, if it is.
+async fn check_answer(client: &reqwest::Client, server: &TestServer, known: &Known) -> Option<String> {
+    let response = match client.get(server.url("/")).send().await {
+        Ok(response) => response,
+        Err(error) => return Some(format!("request error: {error}")),
+    };
+    let status = response.status();
+    let version = response
+        .headers()
+        .get("echo-host-component")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let body = response.text().await.unwrap_or_else(|e| format!("<body error: {e}>"));
+    let kind = known.lock().unwrap().get(&version).copied();
+    (status != 200 || !kind.is_some_and(|k| k.matches(&body)))
+        .then(|| format!("{status} {version} {kind:?} {body:?}"))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_swaps_under_load_fail_no_request() {
@@ -394,45 +480,7 @@ async fn fifty_swaps_under_load_fail_no_request() {
         (sha12(&misbehave), Kind::Misbehave),
     ])));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for worker in 0..4 {
-        let (server, stop, served, known) = (server.clone(), stop.clone(), served.clone(), known.clone());
-        clients.push(tokio::spawn(async move {
-            // Half the workers keep connections alive, half open a new one per request.
-            let keep_alive = worker % 2 == 0;
-            let shared = client();
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let client = if keep_alive {
-                    shared.clone()
-                } else {
-                    reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap()
-                };
-                match client.get(server.url("/")).send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let version = response
-                            .headers()
-                            .get("echo-host-component")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .trim_start_matches("sha256:")
-                            .to_string();
-                        let body = response.text().await.unwrap_or_else(|e| format!("<body error: {e}>"));
-                        let kind = known.lock().unwrap().get(&version).copied();
-                        if status != 200 || !kind.is_some_and(|k| k.matches(&body)) {
-                            failures.push(format!("{status} {version} {kind:?} {body:?}"));
-                        }
-                    }
-                    Err(error) => failures.push(format!("request error: {error}")),
-                }
-                served.fetch_add(1, Ordering::Relaxed);
-            }
-            failures
-        }));
-    }
+    let load = SwapLoad::start(server.clone(), known.clone());
 
     let mut latencies = Vec::new();
     for i in 0..50u32 {
@@ -450,18 +498,7 @@ async fn fifty_swaps_under_load_fail_no_request() {
         }
         latencies.push((outcome["reused"] == false, started.elapsed()));
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for client in clients {
-        failures.extend(client.await.unwrap());
-    }
-    let total = served.load(Ordering::Relaxed);
-    assert!(
-        failures.is_empty(),
-        "{} of {total} requests failed, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let total = load.finish_without_failures().await;
     assert!(total > 100, "the load clients barely ran ({total} requests)");
 
     for (compiled, label) in [(true, "compiled"), (false, "kept version reused")] {
