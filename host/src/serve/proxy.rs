@@ -83,10 +83,12 @@ where
     }
 }
 
-/// A p2 request's instance: to start (and give back to a pool, when there is one), or idle in
-/// its pool before (its exports, and the requests it served).
-enum Started {
-    No(ProxyPre<RequestState>, Option<SerialPool>),
+/// A p2 request's instance.
+enum P2Instance {
+    /// To start from the pre-instance; given back to the pool after the request, when there is
+    /// one (`--instance-max-requests`).
+    ToStart(ProxyPre<RequestState>, Option<SerialPool>),
+    /// Taken idle from its pool: its exports, and the requests it served before.
     Idle(SerialPool, Proxy, usize),
 }
 
@@ -95,22 +97,22 @@ fn fresh(
     exchange: &Exchange,
     pre: ProxyPre<RequestState>,
     pool: Option<SerialPool>,
-) -> (Store<RequestState>, Started) {
+) -> (Store<RequestState>, P2Instance) {
     let store = exchange.serving().stores().request_store(&exchange.ctx.id, exchange.stop.clone());
-    (store, Started::No(pre, pool))
+    (store, P2Instance::ToStart(pre, pool))
 }
 
 /// An idle instance of `pool`, re-armed for this request.
-fn rearmed(exchange: &Exchange, pool: SerialPool, idle: IdleInstance) -> (Store<RequestState>, Started) {
+fn rearmed(exchange: &Exchange, pool: SerialPool, idle: IdleInstance) -> (Store<RequestState>, P2Instance) {
     let IdleInstance { mut store, proxy, served } = idle;
     exchange.serving().stores().rearm(&mut store, &exchange.ctx.id, exchange.stop.clone());
-    (store, Started::Idle(pool, proxy, served))
+    (store, P2Instance::Idle(pool, proxy, served))
 }
 
 /// [`run_guest`] for a p2 component: `instance` runs the guest in a task of its own.
 async fn run_p2<B>(
     exchange: &Arc<Exchange>,
-    (mut store, instance): (Store<RequestState>, Started),
+    (mut store, instance): (Store<RequestState>, P2Instance),
     cost: &Arc<VersionCost>,
     req: Request<B>,
 ) -> Result<GuestResponse, Outcome>
@@ -166,7 +168,7 @@ where
 /// version's cost histograms (bound when it is a client's request).
 struct GuestTask {
     exchange: Arc<Exchange>,
-    instance: Started,
+    instance: P2Instance,
     cost: Arc<VersionCost>,
 }
 
@@ -185,15 +187,15 @@ async fn guest_task(
     let mut supervising = true;
     let mut instantiation = None;
     let (pool, served) = match &instance {
-        Started::No(_, pool) => (pool.clone(), 0),
-        Started::Idle(pool, _, served) => (Some(pool.clone()), *served),
+        P2Instance::ToStart(_, pool) => (pool.clone(), 0),
+        P2Instance::Idle(pool, _, served) => (Some(pool.clone()), *served),
     };
     // `None`: stopped while it waited.
     let (result, busy) = {
         let guest = async {
             let proxy = match instance {
-                Started::Idle(_, proxy, _) => proxy,
-                Started::No(pre, pool) => {
+                P2Instance::Idle(_, proxy, _) => proxy,
+                P2Instance::ToStart(pre, pool) => {
                     if let Some(pool) = &pool {
                         pool.starting();
                     }
