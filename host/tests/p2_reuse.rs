@@ -236,16 +236,29 @@ async fn no_more_than_concurrency_instances_wait_idle_across_versions() {
 
 #[test]
 fn a_reused_p2_instance_logs_under_each_request_id() {
-    let host = HostProcess::start(
-        &["--component", path(misbehave_wasm()), "--instance-max-requests", "10", "--concurrency", "1"],
-        &[],
-    );
+    let host =
+        HostProcess::start(&["--component", path(misbehave_wasm()), "--instance-max-requests", "10"], &[]);
     let client = reqwest::blocking::Client::new();
+    // Each request once the one before has left the host (its instance is back in the pool).
+    let settled = || {
+        let started = Instant::now();
+        loop {
+            let metrics =
+                client.get(host.url("/.well-known/echo-host/metrics")).send().unwrap().text().unwrap();
+            if util::metric_value(&metrics, "echo_host_requests_in_flight") == 0.0 {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "a request stayed in flight for 30 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     let get = |path: &str| {
         let response = client.get(host.url(path)).send().unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(response.status(), 200, "{path}");
         let id = response.headers()["echo-host-request-id"].to_str().unwrap().to_string();
-        (id, response.text().unwrap())
+        let body = response.text().unwrap();
+        settled();
+        (id, body)
     };
     let (_, first) = get("/count");
     let logged = [get("/log").0, get("/log").0];

@@ -25,7 +25,7 @@ use crate::serve::head::{GuestResponse, decided, peek_first_frame, wait_for_faul
 use crate::serve::serving::Serving;
 use crate::util::timed::Timed;
 use crate::util::traces;
-use crate::versions::cost::VersionCost;
+use crate::versions::cost::{CostHandles, VersionCost};
 use crate::versions::registry::{ActiveComponent, Handler};
 
 /// `--swap-probe`: a request the candidate must answer with 2xx.
@@ -196,23 +196,8 @@ async fn guest_task(
             let proxy = match instance {
                 P2Instance::Idle(_, proxy, _) => proxy,
                 P2Instance::ToStart(pre, pool) => {
-                    if let Some(pool) = &pool {
-                        pool.starting();
-                    }
-                    let instantiating = tokio::time::Instant::now();
-                    let span = exchange.child_span("instantiate");
-                    let proxy = pre.instantiate_async(&mut store).await;
-                    if let Some(span) = span {
-                        traces::end_span(span, proxy.as_ref().err());
-                    }
-                    let proxy = proxy?;
-                    let took = instantiating.elapsed();
+                    let (proxy, took) = instantiate(&exchange, &mut store, &pre, pool.as_ref(), cost).await?;
                     instantiation = Some(took);
-                    let seconds = took.as_secs_f64();
-                    exchange.serving().metrics.instantiation.observe(seconds);
-                    if let Some(cost) = cost {
-                        cost.instantiation.observe(seconds);
-                    }
                     proxy
                 }
             };
@@ -259,24 +244,61 @@ async fn guest_task(
         memory_peak_bytes: Some(memory_peak_bytes),
         instantiation,
     });
-    // Reused only after a clean return that left no HTTP resource in the instance; given back
-    // before the permit goes, so that a request after this one finds it idle.
-    let store = match (pool, proxy) {
-        (Some(pool), Some(proxy)) if !store.data_mut().holds_http_resources() => {
-            pool.give_back(IdleInstance { store, proxy, served });
-            None
-        }
-        (Some(_), Some(_)) => {
-            tracing::debug!(request_id = %exchange.ctx.id, "the instance kept an HTTP resource past its return: retired");
-            Some(store)
-        }
-        _ => Some(store),
-    };
+    let store = give_back(&exchange, store, pool.zip(proxy), served);
     exchange.guest_ended(end, cost);
     drop(store);
     if supervising {
         exchange.supervise().await;
     }
+}
+
+/// Starts an instance of `pre` in `store` (counted by `pool`, when instances are reused), under an
+/// `instantiate` span when traced; returns its exports and how long it took, also recorded in the
+/// host's and the version's instantiation histograms.
+async fn instantiate(
+    exchange: &Exchange,
+    store: &mut Store<RequestState>,
+    pre: &ProxyPre<RequestState>,
+    pool: Option<&SerialPool>,
+    cost: Option<&CostHandles>,
+) -> wasmtime::Result<(Proxy, Duration)> {
+    if let Some(pool) = pool {
+        pool.starting();
+    }
+    let instantiating = tokio::time::Instant::now();
+    let span = exchange.child_span("instantiate");
+    let proxy = pre.instantiate_async(&mut *store).await;
+    if let Some(span) = span {
+        traces::end_span(span, proxy.as_ref().err());
+    }
+    let proxy = proxy?;
+    let took = instantiating.elapsed();
+    let seconds = took.as_secs_f64();
+    exchange.serving().metrics.instantiation.observe(seconds);
+    if let Some(cost) = cost {
+        cost.instantiation.observe(seconds);
+    }
+    Ok((proxy, took))
+}
+
+/// Gives the instance back to its pool after a clean return that left no HTTP resource in it
+/// (`returned`: the pool and the exports; `None` when it did not return or is not reused), or
+/// hands the store back, to be dropped after the exchange heard how the guest ended (the
+/// response body reads that). Called before the permit goes, so that a request after this one
+/// finds the instance idle.
+fn give_back(
+    exchange: &Exchange,
+    mut store: Store<RequestState>,
+    returned: Option<(SerialPool, Proxy)>,
+    served: usize,
+) -> Option<Store<RequestState>> {
+    let Some((pool, proxy)) = returned else { return Some(store) };
+    if store.data_mut().holds_http_resources() {
+        tracing::debug!(request_id = %exchange.ctx.id, "the instance kept an HTTP resource past its return: retired");
+        return Some(store);
+    }
+    pool.give_back(IdleInstance { store, proxy, served });
+    None
 }
 
 /// Says why a guest that did not return was stopped (a trap has its ERROR line).
