@@ -96,76 +96,46 @@ impl RequestContext {
     /// Cloud Logging's `httpRequest` object as JSON, byte for byte what `serde_json` wrote for
     /// the struct this replaced (same keys, order, escaping and number forms; the unit test
     /// keeps that struct as the reference), written into one buffer without a serializer or a
-    /// string per field.
+    /// string per field (`serde_json` escapes the strings).
     fn http_request_json(&self, status: StatusCode, bytes: u64, latency: Duration) -> String {
-        use std::fmt::Write as _;
+        use std::io::Write as _;
         let optional_len = |value: &Option<String>| value.as_ref().map_or(0, String::len);
-        let mut out = String::with_capacity(
+        let mut out = Vec::with_capacity(
             224 + self.url.len() + optional_len(&self.user_agent) + optional_len(&self.referer),
         );
-        out.push_str("{\"requestMethod\":");
-        push_json_str(&mut out, self.method.as_str());
-        out.push_str(",\"requestUrl\":");
-        push_json_str(&mut out, &self.url);
-        out.push_str(",\"requestSize\":");
-        match self.request_size {
-            Some(size) => {
-                let _ = write!(out, "\"{size}\"");
-            }
-            None => out.push_str("null"),
-        }
+        out.extend_from_slice(b"{\"requestMethod\":");
+        push_json(&mut out, Some(self.method.as_str()));
+        out.extend_from_slice(b",\"requestUrl\":");
+        push_json(&mut out, Some(&self.url));
+        out.extend_from_slice(b",\"requestSize\":");
+        let _ = match self.request_size {
+            Some(size) => write!(out, "\"{size}\""),
+            None => out.write_all(b"null"),
+        };
         let _ = write!(out, ",\"status\":{},\"responseSize\":\"{bytes}\",\"userAgent\":", status.as_u16());
-        push_json_option(&mut out, self.user_agent.as_deref());
-        out.push_str(",\"referer\":");
-        push_json_option(&mut out, self.referer.as_deref());
-        out.push_str(",\"remoteIp\":");
-        push_json_str(&mut out, &self.remote_ip);
+        push_json(&mut out, self.user_agent.as_deref());
+        out.extend_from_slice(b",\"referer\":");
+        push_json(&mut out, self.referer.as_deref());
+        out.extend_from_slice(b",\"remoteIp\":");
+        push_json(&mut out, Some(&self.remote_ip));
         let _ = write!(
             out,
             ",\"latency\":\"{:.6}s\",\"protocol\":\"{}\"}}",
             latency.as_secs_f64(),
             self.protocol()
         );
-        out
+        // Only UTF-8 went in: the fields are `&str`, serde_json escapes nothing into invalid bytes.
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// `value` as a JSON string, escaped as `serde_json` escapes it: `"`, `\\`, and the control
-/// characters below 0x20 (`\b \t \n \f \r` by name, the others as `\u00XX`); nothing else.
-fn push_json_str(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    let mut plain = 0;
-    for (at, byte) in value.bytes().enumerate() {
-        let escape: &str = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\x08' => "\\b",
-            b'\t' => "\\t",
-            b'\n' => "\\n",
-            b'\x0c' => "\\f",
-            b'\r' => "\\r",
-            0..0x20 => "",
-            _ => continue,
-        };
-        out.push_str(&value[plain..at]);
-        plain = at + 1;
-        if escape.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        } else {
-            out.push_str(escape);
-        }
-    }
-    out.push_str(&value[plain..]);
-    out.push('"');
-}
-
-fn push_json_option(out: &mut String, value: Option<&str>) {
+/// `value` as a JSON string (escaped by `serde_json`), or `null`.
+fn push_json(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
-        Some(value) => push_json_str(out, value),
-        None => out.push_str("null"),
+        Some(value) => {
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+        None => out.extend_from_slice(b"null"),
     }
 }
 
