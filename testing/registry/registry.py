@@ -586,12 +586,14 @@ def push_two_layers(target: Target, tag: str, wasm: bytes, tmp: Path) -> dict:
 
 def push_index(target: Target, tag: str, wasm: bytes, tmp: Path) -> dict:
     """The oras SDK has no image-index push: the two platform manifests go up with oras's `push`
-    (through TAG, which the index then takes over), the index JSON is built here and uploaded with
-    the oras client's request method (its auth, the registry's real manifest PUT)."""
+    (through the scratch tag `TAG-parts`, so that TAG moves once, from what it named before
+    straight to the index: a host polling TAG never sees a platform manifest there), the index
+    JSON is built here and uploaded with the oras client's request method (its auth, the
+    registry's real manifest PUT)."""
     entries = []
     for push, platform in ((push_image, {"architecture": "amd64", "os": "linux"}),
                            (push_cncf, {"architecture": "wasm", "os": "wasip2"})):
-        child = push(target, tag, wasm, Path(tempfile.mkdtemp(dir=tmp)))
+        child = push(target, f"{tag}-parts", wasm, Path(tempfile.mkdtemp(dir=tmp)))
         body = target.request("GET", target.manifest_url(child["digest"]), headers={"Accept": OCI_MANIFEST})
         if body.status_code != 200 or sha256_digest(body.content) != child["digest"]:
             sys.exit(f"reading back manifest {child['digest']}: {body.status_code} {body.text}")

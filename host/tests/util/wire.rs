@@ -6,12 +6,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// One response: status, the version that served it (`echo-host-component`), its headers.
+/// One response: status, the version that served it (`echo-host-component`), its headers and body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub version: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// A keep-alive HTTP/1.1 connection.
@@ -29,7 +30,13 @@ impl Wire {
     /// Writes `GET path` with `headers` (whole lines, without CRLF); returns once the bytes are
     /// in the kernel's hands, whatever the host is doing.
     pub fn send(&mut self, path: &str, headers: &[String]) {
-        let mut request = format!("GET {path} HTTP/1.1\r\nhost: wire\r\n");
+        self.send_head("GET", path, headers);
+    }
+
+    /// Writes the head of `method path` with `headers` and nothing after it: a body the headers
+    /// declare is left for the caller to write (or never written).
+    pub fn send_head(&mut self, method: &str, path: &str, headers: &[String]) {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nhost: wire\r\n");
         for header in headers {
             request.push_str(header);
             request.push_str("\r\n");
@@ -59,17 +66,19 @@ impl Wire {
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
         let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
         if let Some(length) = header("content-length") {
-            let mut body = vec![0; length.parse().unwrap()];
+            body = vec![0; length.parse().unwrap()];
             self.reader.read_exact(&mut body).expect("read the body");
         } else if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-            self.read_chunked();
+            body = self.read_chunked();
         }
-        Answer { status, version: header("echo-host-component").unwrap_or_default(), headers }
+        Answer { status, version: header("echo-host-component").unwrap_or_default(), headers, body }
     }
 
-    fn read_chunked(&mut self) {
+    fn read_chunked(&mut self) -> Vec<u8> {
         let mut line = String::new();
+        let mut body = Vec::new();
         loop {
             line.clear();
             self.reader.read_line(&mut line).expect("read a chunk size");
@@ -77,8 +86,9 @@ impl Wire {
             let mut chunk = vec![0; size + 2];
             self.reader.read_exact(&mut chunk).expect("read a chunk");
             if size == 0 {
-                return;
+                return body;
             }
+            body.extend_from_slice(&chunk[..size]);
         }
     }
 
