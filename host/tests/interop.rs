@@ -1,5 +1,6 @@
 //! The echo component under upstream `wasmtime serve` (the pinned CLI, no `-S` flags, so nothing but
-//! the `wasi:http/proxy` world): every echo behaviour, checked over real HTTP with reqwest.
+//! the `wasi:http/proxy` world): every echo behaviour, checked over real HTTP with reqwest (and one
+//! request head written by hand, [`Wire`], for a 413 that must come before the body is sent).
 //!
 //! Each test starts its own server (they run in parallel threads) and kills it when it ends. The
 //! component answers on any path, so the tests use a few.

@@ -5,9 +5,11 @@
 //! Each server starts under the tool, answers [`WARMUP`] requests, has its counters zeroed, then
 //! answers [`MEASURED`] `GET /?name=world` sent one after another on one keep-alive connection,
 //! and the counters are read. Instructions and allocations are the same from run to run for the
-//! same binary and inputs, whatever else the machine does. Syscalls are too, except the timer
-//! threads' (echo-host's epoch tick, 100/s), which scale with how long the run takes under strace;
-//! they are listed in the results, not subtracted. callgrind sees user space only: a host that
+//! same binary and inputs, whatever else the machine does. Syscalls are too on the threads that
+//! serve; echo-host's two clock-driven threads ([`TIMER_THREADS`]: the epoch tick every 10 ms, the
+//! log writer's write and 5 ms rest) make calls in proportion to how long the run takes under
+//! strace, so they are counted apart, per second, and both figures are reported. callgrind sees
+//! user space only: a host that
 //! does more in the kernel (`wasmtime serve` maps and unmaps each instance's memory) counts fewer
 //! instructions here and costs more CPU-seconds per request; the syscall column shows that side.
 
@@ -33,6 +35,10 @@ const MEASURED: usize = 400;
 const VALGRIND_STARTUP: Duration = Duration::from_secs(600);
 /// The functions of echo-host's profile kept in the results.
 const TOP_FUNCTIONS: usize = 15;
+/// echo-host's threads that wake on a clock, not per request: their calls per second are bounded
+/// (the epoch tick: a sleep every 10 ms; the log writer: a write and a 5 ms rest at most per
+/// 5 ms), so per GET they shrink as the request rate grows. Thread names as `comm` shows them.
+const TIMER_THREADS: &[&str] = &["epoch-ticker", "echo-host-log"];
 /// glibc's allocation entry points: the calls to them are the allocations.
 const ALLOCATORS: &[&str] = &["malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"];
 
@@ -58,22 +64,25 @@ pub fn counts(paths: &Paths, _opts: &Opts, samples: &mut Samples) -> anyhow::Res
         }
         progress(&format!("strace: {}", spec.name));
         let calls = strace(paths, &spec, &dir)?;
-        let total: u64 = calls.iter().map(|(_, n)| n).sum();
-        samples.add("counts.syscalls", &spec.name, total as f64 / MEASURED as f64);
-        let top: Vec<String> = calls.iter().take(8).map(|(name, n)| format!("{name} {n}")).collect();
+        let per_get = |n: u64| n as f64 / MEASURED as f64;
+        samples.add("counts.syscalls", &spec.name, per_get(calls.total()));
+        samples.add("counts.syscalls_serving", &spec.name, per_get(calls.serving()));
+        samples.add("counts.timer_syscalls_per_s", &spec.name, calls.timer_per_second());
+        let top: Vec<String> =
+            calls.by_call(|_| true).iter().take(8).map(|(name, n)| format!("{name} {n}")).collect();
         progress(&format!(
-            "{}: {:.0} instructions, {:.1} allocations, {:.2} syscalls per GET ({})",
+            "{}: {:.0} instructions, {:.1} allocations, {:.2} syscalls per GET, {:.2} on the serving threads ({})",
             spec.name,
-            profile.instructions as f64 / MEASURED as f64,
-            profile.allocations as f64 / MEASURED as f64,
-            total as f64 / MEASURED as f64,
+            per_get(profile.instructions),
+            per_get(profile.allocations),
+            per_get(calls.total()),
+            per_get(calls.serving()),
             top.join(", ")
         ));
-        let mut list = String::new();
-        for (name, n) in &calls {
-            let _ = writeln!(list, "{n:>8} {name}");
-        }
-        std::fs::write(paths.results.join(format!("syscalls-{}.txt", file_name(&spec.name))), list)?;
+        std::fs::write(
+            paths.results.join(format!("syscalls-{}.txt", file_name(&spec.name))),
+            calls.listing(),
+        )?;
     }
     Ok(())
 }
@@ -211,15 +220,88 @@ fn top_functions(server: &str, profile: &Profile) -> String {
     w
 }
 
-/// `spec` with `strace -c -f` attached to every thread for the measured requests: calls per
-/// syscall, most first.
-fn strace(paths: &Paths, spec: &Spec, dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+/// The measured requests' system calls, each with the thread that made it.
+#[derive(Debug, Default, PartialEq)]
+struct Syscalls {
+    /// (thread name, syscall) → calls.
+    calls: HashMap<(String, String), u64>,
+    /// How long the measured requests took under strace.
+    seconds: f64,
+}
+
+impl Syscalls {
+    fn is_timer(thread: &str) -> bool {
+        TIMER_THREADS.contains(&thread)
+    }
+
+    fn total(&self) -> u64 {
+        self.calls.values().sum()
+    }
+
+    /// Calls made on every thread but the [`TIMER_THREADS`].
+    fn serving(&self) -> u64 {
+        self.calls.iter().filter(|((thread, _), _)| !Self::is_timer(thread)).map(|(_, n)| n).sum()
+    }
+
+    fn timer_per_second(&self) -> f64 {
+        (self.total() - self.serving()) as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    /// Calls per syscall on the threads `keep` accepts, most first.
+    fn by_call(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
+        let mut sums: HashMap<&str, u64> = HashMap::new();
+        for ((thread, call), n) in &self.calls {
+            if keep(thread) {
+                *sums.entry(call).or_default() += n;
+            }
+        }
+        let mut list: Vec<(String, u64)> = sums.into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list
+    }
+
+    /// The results file: the serving threads' calls, then the timer threads', then per thread.
+    fn listing(&self) -> String {
+        let mut w = format!(
+            "{MEASURED} GETs in {:.2} s under strace: {} calls on the serving threads ({:.2} per GET), {} on \
+             the clock-driven threads {TIMER_THREADS:?} ({:.0} per second)\n\nserving threads:\n",
+            self.seconds,
+            self.serving(),
+            self.serving() as f64 / MEASURED as f64,
+            self.total() - self.serving(),
+            self.timer_per_second()
+        );
+        for (name, n) in self.by_call(|t| !Self::is_timer(t)) {
+            let _ = writeln!(w, "{n:>8} {name}");
+        }
+        let _ = writeln!(w, "\nclock-driven threads:");
+        for (name, n) in self.by_call(Self::is_timer) {
+            let _ = writeln!(w, "{n:>8} {name}");
+        }
+        let mut threads: HashMap<&str, u64> = HashMap::new();
+        for ((thread, _), n) in &self.calls {
+            *threads.entry(thread).or_default() += n;
+        }
+        let mut threads: Vec<_> = threads.into_iter().collect();
+        threads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let _ = writeln!(w, "\nper thread:");
+        for (thread, n) in threads {
+            let _ = writeln!(w, "{n:>8} {thread}");
+        }
+        w
+    }
+}
+
+/// `spec` with `strace -f` attached to every thread for the measured requests: each call with
+/// the name of the thread that made it.
+fn strace(paths: &Paths, spec: &Spec, dir: &Path) -> anyhow::Result<Syscalls> {
     let server = start(paths, spec, SERVER_CORES)?;
     requests(server.addr, WARMUP)?;
     let out = dir.join(format!("strace.{}.txt", file_name(&spec.name)));
     let processes = procfs::tree(server.pid);
+    // A line per call (`TID name(args) = result`); nothing decoded past what is needed.
     let mut strace = Command::new("strace")
-        .args(["-c", "-f", "-o"])
+        .args(["-f", "-s", "0", "-o"])
         .arg(&out)
         .args(processes.iter().flat_map(|pid| ["-p".to_string(), pid.to_string()]))
         .stdin(Stdio::null())
@@ -238,7 +320,10 @@ fn strace(paths: &Paths, spec: &Spec, dir: &Path) -> anyhow::Result<Vec<(String,
             None => bail!("strace ended after attaching {attached} of {} processes", processes.len()),
         }
     }
+    let started = std::time::Instant::now();
     requests(server.addr, MEASURED)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let names = thread_names(&processes);
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(strace.id() as libc::pid_t, libc::SIGINT);
@@ -247,24 +332,39 @@ fn strace(paths: &Paths, spec: &Spec, dir: &Path) -> anyhow::Result<Vec<(String,
     strace.wait()?;
     server.stop();
     let text = std::fs::read_to_string(&out).with_context(|| format!("cannot read `{}`", out.display()))?;
-    Ok(parse_strace(&text))
+    Ok(parse_strace(&text, &names, seconds))
 }
 
-/// The rows of `strace -c`'s table (`% time seconds usecs/call calls [errors] syscall`).
-fn parse_strace(text: &str) -> Vec<(String, u64)> {
-    let mut calls: Vec<(String, u64)> = text
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let name = *fields.last()?;
-            if fields.len() < 5 || name == "total" || fields[0].parse::<f64>().is_err() {
-                return None;
-            }
-            Some((name.to_string(), fields[3].parse().ok()?))
-        })
-        .collect();
-    calls.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    calls
+/// Every live thread's name (`/proc/PID/task/TID/comm`) in `processes`.
+fn thread_names(processes: &[u32]) -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    for pid in processes {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            names.insert(tid, name.trim().to_string());
+        }
+    }
+    names
+}
+
+/// The calls in `strace -f`'s output (`TID name(…`, `TID <... name resumed>…` counted once, at its
+/// start), each under its thread's name (`?` for a thread gone before the names were read).
+fn parse_strace(text: &str, names: &HashMap<u32, String>, seconds: f64) -> Syscalls {
+    let mut calls: HashMap<(String, String), u64> = HashMap::new();
+    for line in text.lines() {
+        let Some((tid, rest)) = line.trim_start().split_once(' ') else { continue };
+        let Ok(tid) = tid.parse::<u32>() else { continue };
+        let rest = rest.trim_start();
+        let Some((call, _)) = rest.split_once('(') else { continue };
+        if call.is_empty() || !call.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue; // `<... x resumed>`, `--- SIGCHLD …`, `+++ exited …`
+        }
+        let thread = names.get(&tid).cloned().unwrap_or_else(|| "?".into());
+        *calls.entry((thread, call.to_string())).or_default() += 1;
+    }
+    Syscalls { calls, seconds }
 }
 
 /// The counts table, placed before the report's targets.
@@ -277,21 +377,27 @@ pub fn with_counts_table(markdown: String, s: &Samples) -> String {
     let _ = writeln!(
         w,
         "`{MEASURED}` `GET {GET_PATH}` on one keep-alive connection after {WARMUP} of warm-up. Instructions and \
-         allocations are user space only (callgrind); syscalls are every thread's (`strace -c -f`). Under \
+         allocations are user space only (callgrind). Syscalls (`strace -f`): every thread's, and the threads' \
+         that serve, without echo-host's clock-driven epoch tick and log writer, whose calls per second are \
+         bounded (listed per second in `syscalls-*.txt`). Under \
          valgrind the pool's `PAGEMAP_SCAN` reset is unavailable and falls back to `memset`. echo-host's top \
          functions: `callgrind-*.txt` beside this report.\n"
     );
-    let _ = writeln!(w, "| server | instructions | allocations | syscalls | server CPU-s per 10k GET |");
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        w,
+        "| server | instructions | allocations | syscalls | syscalls, serving threads | server CPU-s per 10k GET |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
     for server in [ECHO_HOST, WASMTIME, NATIVE, ECHO_HOST_P3, WASMTIME_P3] {
         let metric = if server == ECHO_HOST_P3 || server == WASMTIME_P3 { "p3" } else { "get" };
         let cpu = s.median(&format!("{metric}.rps_per_cpu"), server).map(|r| 10_000.0 / r);
         let _ = writeln!(
             w,
-            "| {server} | {} | {} | {} | {} |",
+            "| {server} | {} | {} | {} | {} | {} |",
             count(s.median("counts.instructions", server)),
             s.median("counts.allocations", server).map_or("–".into(), |v| format!("{v:.1}")),
             s.median("counts.syscalls", server).map_or("–".into(), |v| format!("{v:.2}")),
+            s.median("counts.syscalls_serving", server).map_or("–".into(), |v| format!("{v:.2}")),
             cpu.map_or("–".into(), |v| format!("{v:.3}")),
         );
     }
@@ -317,13 +423,30 @@ mod tests {
     }
 
     #[test]
-    fn strace_tables_give_calls_per_syscall() {
-        let table = "% time     seconds  usecs/call     calls    errors syscall\n\
-                     ------ ----------- ----------- --------- --------- ----------------\n \
-                     60.00    0.000060           0       800           write\n \
-                     40.00    0.000040           0       400       400 recvfrom\n\
-                     ------ ----------- ----------- --------- --------- ----------------\n\
-                     100.00    0.000100           0      1200       400 total\n";
-        assert_eq!(parse_strace(table), vec![("write".into(), 800), ("recvfrom".into(), 400)]);
+    fn strace_lines_give_calls_per_thread_with_the_timer_threads_apart() {
+        let trace = "101 epoll_wait(3, [{events=EPOLLIN, data=0x1}], 1024, -1) = 1\n\
+                     101 recvfrom(9, \"\"..., 8192, 0, NULL, NULL) = 38\n\
+                     102 clock_nanosleep(CLOCK_REALTIME, 0, {tv_sec=0, tv_nsec=10000000},  <unfinished ...>\n\
+                     101 writev(9, [...], 2) = 120\n\
+                     102 <... clock_nanosleep resumed>NULL) = 0\n\
+                     103 write(1, \"\"..., 400) = 400\n\
+                     104 futex(0x7f, FUTEX_WAKE_PRIVATE, 1) = 0\n\
+                     101 --- SIGURG {si_signo=SIGURG} ---\n\
+                     104 +++ exited with 0 +++\n";
+        let names: HashMap<u32, String> =
+            [(101, "tokio-runtime-w"), (102, "epoch-ticker"), (103, "echo-host-log")]
+                .into_iter()
+                .map(|(t, n)| (t, n.to_string()))
+                .collect();
+        let calls = parse_strace(trace, &names, 0.5);
+        assert_eq!((calls.total(), calls.serving()), (6, 4), "{calls:?}");
+        assert_eq!(calls.timer_per_second(), 4.0);
+        assert_eq!(calls.calls[&("?".to_string(), "futex".to_string())], 1, "a thread gone is `?`");
+        let serving = calls.by_call(|t| !Syscalls::is_timer(t));
+        assert_eq!(serving[0], ("epoll_wait".into(), 1));
+        assert!(!serving.iter().any(|(c, _)| c == "write" || c == "clock_nanosleep"), "{serving:?}");
+        let listing = calls.listing();
+        assert!(listing.contains("4 calls on the serving threads (0.01 per GET)"), "{listing}");
+        assert!(listing.contains("(4 per second)"), "{listing}");
     }
 }
