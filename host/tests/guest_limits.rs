@@ -111,3 +111,23 @@ fn a_log_flood_is_cut_at_the_limit_counted_and_the_request_answered() {
         assert!(logged > 0, "{world}: the lines under the limit are logged");
     }
 }
+
+/// The header names wasmtime forbids a guest to set stay forbidden, by `set`, `append` and
+/// `from-list` alike (the host implements the check itself), and any other name is allowed.
+#[tokio::test]
+async fn a_p2_guest_may_not_set_the_forbidden_header_names() {
+    let server = TestServer::start(&["--component", misbehave_wasm().to_str().unwrap()]).await;
+    let reply = get(&client(), server.url("/forbidden")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let lines: Vec<&str> = reply.body.lines().collect();
+    assert_eq!(lines.len(), 10, "{}", reply.body);
+    for line in &lines[..9] {
+        let (name, outcomes) = line.split_once(": ").expect("`NAME: outcomes`");
+        assert_eq!(
+            outcomes,
+            "set HeaderError::Forbidden, append HeaderError::Forbidden, from-list HeaderError::Forbidden",
+            "`{name}` must be refused every way"
+        );
+    }
+    assert_eq!(lines[9], "x-allowed: set ok, append ok, from-list ok");
+}

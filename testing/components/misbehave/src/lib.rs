@@ -28,6 +28,7 @@
 //! | `/fetch?url=U` | outgoing GET to U: 200 `upstream STATUS\n` + upstream body, or 502 `outbound error: {code:?}` |
 //! | `/fs` | `std::fs::read_dir("/")` then `read_to_string("/etc/passwd")`: one line each, `ok` or `err: {e}` |
 //! | `/fields?n=N&per=P` | appends N header fields (`x-f<i>: v`), P to each `fields` resource (default: all to one), keeping every resource alive; then 200 `created N fields in K resources`, 500 `refused after I fields: E` when an append is refused (p2 hosts trap instead) |
+//! | `/forbidden` | for each of wasmtime's forbidden header names and `x-allowed`, a line `NAME: set A, append B, from-list C`, each `ok` or the `header-error` (`HeaderError::Forbidden`…), then 200 |
 //! | `/resources?n=N` | holds N empty `fields` resources at once, then 200 `held N resources` |
 //! | `/log-flood?lines=N` | prints N lines `misbehave flood line <i>` on stdout, then 200 `printed N lines` |
 //! | `/flaky?percent=N` | 500 `flaky failure` with probability N % (`wasi:random`), else 200 `flaky ok`; N in 0..=100 (default 0) |
@@ -202,6 +203,8 @@ fn simple(path: &str, query: &str) -> (u16, Vec<u8>) {
             (Ok(n), Ok(per)) => many_fields(n, per.max(1)),
             (Err(bad), _) | (_, Err(bad)) => (400, bad.into()),
         },
+        // Which header names the host lets a guest set, by each of the three ways to set one.
+        "/forbidden" => (200, forbidden_headers().into()),
         // What a guest can make the host's resource table hold (`--max-guest-resources`).
         "/resources" => match number(query, "n", 0) {
             Ok(n) => {
@@ -249,6 +252,33 @@ fn many_fields(n: u64, per: u64) -> (u16, Vec<u8>) {
         }
     }
     (200, format!("created {n} fields in {} resources", held.len()).into())
+}
+
+fn forbidden_headers() -> String {
+    const NAMES: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "http2-settings",
+        "x-allowed",
+    ];
+    let said = |result: Result<(), wasi::http::types::HeaderError>| match result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    let mut lines = String::new();
+    for name in NAMES {
+        let set = said(Fields::new().set(name, &[b"v".to_vec()]));
+        let append = said(Fields::new().append(name, b"v"));
+        let from_list = said(Fields::from_list(&[(name.to_string(), b"v".to_vec())]).map(drop));
+        lines.push_str(&format!("{name}: set {set}, append {append}, from-list {from_list}\n"));
+    }
+    lines
 }
 
 fn outcome<T>(result: std::io::Result<T>) -> String {
