@@ -70,6 +70,21 @@ const P2: &[Case] = &[
 /// p3 has no "never responded": `handle` returns a response or an error code.
 const P3: &[Case] = &[
     Case { path: "/trap", status: 500, outcome: "trapped", cause: &["the component trapped", "unreachable"] },
+    // Loads outside linear memory: the p3 engine has no bounds checks in code, its guard region
+    // faults and the signal becomes the trap (wasmtime names the faulting address only then);
+    // just past the end, and at the last 32-bit address.
+    Case {
+        path: "/oob",
+        status: 500,
+        outcome: "trapped",
+        cause: &["the component trapped", "memory fault at wasm address", "out of bounds memory access"],
+    },
+    Case {
+        path: "/oob?past=4294967295",
+        status: 500,
+        outcome: "trapped",
+        cause: &["the component trapped", "memory fault at wasm address", "out of bounds memory access"],
+    },
     Case {
         path: "/sleep?ms=60000",
         status: 504,

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::cli::config::CompileArgs;
+use crate::engine::config::{engine_config, portable_code};
 use crate::engine::runtime::{self, Flavor};
 
 /// `echo-host compile`: precompile for exactly the engine `serve` builds.
@@ -17,11 +18,11 @@ pub fn compile(args: &CompileArgs) -> anyhow::Result<()> {
         anyhow::bail!("`{}` is a core wasm module, not a component", args.input.display());
     }
     let precompile = |flavor| -> anyhow::Result<Vec<u8>> {
-        let mut engine_config = runtime::engine_config(&limits, flavor)?;
+        let mut config = engine_config(&limits, flavor)?;
         if !args.native {
-            runtime::portable_code(&mut engine_config);
+            portable_code(&mut config);
         }
-        let engine = wasmtime::Engine::new(&engine_config).map_err(anyhow::Error::from)?;
+        let engine = wasmtime::Engine::new(&config).map_err(anyhow::Error::from)?;
         engine.precompile_component(&bytes).map_err(anyhow::Error::from)
     };
     // For the engine `serve` will load it into (see `Flavor`): a p2 component that uses

@@ -2,6 +2,7 @@
 //! per-instance store state and its limits, the stop signal a guest's request carries, guest
 //! budgets (headers, logs) and the outbound policy.
 
+pub mod config;
 pub mod fields;
 pub mod flavor;
 pub mod guest_log;

@@ -10,6 +10,7 @@
 //! | `/count` | 200 `<instance-id> <n>`: the instance's id, a random u64 in 16 hex digits drawn on its first request, and how many requests this instance has received, this one included |
 //! | `/sleep?ms=N` | waits N ms (`wasi:clocks/monotonic-clock.wait-for`, so other requests on the instance go on meanwhile), then 200 `slept N ms on <instance-id>` |
 //! | `/trap` | executes `unreachable` before any response |
+//! | `/oob?past=N` | loads a byte N bytes past the end of linear memory (default 0; capped at the last 32-bit address) before any response: a trap, whether the engine checks bounds in code or with a guard region |
 //! | `/error-code` | returns the error code `internal-error("misbehave-p3: deliberate error code")` instead of a response |
 //! | `/loop` | busy loop forever, never yielding: only epoch interruption (or a fuel limit) stops it |
 //! | `/alloc?mb=N` | allocates and touches N MiB once, then 200 `allocated N MiB` |
@@ -59,6 +60,10 @@ impl Guest for MisbehaveP3 {
         let (path, query) = path_with_query.split_once('?').unwrap_or((&path_with_query, ""));
         match path {
             "/trap" => trap(),
+            "/oob" => match number(query, "past", 0) {
+                Ok(past) => out_of_bounds(past),
+                Err(bad) => respond(400, bad),
+            },
             "/error-code" => {
                 Err(ErrorCode::InternalError(Some("misbehave-p3: deliberate error code".into())))
             }
@@ -160,6 +165,23 @@ fn trap() -> ! {
     // Only so that the crate compiles natively (`cargo clippy --all-targets` at the root).
     #[cfg(not(target_arch = "wasm32"))]
     std::process::abort();
+}
+
+/// Loads the byte `past` bytes beyond linear memory's end: wasm traps on it (an out-of-bounds
+/// access), whichever way the engine finds it.
+fn out_of_bounds(past: u64) -> ! {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let end = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+        let address = end.saturating_add(past).min(u64::from(u32::MAX)) as usize;
+        // SAFETY: not safe, on purpose: the address is outside linear memory, so the load traps
+        // and nothing reads the result.
+        let byte = unsafe { core::ptr::read_volatile(address as *const u8) };
+        black_box(byte);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = past;
+    trap()
 }
 
 /// Spins without ever calling into the host or yielding. `black_box` keeps the optimiser from
