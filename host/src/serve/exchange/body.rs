@@ -163,12 +163,20 @@ impl ExchangeBody {
         }
     }
 
-    /// After `inner` ended: the end goes to hyper once every frame was written (or dropped).
-    /// Until then an h2 stream has no `END_STREAM` queued and can still be reset.
+    /// After `inner` ended. h2: the end goes to hyper once every frame was written (or dropped);
+    /// until then the stream has no `END_STREAM` queued and can still be reset. HTTP/1.1: at once,
+    /// so the last chunk goes out in the same write as the data (a cut still closes the
+    /// connection through its scope, as after a declared length).
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, anyhow::Error>>> {
-        ready!(self.exchange.delivery.poll_delivered(cx));
+        if self.is_http2() {
+            ready!(self.exchange.delivery.poll_delivered(cx));
+        }
         self.ended = true;
         Poll::Ready(None)
+    }
+
+    fn is_http2(&self) -> bool {
+        self.exchange.ctx.version == http::Version::HTTP_2
     }
 
     fn cut(&mut self, outcome: Outcome) -> anyhow::Error {
@@ -240,10 +248,13 @@ impl Body for ExchangeBody {
         }
     }
 
-    /// Only for a body that never had a byte for hyper: once one was handed, hyper must poll
-    /// for the end, which waits for its delivery.
+    /// For a body that never had a byte for hyper, and on HTTP/1.1 once `inner` ended (hyper then
+    /// ends the message with the last data it took). Once an h2 body handed a byte, hyper must
+    /// poll for the end, which waits for its delivery.
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.bytes == 0 && self.first.is_none() && self.inner.is_end_stream())
+        self.ended
+            || (self.released && !self.is_http2())
+            || (self.bytes == 0 && self.first.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -270,9 +281,10 @@ impl Drop for ExchangeBody {
             return;
         }
         if self.released {
-            // HTTP/1.1 after its declared length: the frames still queued end the exchange when
-            // written. h2 polls to the end; dropped before it, the client reset the stream.
-            if self.exchange.ctx.version == http::Version::HTTP_2 {
+            // HTTP/1.1 after its end (declared or reported): the frames still queued end the
+            // exchange when written. h2 polls to the end; dropped before it, the client reset
+            // the stream.
+            if self.is_http2() {
                 self.exchange.fault(Outcome::ClientGone);
                 self.exchange.finish();
             }

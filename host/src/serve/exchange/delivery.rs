@@ -8,7 +8,9 @@
 //! ([`Delivery`]). Until then the deadline and the write timeout still apply, and for h2 the
 //! body does not report its end to hyper (which would send `END_STREAM` and leave the stream
 //! past reset, its buffers waiting for a window that may never open): the stream can still be
-//! reset, and its buffers freed, when the client does not take them.
+//! reset, and its buffers freed, when the client does not take them. An HTTP/1.1 body reports
+//! its end at once (the last chunk then shares the data's write); its connection is closed
+//! through its scope when the bytes stay unsent.
 //!
 //! The same hand-off counts the bytes unsent, per connection and in the process, against
 //! `--max-unsent-per-connection` and `--max-unsent`. Against the total, every undelivered
