@@ -118,7 +118,7 @@ fn fresh_instance_memory(config: &mut Config, limits: &Limits) -> anyhow::Result
 
 /// p3: an instance serves many requests (128 by default), so what the guest's code costs
 /// decides, not what an instantiation costs. wasmtime's defaults, as `wasmtime serve` has them:
-/// a 4 GiB reservation and a 32 MiB guard region per memory and signal-based traps, so compiled
+/// a 4 GiB reservation and 32 MiB guard regions per memory and signal-based traps, so compiled
 /// code checks no bounds on a 32-bit memory's loads and stores. callgrind, 400 GETs on reused
 /// instances: the p3 echo 154,215 -> 145,016 instructions per GET; a third-party p3 component
 /// built unoptimised (wasip3's `http-proxy` example) under `wasmtime serve -Sp3 -Wtimeout`
