@@ -134,6 +134,19 @@ fn get_table(w: &mut String, s: &Samples, workload: &str, servers: &[&str]) {
     }
 }
 
+/// A closed-loop GET section of `workload`'s runs, when there are any: `heading`, the table,
+/// then `caption` and the errors over the runs.
+fn get_section(w: &mut String, s: &Samples, workload: &str, servers: &[&str], heading: &str, caption: &str) {
+    let rps = format!("{workload}.rps");
+    if !servers.iter().any(|srv| s.get(&rps, srv).is_some()) {
+        return;
+    }
+    let _ = writeln!(w, "## {heading}\n");
+    get_table(w, s, workload, servers);
+    let errors: f64 = servers.iter().filter_map(|srv| s.sum(&format!("{workload}.errors"), srv)).sum();
+    let _ = writeln!(w, "\n{caption} Errors over these runs: {}.\n", num(Some(errors), 0));
+}
+
 /// The largest of the values recorded for `metric` (not a median: a worst case).
 fn max_value(s: &Samples, metric: &str, server: &str) -> Option<f64> {
     s.get(metric, server)?.iter().copied().filter(|v| v.is_finite()).reduce(f64::max)
@@ -523,54 +536,47 @@ pub fn render(s: &Samples, meta: &Meta) -> String {
         );
     }
 
-    if P3_SERVERS.iter().any(|srv| s.get("p3.rps", srv).is_some()) {
-        let _ = writeln!(
-            w,
-            "## p3 (wasi:http/service) echo (GET, 1 server core, {} keep-alive connections)\n",
+    let closed_loop = format!(
+        "Closed loop as in the throughput table: `wrk -t1 -c{} -d{}s --latency` after 1 s of warm-up.",
+        meta.connections, meta.duration_s
+    );
+    get_section(
+        w,
+        s,
+        "p3",
+        &P3_SERVERS,
+        &format!(
+            "p3 (wasi:http/service) echo (GET, 1 server core, {} keep-alive connections)",
             meta.connections
-        );
-        get_table(w, s, "p3", &P3_SERVERS);
-        let errors: f64 = P3_SERVERS.iter().filter_map(|srv| s.sum("p3.errors", srv)).sum();
-        let _ = writeln!(
-            w,
-            "\nBoth wasm hosts serve `echo_guest_p3.wasm` (the same echo built for `wasi:http/service@0.3.0`) and reuse instances alike: echo-host with its defaults, `wasmtime serve -Wcomponent-model-async -Sp3 --max-instance-reuse-count {P3_MAX_REQUESTS} --max-instance-concurrent-reuse-count {P3_MAX_CONCURRENT} --idle-instance-timeout {P3_IDLE_TIMEOUT}`. Closed loop as in the throughput table: `wrk -t1 -c{} -d{}s --latency` after 1 s of warm-up. Errors over these runs: {}.\n",
-            meta.connections,
-            meta.duration_s,
-            num(Some(errors), 0)
-        );
-    }
-
-    if P3_THIRD_SERVERS.iter().any(|srv| s.get("p3_third_party.rps", srv).is_some()) {
-        let _ = writeln!(
-            w,
-            "## p3, a third-party component built unoptimised (GET, 1 server core, {} keep-alive connections)\n",
+        ),
+        &format!(
+            "Both wasm hosts serve `echo_guest_p3.wasm` (the same echo built for `wasi:http/service@0.3.0`) and reuse instances alike: echo-host with its defaults, `wasmtime serve -Wcomponent-model-async -Sp3 --max-instance-reuse-count {P3_MAX_REQUESTS} --max-instance-concurrent-reuse-count {P3_MAX_CONCURRENT} --idle-instance-timeout {P3_IDLE_TIMEOUT}`. {closed_loop}"
+        ),
+    );
+    get_section(
+        w,
+        s,
+        "p3_third_party",
+        &P3_THIRD_SERVERS,
+        &format!(
+            "p3, a third-party component built unoptimised (GET, 1 server core, {} keep-alive connections)",
             meta.connections
-        );
-        get_table(w, s, "p3_third_party", &P3_THIRD_SERVERS);
-        let errors: f64 = P3_THIRD_SERVERS.iter().filter_map(|srv| s.sum("p3_third_party.errors", srv)).sum();
-        let _ = writeln!(
-            w,
-            "\nThe `http-proxy` example of the `wasip3` crate (0.9.0+wasi-0.3.0, from crates.io; it answers `Hello, WASI!` from a spawned task), built with `cargo build` (no `--release`), as a user's first component often is. Same reuse settings as the p3 table; `wasmtime serve` also gets `-Scli` (the example, built with `std`, imports WASI 0.2's `wasi:cli`). Errors over these runs: {}.\n",
-            num(Some(errors), 0)
-        );
-    }
-
-    if REUSE_SERVERS.iter().any(|srv| s.get("reuse.rps", srv).is_some()) {
-        let _ = writeln!(
-            w,
-            "## p2 echo with instance reuse (GET, 1 server core, {} keep-alive connections)\n",
+        ),
+        "The `http-proxy` example of the `wasip3` crate (0.9.0+wasi-0.3.0, from crates.io; it answers `Hello, WASI!` from a spawned task), built with `cargo build` (no `--release`), as a user's first component often is. Same reuse settings as the p3 table; `wasmtime serve` also gets `-Scli` (the example, built with `std`, imports WASI 0.2's `wasi:cli`).",
+    );
+    get_section(
+        w,
+        s,
+        "reuse",
+        &REUSE_SERVERS,
+        &format!(
+            "p2 echo with instance reuse (GET, 1 server core, {} keep-alive connections)",
             meta.connections
-        );
-        get_table(w, s, "reuse", &REUSE_SERVERS);
-        let errors: f64 = REUSE_SERVERS.iter().filter_map(|srv| s.sum("reuse.errors", srv)).sum();
-        let _ = writeln!(
-            w,
-            "\nBoth wasm hosts serve `echo_guest.wasm` (the p2 echo of the throughput table) and reuse an instance for up to {P2_REUSE_REQUESTS} requests, one at a time: echo-host `--instance-max-requests {P2_REUSE_REQUESTS}`, `wasmtime serve --max-instance-reuse-count {P2_REUSE_REQUESTS}`. Closed loop as in the throughput table: `wrk -t1 -c{} -d{}s --latency` after 1 s of warm-up. Errors over these runs: {}.\n",
-            meta.connections,
-            meta.duration_s,
-            num(Some(errors), 0)
-        );
-    }
+        ),
+        &format!(
+            "Both wasm hosts serve `echo_guest.wasm` (the p2 echo of the throughput table) and reuse an instance for up to {P2_REUSE_REQUESTS} requests, one at a time: echo-host `--instance-max-requests {P2_REUSE_REQUESTS}`, `wasmtime serve --max-instance-reuse-count {P2_REUSE_REQUESTS}`. {closed_loop}"
+        ),
+    );
 
     if s.get("cold.ms", NATIVE).is_some() {
         let _ =
