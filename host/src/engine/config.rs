@@ -10,12 +10,12 @@ use crate::engine::limits::Limits;
 /// Wasm stack per instance. Deep recursion traps here instead of taking the host down.
 pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 
-/// Instances beyond `--concurrency` the pool keeps room for: a swap's smoke probe (probes take
+/// Instances beyond `--concurrency` the p2 pool keeps room for: a swap's smoke probe (probes take
 /// no permit). A request holds its permit until its guest has stopped, so per-request instances
-/// never need more than `--concurrency` slots; reused instances (p3, and p2 with
-/// `--instance-max-requests`) of a version just swapped out linger idle for
-/// `--instance-idle-timeout`, so the pool holds a second `--concurrency` for them (address space
-/// only: slots are not touched until used).
+/// never need more than `--concurrency` slots; reused p2 instances (`--instance-max-requests`)
+/// of a version just swapped out linger idle for `--instance-idle-timeout`, so the pool holds a
+/// second `--concurrency` for them (address space only: slots are not touched until used). p3
+/// instances are not pooled ([`reused_instance_memory`]).
 const POOL_HEADROOM: u32 = 16;
 
 /// x86-64 extensions newer than AVX2 (Haswell, 2013). Cranelift otherwise uses every extension
@@ -120,9 +120,10 @@ fn fresh_instance_memory(config: &mut Config, limits: &Limits) -> anyhow::Result
 /// decides, not what an instantiation costs. wasmtime's defaults, as `wasmtime serve` has them:
 /// a 4 GiB reservation and 32 MiB guard regions per memory and signal-based traps, so compiled
 /// code checks no bounds on a 32-bit memory's loads and stores. callgrind, 400 GETs on reused
-/// instances: the p3 echo 154,215 -> 145,016 instructions per GET; a third-party p3 component
-/// built unoptimised (wasip3's `http-proxy` example) under `wasmtime serve -Sp3 -Wtimeout`
-/// (epoch checks, as here) 262,444 with the p2 engine's settings, 191,972 with these.
+/// instances: the p3 echo 154,215 -> 140,090 instructions per GET (`make bench --only counts`);
+/// a third-party p3 component built unoptimised (wasip3's `http-proxy` example) under `wasmtime
+/// serve -Sp3 -Wtimeout` (epoch checks, as here) 262,444 with the p2 engine's settings, 191,972
+/// with these.
 /// Instances are allocated on demand: a pool of 4 GiB slots would reserve terabytes of address
 /// space for `--concurrency` instances (and valgrind could not map it), and an instantiation
 /// every `--instance-max-requests` requests needs no pool. `--max-memory` still holds: the
