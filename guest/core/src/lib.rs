@@ -6,8 +6,9 @@
 //! - [`query`]: Werkzeug's query-string parsing and `MultiDict` order.
 //! - [`pyrepr`]: Python's `repr` of strings and of an `ImmutableMultiDict`.
 //! - [`json`]: the JSON echo document, string escaping, base64.
-//! - `runtime` (wasm32 only): allocator, `cabi_realloc`, `memcmp` and panic handler for `no_std`,
-//!   linked into whichever component depends on this crate.
+//! - [`arena`]: the bump arena an instance's first allocations come from.
+//! - `runtime` (wasm32 only): allocator (the arena, then dlmalloc), `cabi_realloc`, `memcmp` and
+//!   panic handler for `no_std`, linked into whichever component depends on this crate.
 //!
 //! On wasm32 the crate is `no_std`: Rust's std for `wasm32-wasip2` links wasi-libc, which imports
 //! `wasi:cli/environment`, `exit` and `terminal-*`, interfaces outside the proxy (and service) world
@@ -17,6 +18,7 @@
 
 extern crate alloc;
 
+pub mod arena;
 pub mod echo;
 pub mod json;
 pub mod pyrepr;

@@ -1,11 +1,58 @@
 //! The little runtime a `no_std` component needs: a global allocator, the canonical ABI's
 //! `cabi_realloc` export, `memcmp`, and a panic handler.
 
-use core::alloc::Layout;
+use core::alloc::{GlobalAlloc, Layout};
 
-// dlmalloc grows linear memory with `memory.grow` and imports nothing.
+use crate::arena::Arena;
+
+/// The instance's allocator: the bump [`Arena`] first, dlmalloc (which grows linear memory with
+/// `memory.grow` and imports nothing) for what the arena cannot hold.
+struct Allocator;
+
+static ARENA: Arena = Arena::new();
+static FALLBACK: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: Allocator = Allocator;
+
+// SAFETY: every block comes from the arena or from dlmalloc and goes back to the one it came
+// from (`Arena::contains` tells them apart); a wasm instance runs on one thread.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: `layout` is the caller's, valid and non-zero-sized per `GlobalAlloc`.
+        ARENA.alloc(layout).unwrap_or_else(|| unsafe { FALLBACK.alloc(layout) })
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if ARENA.contains(ptr) {
+            ARENA.free();
+        } else {
+            // SAFETY: not the arena's, so dlmalloc's, allocated with `layout`.
+            unsafe { FALLBACK.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !ARENA.contains(ptr) {
+            // SAFETY: dlmalloc's block, as the caller describes it.
+            return unsafe { FALLBACK.realloc(ptr, layout, new_size) };
+        }
+        if ARENA.resize_in_place(ptr, layout.size(), new_size) {
+            return ptr;
+        }
+        // SAFETY: `new_size` with the old alignment is a valid layout per `GlobalAlloc::realloc`;
+        // the old block holds `layout.size()` bytes and the new one at least `new_size`.
+        unsafe {
+            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+            let new = self.alloc(new_layout);
+            if !new.is_null() {
+                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            new
+        }
+    }
+}
 
 /// The canonical ABI allocates through this export when the host passes lists and strings in.
 ///
