@@ -64,7 +64,25 @@ fn flags_past_their_range_fail_the_start_naming_the_flag() {
 /// memory does not fit in pooling allocator requirements … exceeds the limit of 0x10000 bytes").
 #[tokio::test]
 async fn a_max_memory_below_the_components_memory_names_the_flag_and_the_size_needed() {
-    let error = util::TestServer::try_start(&["--max-memory", "64KiB"]).await.err().expect("it started");
+    the_memory_floor_is_named(&[]).await;
+}
+
+/// The same for a p3 component, whose instances are not pooled: the host checks the floor itself
+/// (without the check it would start and fail every request).
+#[tokio::test]
+async fn a_max_memory_below_a_p3_components_memory_names_the_flag_and_the_size_needed() {
+    the_memory_floor_is_named(&["--component", util::echo_p3_wasm().to_str().unwrap()]).await;
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+async fn the_memory_floor_is_named(component: &[&str]) {
+    let args = |max_memory: &str| -> Vec<String> {
+        component.iter().copied().chain(["--max-memory", max_memory]).map(String::from).collect()
+    };
+    let error = util::TestServer::try_start(&refs(&args("64KiB"))).await.err().expect("it started");
     let error = format!("{error:#}");
     assert!(
         error.contains("the component's memory starts at ")
@@ -73,10 +91,10 @@ async fn a_max_memory_below_the_components_memory_names_the_flag_and_the_size_ne
     );
     // The floor it names is the real one: the component loads with it, and not with less.
     let at_least = error.split("to at least `").nth(1).and_then(|r| r.split('`').next()).unwrap();
-    let server = util::TestServer::try_start(&["--max-memory", at_least]).await;
+    let server = util::TestServer::try_start(&refs(&args(at_least))).await;
     assert!(server.is_ok(), "--max-memory {at_least}: {:#}", server.err().unwrap());
     let below = (echo_host::util::units::parse_size(at_least).unwrap() - 64 * 1024).to_string();
-    let error = util::TestServer::try_start(&["--max-memory", &below]).await.err().expect("it started below");
+    let error = util::TestServer::try_start(&refs(&args(&below))).await.err().expect("it started below");
     assert!(format!("{error:#}").contains(&format!("to at least `{at_least}`")), "{error:#}");
 }
 

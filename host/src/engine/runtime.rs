@@ -159,7 +159,10 @@ impl Runtime {
         }
         .map_err(anyhow::Error::from);
         release_free_heap();
-        component.map_err(|e| explain_memory_floor(e, self.limits().max_memory_bytes))
+        let max_memory = self.limits().max_memory_bytes;
+        let component = component.map_err(|e| explain_memory_floor(e, max_memory))?;
+        check_memory_floor(&component, max_memory)?;
+        Ok(component)
     }
 
     /// Loads a `.cwasm` made by `echo-host compile`.
@@ -174,7 +177,10 @@ impl Runtime {
             Component::deserialize(self.engine(Flavor::P2), bytes)
                 .or_else(|_| Component::deserialize(self.engine(Flavor::P3), bytes))
         };
-        component.map_err(|e| explain_memory_floor(e.into(), self.limits().max_memory_bytes))
+        let max_memory = self.limits().max_memory_bytes;
+        let component = component.map_err(|e| explain_memory_floor(e.into(), max_memory))?;
+        check_memory_floor(&component, max_memory)?;
+        Ok(component)
     }
 
     /// Links a component against the host's imports and finds which wasi:http world it serves:
@@ -401,13 +407,30 @@ fn explain_memory_floor(error: anyhow::Error, max_memory: u64) -> anyhow::Error 
         rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|digits| digits.parse::<u64>().ok())
     });
     let Some(needed) = needed else { return error };
+    error.context(memory_floor(needed, max_memory))
+}
+
+/// A component whose memory starts larger than `--max-memory` could never be instantiated. p2's
+/// pool refuses it while compiling; p3 instances are not pooled, so the floor is checked here for
+/// both, from the sizes the component declares.
+fn check_memory_floor(component: &Component, max_memory: u64) -> anyhow::Result<()> {
+    const WASM_PAGE: u64 = 64 << 10;
+    let pages = component.resources_required().and_then(|r| r.max_initial_memory_size).unwrap_or(0);
+    let needed = pages.saturating_mul(WASM_PAGE);
+    if needed > max_memory {
+        bail!(memory_floor(needed, max_memory));
+    }
+    Ok(())
+}
+
+fn memory_floor(needed: u64, max_memory: u64) -> String {
     use crate::util::units::format_size;
-    error.context(format!(
+    format!(
         "the component's memory starts at {}, more than `--max-memory` ({}) allows: set `--max-memory` (or `ECHO_HOST_MAX_MEMORY`) to at least `{}`, plus what its requests allocate (the default is `128MiB`)",
         format_size(needed),
         format_size(max_memory),
         size_flag(needed)
-    ))
+    )
 }
 
 /// `bytes` as a flag value that is at least as large: `2MiB`, `1088KiB`, `1000`.
