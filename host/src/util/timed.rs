@@ -62,9 +62,12 @@ mod tests {
         let mut timed = Timed::new(Box::pin(work));
         (&mut timed).await;
         let (busy, total) = (timed.busy(), started.elapsed());
-        // The 200 ms wait is outside every poll, however the machine schedules the spin.
+        // The 200 ms wait is outside every poll, however the machine schedules the spin. The
+        // waker's clock starts inside the first poll (it is spawned there), so the time from the
+        // spawn to that poll's return is in both: allow it (up to 100 ms, on a loaded machine),
+        // not the wait (counted, busy would be about 230 ms of 230).
         assert!(
-            busy >= Duration::from_millis(30) && busy + Duration::from_millis(200) <= total,
+            busy >= Duration::from_millis(30) && busy + Duration::from_millis(100) <= total,
             "{busy:?} of {total:?}"
         );
     }
